@@ -1,0 +1,167 @@
+"""The scored-record schema: feature names, tf.train.Example (de)serialisation and TFRecord framing.
+
+Feature names are the interface between gristmill's stages, so every name lives here:
+
+| feature                          | type  | meaning                                               |
+|----------------------------------|-------|-------------------------------------------------------|
+| `id`                             | bytes | stable document id: hex of a 128-bit hash of url, text |
+| `text`, `url`, `timestamp`       | bytes | as read from the corpus                               |
+| `source`                         | bytes | the input file the document came from                 |
+| `score/<scorer>/<model>`         | float | e.g. `score/askllm/flan-t5-xl`, `score/density/minilm` |
+| `logp/<scorer>/<model>/<token>`  | float | e.g. `logp/askllm/flan-t5-xl/yes`                     |
+| `tokens/<tokenizer>`             | int64 | token count of the text under a tokenizer             |
+| `truncated/<scorer>`             | int64 | 1 when the scorer saw a cut document                  |
+| `cluster/<name>`, `dist/<name>`  | int64, float | clustering baselines                           |
+
+A record travels through Beam as a plain `dict[str, value]`: `str` for the text-like features
+above, `bytes` for any other bytes feature, `float` / `int` for scalars and lists of those for
+multi-valued features. Scorers add keys and keep every other key, so scorers chain.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, BinaryIO, Iterator, Mapping
+
+import google_crc32c
+from tensorflow.core.example import example_pb2, feature_pb2
+
+ID = "id"
+TEXT = "text"
+URL = "url"
+TIMESTAMP = "timestamp"
+SOURCE = "source"
+STRING_FEATURES = (ID, TEXT, URL, TIMESTAMP, SOURCE)
+
+Record = dict[str, Any]
+
+
+def score_feature(scorer: str, model: str) -> str:
+    """Name of the score a scorer gives under a model, e.g. `score/askllm/flan-t5-xl`."""
+    return f"score/{scorer}/{model}"
+
+
+def logp_feature(scorer: str, model: str, token: str) -> str:
+    """Name of a stored log-probability, e.g. `logp/askllm/flan-t5-xl/yes`."""
+    return f"logp/{scorer}/{model}/{token}"
+
+
+def tokens_feature(tokenizer: str) -> str:
+    """Name of the token count of the text under a tokenizer, e.g. `tokens/smollm2-135m-instruct`."""
+    return f"tokens/{tokenizer}"
+
+
+def truncated_feature(scorer: str) -> str:
+    """Name of the flag set when a scorer had to cut the document, e.g. `truncated/askllm`."""
+    return f"truncated/{scorer}"
+
+
+def cluster_feature(name: str) -> str:
+    """Name of a cluster assignment of the clustering baselines."""
+    return f"cluster/{name}"
+
+
+def dist_feature(name: str) -> str:
+    """Name of a distance feature of the clustering baselines."""
+    return f"dist/{name}"
+
+
+def _feature(name: str, value: Any) -> feature_pb2.Feature:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values:
+        raise ValueError(f"feature {name!r} has an empty list: its type cannot be written")
+    first = values[0]
+    if isinstance(first, (str, bytes)):
+        raw = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
+        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=raw))
+    if isinstance(first, bool) or isinstance(first, int):
+        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v) for v in values]))
+    if isinstance(first, float) or hasattr(first, "dtype"):
+        if hasattr(first, "dtype") and first.dtype.kind in "iub":
+            return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v) for v in values]))
+        return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(v) for v in values]))
+    raise TypeError(f"feature {name!r} has unsupported type {type(first).__name__}")
+
+
+def to_example(record: Mapping[str, Any]) -> example_pb2.Example:
+    """Builds a tf.train.Example from a record dict; `id` and `text` are required."""
+    for required in (ID, TEXT):
+        if required not in record:
+            raise ValueError(f"record has no {required!r} feature (keys: {sorted(record)})")
+    features = {name: _feature(name, value) for name, value in record.items() if value is not None}
+    return example_pb2.Example(features=feature_pb2.Features(feature=features))
+
+
+def serialize(record: Mapping[str, Any]) -> bytes:
+    """Serialises a record dict to tf.train.Example bytes, features in sorted order (stable bytes)."""
+    return to_example(record).SerializeToString(deterministic=True)
+
+
+def from_example(example: example_pb2.Example) -> Record:
+    """Turns a tf.train.Example into a record dict (single values unwrapped, lists kept as lists)."""
+    record: Record = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        if kind == "bytes_list":
+            values: list[Any] = list(feature.bytes_list.value)
+            if name in STRING_FEATURES:
+                values = [v.decode("utf-8") for v in values]
+        elif kind == "float_list":
+            values = list(feature.float_list.value)
+        elif kind == "int64_list":
+            values = list(feature.int64_list.value)
+        else:
+            values = []
+        record[name] = values[0] if len(values) == 1 else values
+    return record
+
+
+def deserialize(data: bytes) -> Record:
+    """Parses tf.train.Example bytes into a record dict."""
+    return from_example(example_pb2.Example.FromString(data))
+
+
+# --- TFRecord framing -----------------------------------------------------------------------
+# Each record: uint64 length, uint32 masked crc32c(length), data, uint32 masked crc32c(data).
+
+class TFRecordError(Exception):
+    """A TFRecord file is truncated or fails its checksums."""
+
+
+def _masked_crc(data: bytes) -> int:
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def encode_tfrecord(data: bytes) -> bytes:
+    """Frames one record in the TFRecord format that tf.data.TFRecordDataset reads."""
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+
+
+def iter_tfrecords(stream: BinaryIO) -> Iterator[bytes]:
+    """Yields the payloads of a TFRecord stream, checking both checksums of every record.
+
+    Raises TFRecordError at the first truncated or corrupt record; the framing cannot be
+    resynchronised after that, so the rest of the stream is unreadable.
+    """
+    index = 0
+    while True:
+        header = stream.read(12)
+        if not header:
+            return
+        if len(header) < 12:
+            raise TFRecordError(f"record {index + 1}: truncated length header ({len(header)} of 12 bytes)")
+        (length,) = struct.unpack("<Q", header[:8])
+        (length_crc,) = struct.unpack("<I", header[8:])
+        if _masked_crc(header[:8]) != length_crc:
+            raise TFRecordError(f"record {index + 1}: length checksum mismatch")
+        body = stream.read(length + 4)
+        if len(body) < length + 4:
+            raise TFRecordError(f"record {index + 1}: truncated payload ({len(body)} of {length + 4} bytes)")
+        data = body[:length]
+        (data_crc,) = struct.unpack("<I", body[length:])
+        if _masked_crc(data) != data_crc:
+            raise TFRecordError(f"record {index + 1}: payload checksum mismatch")
+        index += 1
+        yield data

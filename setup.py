@@ -1,0 +1,36 @@
+"""Installs gristmill: Beam pipelines that score, select and train on web corpora."""
+import setuptools
+
+CORE = [
+    "apache-beam>=2.60,<3",
+    "tensorflow-cpu>=2.16,<3",
+    "jax>=0.4.30",
+    "flax>=0.10",
+    "optax>=0.2",
+    "orbax-checkpoint>=0.6",
+    "numpy>=1.26",
+    "absl-py>=2.0",
+    "google-cloud-storage>=2.10",
+    "sentencepiece>=0.2",
+    "tokenizers>=0.19",
+    "safetensors>=0.4",
+    "gguf>=0.10",
+    "matplotlib>=3.7",
+]
+
+setuptools.setup(
+    name="gristmill",
+    version="0.1.0",
+    description="Data-efficient LLM pre-training data curation (Ask-LLM, Density) on Apache Beam and JAX.",
+    packages=setuptools.find_packages(include=["gristmill", "gristmill.*"]),
+    package_data={"gristmill": ["data/*", "data/*/*", "prompts/*"]},
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require={
+        "dev": ["pytest>=7", "scipy>=1.10"],
+        "gpu": ["jax[cuda12]>=0.4.30"],
+        "ref": ["torch==2.13.0", "transformers>=4.40", "sentence-transformers>=3"],
+        "dataflow": ["apache-beam[gcp]>=2.60,<3"],
+    },
+    entry_points={"console_scripts": ["gristmill=gristmill.cli:main"]},
+)
