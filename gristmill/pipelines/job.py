@@ -1,0 +1,87 @@
+"""The skeleton every gristmill Beam job shares: parse options, read, (score), write, manifest, run."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import time
+from typing import Any, Type, TypeVar
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from gristmill import documents
+from gristmill.pipelines import options as options_lib
+from gristmill.pipelines import transforms
+
+O = TypeVar("O", bound=options_lib.CorpusOptions)
+
+
+class UsageError(ValueError):
+    """A job was started with missing or contradictory flags."""
+
+
+def parse_options(argv: list[str] | None, options_class: Type[O]) -> tuple[PipelineOptions, O]:
+    """Parses job flags plus pass-through Beam flags, with gristmill's runner defaults filled in."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pipeline_options = PipelineOptions(options_lib.with_runner_defaults(argv))
+    job_options = pipeline_options.view_as(options_class)
+    if not job_options.input:
+        raise UsageError("--input is required (a file glob, local or gs://)")
+    if not job_options.output:
+        raise UsageError("--output is required (a directory, local or gs://)")
+    return pipeline_options, job_options
+
+
+def manifest_base(job: str, config: Any, pipeline_options: PipelineOptions, files: list[str]) -> dict[str, Any]:
+    """The parts of the run manifest known before the pipeline runs."""
+    return {
+        "job": job,
+        "command": " ".join(sys.argv),
+        "config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config or {}),
+        "pipeline_options": pipeline_options.get_all_options(drop_default=True, retain_unknown_options=True),
+        "inputs": files,
+        "versions": transforms.package_versions(),
+        "started_at": transforms.utc_now(),
+    }
+
+
+def write_outputs(pipeline: beam.Pipeline, output_dir: str, num_shards: int, base: dict[str, Any],
+                  documents_pc, written_records, dead_letters, excluded=None, prefix: str = transforms.SCORED_PREFIX):
+    """Writes records, dead letters and (last) the manifest; returns the written-count PCollection.
+
+    documents_pc: every document read (for the read count); written_records: what to write;
+    dead_letters: one PCollection or a list of them (reader and scorer dead letters);
+    excluded: optional single-element {name: count} PCollection of documents left out on purpose.
+    """
+    if isinstance(dead_letters, (list, tuple)):
+        dead_letters = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+    written = written_records | "WriteRecords" >> transforms.WriteScoredRecords(output_dir, num_shards, prefix)
+    dead_letters | "WriteDeadLetters" >> transforms.WriteDeadLetters(output_dir)
+    document_count = documents_pc | "CountDocuments" >> beam.combiners.Count.Globally()
+    reasons = dead_letters | "CountDeadLetters" >> transforms.CountReasons()
+    pipeline | "WriteManifest" >> transforms.WriteManifest(output_dir, base, document_count, written, reasons, excluded)
+    return written
+
+
+def run_pipeline(pipeline: beam.Pipeline, output_dir: str, is_test: bool) -> dict[str, Any] | None:
+    """Runs a built pipeline to completion and returns its manifest (None for a test pipeline run elsewhere)."""
+    start = time.monotonic()
+    result = pipeline.run()
+    result.wait_until_finish()
+    logging.info("pipeline finished in %.1f s", time.monotonic() - start)
+    try:
+        return transforms.read_manifest(output_dir)
+    except (OSError, IOError, ValueError) as err:
+        if is_test:
+            return None
+        raise RuntimeError(f"the job finished but its manifest in {output_dir} cannot be read: {err}") from err
+
+
+def read_corpus(pipeline: beam.Pipeline, job_options: options_lib.CorpusOptions):
+    """Expands the input globs and reads them: returns (files, documents, reader dead letters)."""
+    files = documents.expand_patterns(job_options.input)
+    logging.info("reading %d input file(s)", len(files))
+    read = pipeline | "ReadDocuments" >> transforms.ReadDocuments(files, options_lib.reader_config(job_options))
+    return files, read[transforms.DOCUMENTS], read[transforms.DEAD_LETTERS]
