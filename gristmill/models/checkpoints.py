@@ -352,9 +352,9 @@ def apply_rules(
     missing: list[str] = []
     out: dict[str, np.ndarray] = {}
 
-    def fetch(name: str, rule: Rule) -> Optional[np.ndarray]:
+    def fetch(name: str, rule: Rule, i: int = 0) -> Optional[np.ndarray]:
         if name not in tensors:
-            missing.append(f"{name} (for {rule.target})")
+            missing.append(f"{name} (for {rule.target.format(i=i)})")
             return None
         used.add(name)
         x = tensors[name]
@@ -371,11 +371,11 @@ def apply_rules(
         n = count(rule)
         if "{i}" in rule.target:
             for i in range(n):
-                x = fetch(rule.source.format(i=i), rule)
+                x = fetch(rule.source.format(i=i), rule, i)
                 if x is not None:
                     out[rule.target.format(i=i)] = x
         else:
-            parts = [fetch(rule.source.format(i=i), rule) for i in range(n)]
+            parts = [fetch(rule.source.format(i=i), rule, i) for i in range(n)]
             if all(p is not None for p in parts):
                 shapes = {p.shape for p in parts}
                 if len(shapes) != 1:
