@@ -1,0 +1,429 @@
+"""Llama-family decoder-only transformer (Llama, SmolLM, Qwen2, Mistral) in plain JAX.
+
+One file holds the whole network, written as pure functions over a nested dict of parameters:
+
+    params = {
+      "embedder": {"embedding": [V, D]},
+      "layers": {                                   # every leaf has a leading layer axis L
+        "pre_attention_layer_norm": {"scale": [L, D]},
+        "self_attention": {"query": {"kernel": [L, D, H, Dh], "bias": [L, H, Dh]},   # bias optional
+                           "key":   {"kernel": [L, D, K, Dh], "bias": [L, K, Dh]},
+                           "value": {"kernel": [L, D, K, Dh], "bias": [L, K, Dh]},
+                           "out":   {"kernel": [L, H, Dh, D]}},
+        "pre_mlp_layer_norm": {"scale": [L, D]},
+        "mlp": {"gate": {"kernel": [L, D, F]}, "up": {"kernel": [L, D, F]}, "down": {"kernel": [L, F, D]}},
+      },
+      "final_norm": {"scale": [D]},
+      "lm_head": {"kernel": [D, V]},                # absent when tie_word_embeddings
+    }
+
+Axes: B batch, T query positions, S key positions, D hidden, H query heads, K key/value heads,
+G = H // K query heads per key/value head, Dh head dim, F MLP width, V vocabulary.
+
+RoPE follows the HF `rotate_half` convention: the head dim is split into two halves and
+(x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin). Checkpoints in the Meta / llama.cpp interleaved
+order must be un-permuted before they get here (gguf.py does that for GGUF files).
+
+Padding: `logits` and `last_position_logprobs` take a 0/1 mask. Position ids are the running
+count of real tokens (cumsum(mask) - 1) and padded keys are masked out, so left and right padding
+give the same numbers for the real tokens. The Ask-LLM scorer uses right padding; the scored
+position is the last real token of each row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gristmill.models import checkpoints as ckpt
+
+Params = dict[str, Any]
+
+# A large finite negative number instead of -inf, so that a fully masked row gives a uniform
+# softmax rather than NaN.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Shape and numerics of a Llama-family decoder.
+
+    `dtype` is the name of the parameter and activation dtype ("float32", "bfloat16");
+    norms, softmax and the output logits are always computed in float32.
+    `scan_layers` runs the layer stack with `lax.scan` (one compiled layer); False unrolls it
+    in Python, which is slower to compile but easier to debug. Both use the same parameters.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    attention_bias: bool = False
+    sliding_window: int | None = None
+    dtype: str = "float32"
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+
+    def replace(self, **changes) -> "LlamaConfig":
+        """A copy with some fields changed (e.g. dtype or scan_layers)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_hf(cls, config: Mapping[str, Any], dtype: Any = "float32") -> "LlamaConfig":
+        """Build from a HF `config.json` dict of a Llama, Qwen2 or Mistral model.
+
+        Raises ValueError for settings this implementation does not compute (RoPE scaling,
+        a non-SiLU activation), rather than silently producing different numbers.
+        """
+        model_type = config.get("model_type")
+        if model_type not in ("llama", "qwen2", "mistral"):
+            raise ValueError(f"model_type {model_type!r} is not a Llama-family decoder")
+        rope_parameters = config.get("rope_parameters") or {}  # transformers 5 moved RoPE settings here
+        if config.get("rope_scaling") or rope_parameters.get("rope_type", "default") != "default":
+            raise ValueError(f"RoPE scaling {config.get('rope_scaling') or rope_parameters!r} is not supported")
+        if config.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={config['hidden_act']!r} is not supported (only silu)")
+        if config.get("mlp_bias"):
+            raise ValueError("mlp_bias=True is not supported")
+        heads = config["num_attention_heads"]
+        hidden = config["hidden_size"]
+        sliding = None
+        if model_type == "mistral" or config.get("use_sliding_window"):
+            sliding = config.get("sliding_window")
+        rope_theta = config.get("rope_theta", rope_parameters.get("rope_theta", 10000.0))
+        return cls(
+            vocab_size=config["vocab_size"],
+            hidden_size=hidden,
+            intermediate_size=config["intermediate_size"],
+            num_layers=config["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or hidden // heads,
+            rope_theta=float(rope_theta),
+            rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
+            attention_bias=bool(config.get("attention_bias", model_type == "qwen2")),
+            sliding_window=sliding,
+            dtype=dtype,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named size: its config and the checkpoint (a zoo name) it is usually loaded from."""
+
+    config: LlamaConfig
+    checkpoint: str | None = None
+
+
+SMOLLM2_135M = LlamaConfig(
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_layers=30, num_heads=9,
+    num_kv_heads=3, head_dim=64, rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    max_position_embeddings=8192,
+)
+TINY = LlamaConfig(
+    vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+    head_dim=8, rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, max_position_embeddings=128,
+)
+PRESETS: dict[str, Preset] = {
+    "smollm2_135m": Preset(SMOLLM2_135M, checkpoint="smollm2-135m-instruct"),
+    "tiny": Preset(TINY),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Blocks.
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm in float32: x / sqrt(mean(x^2) + eps) * scale, cast back to x's dtype."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding, HF rotate_half convention. x: [B, T, N, Dh], positions: [B, T]."""
+    assert x.ndim == 4 and positions.shape == x.shape[:2], (x.shape, positions.shape)
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1]))  # [Dh/2]
+    angles = positions.astype(jnp.float32)[:, :, None] * inv_freq  # [B, T, Dh/2]
+    cos = jnp.cos(angles)[:, :, None, :]  # [B, T, 1, Dh/2]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def attention_mask(mask: jax.Array, positions: jax.Array, sliding_window: int | None) -> jax.Array:
+    """[B, 1, 1, T, S] boolean: query t may attend key s (causal, key is real, inside the window)."""
+    assert mask.ndim == 2 and positions.shape == mask.shape, (mask.shape, positions.shape)
+    t = mask.shape[1]
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))  # [T, S]
+    allowed = causal[None] & mask.astype(bool)[:, None, :]  # [B, T, S]
+    if sliding_window is not None:
+        allowed &= (positions[:, :, None] - positions[:, None, :]) < sliding_window
+    return allowed[:, None, None, :, :]
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+    """Grouped-query attention. q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; allowed: [B, 1, 1, T, S].
+
+    Query head h uses key/value head h // G, as HF's repeat_kv does.
+    """
+    b, t, h, dh = q.shape
+    kv_heads = k.shape[2]
+    assert h % kv_heads == 0 and k.shape == v.shape and k.shape[0] == b, (q.shape, k.shape, v.shape)
+    assert allowed.shape == (b, 1, 1, t, k.shape[1]), allowed.shape
+    q = q.reshape(b, t, kv_heads, h // kv_heads, dh)  # [B, T, K, G, Dh]
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(dh)
+    scores = jnp.where(allowed, scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)  # [B, K, G, T, S]
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, dh)
+
+
+def _project(x: jax.Array, p: Params) -> jax.Array:
+    """x: [B, T, D] @ kernel [D, N, Dh] (+ bias [N, Dh]) -> [B, T, N, Dh]."""
+    y = jnp.einsum("btd,dnh->btnh", x, p["kernel"])
+    if "bias" in p:
+        y = y + p["bias"]
+    return y
+
+
+def self_attention(x: jax.Array, p: Params, positions: jax.Array, allowed: jax.Array, config: LlamaConfig) -> jax.Array:
+    """Causal GQA self-attention with RoPE on queries and keys. x: [B, T, D] -> [B, T, D]."""
+    q = rope(_project(x, p["query"]), positions, config.rope_theta)  # [B, T, H, Dh]
+    k = rope(_project(x, p["key"]), positions, config.rope_theta)  # [B, T, K, Dh]
+    v = _project(x, p["value"])  # [B, T, K, Dh]
+    out = dot_product_attention(q, k, v, allowed)  # [B, T, H, Dh]
+    return jnp.einsum("bthd,hdD->btD", out, p["out"]["kernel"])
+
+
+def mlp(x: jax.Array, p: Params) -> jax.Array:
+    """SwiGLU: down(silu(gate(x)) * up(x)). x: [B, T, D] -> [B, T, D]."""
+    gate = jnp.einsum("btd,df->btf", x, p["gate"]["kernel"])
+    up = jnp.einsum("btd,df->btf", x, p["up"]["kernel"])
+    return jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, p["down"]["kernel"])
+
+
+def decoder_layer(x: jax.Array, p: Params, positions: jax.Array, allowed: jax.Array, config: LlamaConfig) -> jax.Array:
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+    h = rms_norm(x, p["pre_attention_layer_norm"]["scale"], config.rms_norm_eps)
+    x = x + self_attention(h, p["self_attention"], positions, allowed, config)
+    h = rms_norm(x, p["pre_mlp_layer_norm"]["scale"], config.rms_norm_eps)
+    return x + mlp(h, p["mlp"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Network.
+
+
+def hidden_states(params: Params, config: LlamaConfig, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """Final-norm hidden states [B, T, D] for token ids [B, T] with a 0/1 mask [B, T]."""
+    assert ids.ndim == 2 and mask.shape == ids.shape, (ids.shape, mask.shape)
+    if config.sliding_window is not None and ids.shape[1] > config.sliding_window:
+        raise ValueError(f"sequence length {ids.shape[1]} exceeds sliding_window={config.sliding_window}")
+    mask = mask.astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)  # [B, T]
+    allowed = attention_mask(mask, positions, config.sliding_window)
+    x = params["embedder"]["embedding"][ids].astype(config.dtype)  # [B, T, D]
+
+    def body(x, layer_params):
+        return decoder_layer(x, layer_params, positions, allowed, config), None
+
+    if config.scan_layers:
+        x, _ = jax.lax.scan(body, x, params["layers"])
+    else:
+        for i in range(config.num_layers):
+            x, _ = body(x, jax.tree.map(lambda a: a[i], params["layers"]))
+    return rms_norm(x, params["final_norm"]["scale"], config.rms_norm_eps)
+
+
+def _head(params: Params, config: LlamaConfig, h: jax.Array) -> jax.Array:
+    """Hidden states [..., D] -> float32 logits [..., V] (tied embedding or separate lm_head)."""
+    if config.tie_word_embeddings:
+        return jnp.einsum("...d,vd->...v", h, params["embedder"]["embedding"], preferred_element_type=jnp.float32)
+    return jnp.einsum("...d,dv->...v", h, params["lm_head"]["kernel"], preferred_element_type=jnp.float32)
+
+
+def logits(params: Params, config: LlamaConfig, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """Next-token logits [B, T, V] (float32) at every position; rows at padded positions are junk."""
+    return _head(params, config, hidden_states(params, config, ids, mask))
+
+
+def last_real_index(mask: jax.Array) -> jax.Array:
+    """Index [B] of the last position whose mask is 1 (works for left and right padding)."""
+    t = mask.shape[1]
+    return t - 1 - jnp.argmax(mask[:, ::-1].astype(jnp.int32), axis=1)
+
+
+def last_position_logprobs(params: Params, config: LlamaConfig, ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """Full-vocabulary log-softmax [B, V] of the next token after each row's last real token.
+
+    Only the gathered position goes through the output projection, so the cost of the head is
+    B x D x V rather than B x T x D x V.
+    """
+    h = hidden_states(params, config, ids, mask)  # [B, T, D]
+    idx = last_real_index(mask)
+    last = jnp.take_along_axis(h, idx[:, None, None], axis=1)[:, 0]  # [B, D]
+    return jax.nn.log_softmax(_head(params, config, last), axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters.
+
+
+def param_shapes(config: LlamaConfig) -> Params:
+    """The parameter tree as shapes (tuples), the single source of truth for init and loaders."""
+    L, D, H, K, Dh, F, V = (config.num_layers, config.hidden_size, config.num_heads, config.num_kv_heads,
+                            config.head_dim, config.intermediate_size, config.vocab_size)
+    attn = {
+        "query": {"kernel": (L, D, H, Dh)},
+        "key": {"kernel": (L, D, K, Dh)},
+        "value": {"kernel": (L, D, K, Dh)},
+        "out": {"kernel": (L, H, Dh, D)},
+    }
+    if config.attention_bias:
+        attn["query"]["bias"] = (L, H, Dh)
+        attn["key"]["bias"] = (L, K, Dh)
+        attn["value"]["bias"] = (L, K, Dh)
+    shapes = {
+        "embedder": {"embedding": (V, D)},
+        "layers": {
+            "pre_attention_layer_norm": {"scale": (L, D)},
+            "self_attention": attn,
+            "pre_mlp_layer_norm": {"scale": (L, D)},
+            "mlp": {"gate": {"kernel": (L, D, F)}, "up": {"kernel": (L, D, F)}, "down": {"kernel": (L, F, D)}},
+        },
+        "final_norm": {"scale": (D,)},
+    }
+    if not config.tie_word_embeddings:
+        shapes["lm_head"] = {"kernel": (D, V)}
+    return shapes
+
+
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "scale"))
+def init_params(rng: jax.Array, config: LlamaConfig, scale: float = 0.02) -> Params:
+    """Random parameters (normal(0, scale) weights, unit norm scales) for tests and shape checks."""
+    shapes = param_shapes(config)
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=_is_shape)
+    keys = jax.random.split(rng, len(leaves))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)[0]]
+    out = []
+    for key, shape, path in zip(keys, leaves, paths):
+        if "scale" in path:
+            out.append(jnp.ones(shape, config.dtype))
+        else:
+            out.append((scale * jax.random.normal(key, shape, jnp.float32)).astype(config.dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# HF checkpoint loading (declarative rule table, see checkpoints.apply_rules).
+
+
+def split_heads_in(num_heads: int, head_dim: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Hook: torch Linear weight [N*Dh, D] -> kernel [D, N, Dh]."""
+
+    def hook(w: np.ndarray) -> np.ndarray:
+        return np.asarray(w).T.reshape(-1, num_heads, head_dim)
+
+    return hook
+
+
+def split_heads_bias(num_heads: int, head_dim: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Hook: bias [N*Dh] -> [N, Dh]."""
+
+    def hook(b: np.ndarray) -> np.ndarray:
+        return np.asarray(b).reshape(num_heads, head_dim)
+
+    return hook
+
+
+def split_heads_out(num_heads: int, head_dim: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Hook: o_proj weight [D, H*Dh] -> kernel [H, Dh, D]."""
+
+    def hook(w: np.ndarray) -> np.ndarray:
+        return np.asarray(w).T.reshape(num_heads, head_dim, -1)
+
+    return hook
+
+
+def hf_rules(config: LlamaConfig) -> list[ckpt.Rule]:
+    """The loader table from HF `LlamaForCausalLM`-style tensor names to this module's tree.
+
+    Per-layer tensors (`{i}`) are stacked on a leading layer axis.
+    """
+    h, k, dh = config.num_heads, config.num_kv_heads, config.head_dim
+    pre = "model.layers.{i}."
+    attn = pre + "self_attn."
+    rules = [
+        ckpt.Rule("embedder/embedding", "model.embed_tokens.weight"),
+        ckpt.Rule("final_norm/scale", "model.norm.weight"),
+        ckpt.Rule("layers/pre_attention_layer_norm/scale", pre + "input_layernorm.weight"),
+        ckpt.Rule("layers/pre_mlp_layer_norm/scale", pre + "post_attention_layernorm.weight"),
+        ckpt.Rule("layers/self_attention/query/kernel", attn + "q_proj.weight", (split_heads_in(h, dh),)),
+        ckpt.Rule("layers/self_attention/key/kernel", attn + "k_proj.weight", (split_heads_in(k, dh),)),
+        ckpt.Rule("layers/self_attention/value/kernel", attn + "v_proj.weight", (split_heads_in(k, dh),)),
+        ckpt.Rule("layers/self_attention/out/kernel", attn + "o_proj.weight", (split_heads_out(h, dh),)),
+        ckpt.Rule("layers/mlp/gate/kernel", pre + "mlp.gate_proj.weight", (ckpt.transpose,)),
+        ckpt.Rule("layers/mlp/up/kernel", pre + "mlp.up_proj.weight", (ckpt.transpose,)),
+        ckpt.Rule("layers/mlp/down/kernel", pre + "mlp.down_proj.weight", (ckpt.transpose,)),
+    ]
+    if config.attention_bias:
+        rules += [
+            ckpt.Rule("layers/self_attention/query/bias", attn + "q_proj.bias", (split_heads_bias(h, dh),)),
+            ckpt.Rule("layers/self_attention/key/bias", attn + "k_proj.bias", (split_heads_bias(k, dh),)),
+            ckpt.Rule("layers/self_attention/value/bias", attn + "v_proj.bias", (split_heads_bias(k, dh),)),
+        ]
+    if not config.tie_word_embeddings:
+        rules.append(ckpt.Rule("lm_head/kernel", "lm_head.weight", (ckpt.transpose,)))
+    return rules
+
+
+def abstract_params(config: LlamaConfig) -> Params:
+    """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating (for loaders and shape tests)."""
+    return jax.eval_shape(functools.partial(init_params, config=config), jax.random.PRNGKey(0))
+
+
+def load_hf(model_dir: str, dtype: Any = jnp.float32) -> tuple[LlamaConfig, Params]:
+    """Load a HF Llama / Qwen2 / Mistral checkpoint directory (local or gs://, safetensors only).
+
+    Fails closed (CheckpointError) on missing, unmapped or wrongly shaped tensors.
+    """
+    raw = ckpt.read_hf_config(model_dir)
+    try:
+        config = LlamaConfig.from_hf(raw, dtype=dtype)
+    except (KeyError, ValueError) as e:
+        raise ckpt.CheckpointError(f"{model_dir}/config.json: cannot build a LlamaConfig ({e!r})") from e
+    tensors = ckpt.read_safetensors(model_dir)
+    aliases = {"lm_head.weight": "model.embed_tokens.weight"} if config.tie_word_embeddings else None
+    flat = ckpt.apply_rules(
+        tensors, hf_rules(config), config.num_layers, expected=abstract_params(config), aliases=aliases,
+        ignore=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",), origin=str(model_dir))
+    return config, jax.tree.map(jnp.asarray, flat)
