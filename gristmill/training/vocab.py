@@ -1,0 +1,199 @@
+"""SentencePiece vocabularies with T5's id layout, and the `T5Vocabulary` wrapper.
+
+T5's layout: pad = 0, eos = 1, unk = 2, no bos, then the SentencePiece pieces, then 100 "extra
+ids" (sentinels) at the END of the vocabulary, numbered downwards: `<extra_id_0>` is
+`vocab_size - 1`, `<extra_id_99>` is `vocab_size - 100`. T5's own `spiece.model` does not contain
+the sentinels (it has 32000 pieces; T5's vocabulary object appends 100 to make 32100), and a
+SentencePiece model cannot place user-defined symbols after its learned pieces. So we do the same
+as T5: `train_sentencepiece` trains a model with `vocab_size - num_extra_ids` pieces, and
+`T5Vocabulary` appends the sentinels. It wraps `gristmill.models.tokenizers.Tokenizer` (which
+already knows T5's extra ids), so a trained model, T5's own `spiece.model` and a FLAN-T5
+checkpoint directory load the same way.
+
+`encode` adds no EOS and does not parse the text "<extra_id_0>" into a sentinel id (as T5/SeqIO);
+span corruption inserts sentinel ids directly.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Iterable, Iterator, Optional, Sequence, Union
+
+from gristmill.models import checkpoints
+from gristmill.models.tokenizers import Tokenizer
+
+NUM_EXTRA_IDS = 100
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+PathLike = Union[os.PathLike, pathlib.Path]
+
+
+class VocabularyError(ValueError):
+    """A vocabulary cannot be trained or does not have T5's layout."""
+
+
+class T5Vocabulary:
+    """A T5 vocabulary: SentencePiece pieces (pad 0, eos 1, unk 2) + sentinels at the top.
+
+    Wraps a `Tokenizer`; `vocab_size` counts the sentinels, `sentinel_id(i)` is `<extra_id_i>`.
+    Picklable (the tokenizer is), so Beam and tf.data workers can carry it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, num_extra_ids: int = NUM_EXTRA_IDS):
+        self.tokenizer = tokenizer
+        self.num_extra_ids = int(num_extra_ids)
+        size = tokenizer.vocab_size
+        problems = []
+        for what, got, want in (("pad_id", tokenizer.pad_id, PAD_ID), ("eos_id", tokenizer.eos_id, EOS_ID),
+                                ("unk_id", tokenizer.unk_id, UNK_ID)):
+            if got != want:
+                problems.append(f"{what} is {got}, T5 needs {want}")
+        if tokenizer.bos_id is not None:
+            problems.append(f"bos_id is {tokenizer.bos_id}, T5 has none")
+        for i in (0, self.num_extra_ids - 1):
+            if self.num_extra_ids and tokenizer.token_to_id(f"<extra_id_{i}>") != size - 1 - i:
+                problems.append(f"<extra_id_{i}> is not id {size - 1 - i}")
+        if problems:
+            raise VocabularyError(f"tokenizer {tokenizer.name!r} does not have T5's layout: " + "; ".join(problems))
+
+    @classmethod
+    def from_file(cls, path: Union[str, PathLike], *, num_extra_ids: int = NUM_EXTRA_IDS) -> "T5Vocabulary":
+        """Loads a SentencePiece `.model` (local or gs://) and appends `num_extra_ids` sentinels."""
+        import sentencepiece
+
+        path = str(path)
+        if not checkpoints.exists(path):
+            raise VocabularyError(f"{path}: SentencePiece model not found")
+        sp = sentencepiece.SentencePieceProcessor()
+        try:
+            sp.LoadFromSerializedProto(checkpoints.read_bytes(path))
+        except (RuntimeError, OSError) as e:
+            raise VocabularyError(f"{path}: not a valid SentencePiece model ({e})") from e
+        name = os.path.basename(path)
+        pad, eos, unk, bos = sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()
+        if min(pad, eos, unk) < 0:
+            raise VocabularyError(f"{path}: needs pad, eos and unk pieces (pad={pad}, eos={eos}, unk={unk})")
+        tokenizer = Tokenizer(sp=sp, extra_ids=num_extra_ids, pad_id=pad, eos_id=eos, unk_id=unk,
+                              bos_id=bos if bos >= 0 else None, name=name)
+        return cls(tokenizer, num_extra_ids=num_extra_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        """Pieces plus sentinels (32100 for T5)."""
+        return self.tokenizer.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def unk_id(self) -> int:
+        return self.tokenizer.unk_id
+
+    def sentinel_id(self, i: int) -> int:
+        """Id of `<extra_id_i>`: vocab_size - 1 - i."""
+        if not 0 <= i < self.num_extra_ids:
+            raise IndexError(f"sentinel {i} outside the {self.num_extra_ids} extra ids")
+        return self.vocab_size - 1 - i
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, no EOS added."""
+        return self.tokenizer.encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` over many texts."""
+        return self.tokenizer.encode_batch(texts)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """Text of `ids`. pad and eos are dropped; sentinels too, or shown as `<extra_id_i>` with
+        skip_special_tokens=False. Text on either side of a sentinel keeps its word boundary."""
+        first_sentinel = self.vocab_size - self.num_extra_ids
+        parts: list[str] = []
+        run: list[int] = []
+
+        def flush() -> None:
+            if run:
+                text = self.tokenizer.decode(run, skip_special_tokens=True)
+                # SentencePiece drops the word-boundary space at the start of a decode; restore it
+                # when this run continues earlier text.
+                if parts and text and self.tokenizer.id_to_token(run[0]).startswith("\u2581"):
+                    text = " " + text
+                parts.append(text)
+                run.clear()
+
+        for i in (int(i) for i in ids):
+            if i in (self.pad_id, self.eos_id):
+                continue
+            if i < first_sentinel:
+                run.append(i)
+                continue
+            flush()
+            if not skip_special_tokens:
+                parts.append(self.tokenizer.id_to_token(i))
+        flush()
+        return "".join(parts)
+
+    def __repr__(self) -> str:
+        return f"T5Vocabulary({self.tokenizer.name!r}, vocab_size={self.vocab_size}, extra_ids={self.num_extra_ids})"
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+    for text in texts:
+        if not isinstance(text, str):
+            raise VocabularyError(f"texts must be str, got {type(text).__name__}")
+        for line in text.split("\n"):
+            if line.strip():
+                yield line
+
+
+def train_sentencepiece(texts_or_files: Union[Iterable[str], PathLike, Sequence[PathLike]], vocab_size: int,
+                        output_prefix: Union[str, PathLike], *, num_extra_ids: int = NUM_EXTRA_IDS,
+                        model_type: str = "unigram", character_coverage: float = 0.9995,
+                        max_sentence_length: int = 16384, input_sentence_size: int = 0,
+                        num_threads: int = 1) -> T5Vocabulary:
+    """Trains a SentencePiece model with T5's layout; writes `<output_prefix>.model` and `.vocab`.
+
+    texts_or_files: an iterable of documents (str; each line is a training sentence), or
+        `pathlib.Path` file(s) of plain text, one sentence per line. A bare str is refused as
+        ambiguous (a text or a path?).
+    vocab_size: the full vocabulary size including the sentinels; the model gets
+        vocab_size - num_extra_ids pieces, and <extra_id_0> = vocab_size - 1.
+    input_sentence_size: sample this many sentences (0 = all).
+    num_threads: 1 makes training reproducible (more threads may change the pieces).
+    Returns the trained vocabulary. `output_prefix` must be a local path.
+    """
+    import sentencepiece
+
+    if isinstance(texts_or_files, (str, bytes)):
+        raise VocabularyError("pass texts as a list of str, or files as pathlib.Path (a bare str is ambiguous)")
+    pieces = vocab_size - num_extra_ids
+    if pieces < 4:
+        raise VocabularyError(f"vocab_size {vocab_size} leaves {pieces} pieces after {num_extra_ids} extra ids")
+    options = dict(model_prefix=str(output_prefix), vocab_size=pieces, model_type=model_type,
+                   pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+                   pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+                   character_coverage=character_coverage, max_sentence_length=max_sentence_length,
+                   input_sentence_size=input_sentence_size, shuffle_input_sentence=input_sentence_size > 0,
+                   num_threads=num_threads, minloglevel=2)
+    files = [texts_or_files] if isinstance(texts_or_files, os.PathLike) else None
+    if isinstance(texts_or_files, (list, tuple)) and texts_or_files and all(
+            isinstance(f, os.PathLike) for f in texts_or_files):
+        files = list(texts_or_files)
+    if files is not None:
+        missing = [str(f) for f in files if not os.path.exists(f)]
+        if missing:
+            raise VocabularyError(f"training file(s) not found: {missing}")
+        options["input"] = ",".join(str(f) for f in files)
+    else:
+        options["sentence_iterator"] = _lines(texts_or_files)
+    os.makedirs(os.path.dirname(os.path.abspath(str(output_prefix))), exist_ok=True)
+    try:
+        sentencepiece.SentencePieceTrainer.train(**options)
+    except RuntimeError as e:
+        raise VocabularyError(f"SentencePiece training of {output_prefix} failed: {e}") from e
+    return T5Vocabulary.from_file(f"{output_prefix}.model", num_extra_ids=num_extra_ids)
