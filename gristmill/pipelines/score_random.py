@@ -10,11 +10,11 @@ from __future__ import annotations
 import apache_beam as beam
 
 from gristmill.pipelines import job
-from gristmill.pipelines.options import CorpusOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from gristmill.scoring.random_score import RandomScoreConfig, add_random_score
 
 
-class ScoreRandomOptions(CorpusOptions):
+class ScoreRandomOptions(PipelineOptions):
     """Flags of `gristmill score random`."""
 
     @classmethod
@@ -24,11 +24,11 @@ class ScoreRandomOptions(CorpusOptions):
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Builds and runs the job; returns the run manifest."""
-    pipeline_options, opts = job.parse_options(argv, ScoreRandomOptions)
+    pipeline_options, corpus, opts = job.parse_options(argv, ScoreRandomOptions)
     config = RandomScoreConfig(seed=opts.seed)
-    pipeline = test_pipeline or beam.Pipeline(options=pipeline_options)
-    files, docs, dead = job.read_corpus(pipeline, opts)
+    pipeline = job.new_pipeline(pipeline_options, save_main_session, test_pipeline)
+    files, docs, dead = job.read_corpus(pipeline, corpus)
     scored = docs | "RandomScore" >> beam.Map(add_random_score, config)
     base = job.manifest_base("score random", config, pipeline_options, files)
-    job.write_outputs(pipeline, opts.output, opts.num_shards, base, docs, scored, dead)
-    return job.run_pipeline(pipeline, opts.output, is_test=test_pipeline is not None)
+    job.write_outputs(pipeline, corpus.output, corpus.num_shards, base, docs, scored, dead)
+    return job.run_pipeline(pipeline, corpus.output, is_test=test_pipeline is not None)

@@ -33,6 +33,7 @@ SCORED_PREFIX = "scored"
 DEAD_LETTER_FILE = "dead_letters.jsonl"
 MANIFEST_FILE = "manifest.json"
 PROGRESS_SECONDS = 10.0
+log = logging.getLogger(__name__)
 
 
 def join(directory: str, name: str) -> str:
@@ -60,7 +61,7 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.every:
             self.last = now
-            logging.info("%s: %d so far (%.1f/s)", self.what, self.count, self.count / max(now - self.start, 1e-9))
+            log.info("%s: %d so far (%.1f/s)", self.what, self.count, self.count / max(now - self.start, 1e-9))
 
 
 class _ReadFileFn(beam.DoFn):
@@ -254,7 +255,7 @@ def _write_manifest(_, output_dir, base, documents_read, written, dead_by_reason
         out.write(json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n")
     FileSystems.rename([temp], [path])
     counts = manifest["counts"]
-    logging.info("manifest %s: read %d, written %d, dead-lettered %d%s", path, counts["read"], counts["written"],
+    log.info("manifest %s: read %d, written %d, dead-lettered %d%s", path, counts["read"], counts["written"],
                  counts["dead_lettered"], "" if manifest["reconciled"] else " (COUNTS DO NOT RECONCILE)")
     yield manifest
 

@@ -1,0 +1,85 @@
+"""Corpus readers: formats, ids, and one dead letter per kind of bad record."""
+
+import gzip
+import json
+import os
+
+import pytest
+
+from gristmill import documents
+from tests.conftest import MAX_BYTES, good_doc
+
+CONFIG = documents.ReaderConfig(max_document_bytes=MAX_BYTES)
+
+
+def _split(items):
+    items = list(items)
+    docs = [i for i in items if not isinstance(i, documents.DeadLetter)]
+    dead = [i for i in items if isinstance(i, documents.DeadLetter)]
+    return docs, dead
+
+
+def test_document_id_is_stable_and_depends_on_url_and_text():
+    a = documents.document_id("https://a", "text")
+    assert a == documents.document_id("https://a", "text")
+    assert len(a) == 32 and int(a, 16) >= 0
+    assert a != documents.document_id("https://b", "text") != documents.document_id("https://a", "text2")
+
+
+def test_plain_gzip_and_glob(tmp_path):
+    rows = [good_doc(i) for i in range(5)]
+    (tmp_path / "x.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n")
+    with gzip.open(tmp_path / "y.json.gz", "wt") as f:
+        f.write("\n".join(json.dumps(r) for r in rows[2:]) + "\n")
+    docs, dead = _split(documents.read_documents(str(tmp_path / "*")))
+    assert not dead
+    assert sorted(d["text"] for d in docs) == sorted(r["text"] for r in rows)
+    assert {d["source"] for d in docs} == {str(tmp_path / "x.jsonl"), str(tmp_path / "y.json.gz")}
+    for d in docs:
+        assert d["id"] == documents.document_id(d["url"], d["text"])
+
+
+def test_generic_jsonl_text_field_and_lines_format(tmp_path):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"contents": "pile text", "id": 3}) + "\n")
+    (tmp_path / "c.txt").write_text("first doc\nsecond doc\n")
+    docs, _ = _split(documents.read_documents(str(tmp_path / "p.jsonl"), documents.ReaderConfig(text_field="contents")))
+    assert docs[0]["text"] == "pile text" and docs[0]["url"] == ""
+    docs, _ = _split(documents.read_documents(str(tmp_path / "c.txt")))
+    assert [d["text"] for d in docs] == ["first doc", "second doc"]
+
+
+def test_real_corpora(embedded_glob):
+    docs, dead = _split(documents.read_documents(embedded_glob))
+    assert len(docs) == 1000 and not dead
+    assert all(d["timestamp"].startswith("2019-04") for d in docs)  # C4's `date` alias
+    assert len({d["id"] for d in docs}) == 1000
+
+
+def test_every_bad_record_becomes_one_dead_letter(bad_corpus):
+    pattern, expected = bad_corpus
+    docs, dead = _split(documents.read_documents(pattern, CONFIG))
+    got = {(os.path.basename(d.source), d.record): d.reason for d in dead}
+    truncated = {k: v for k, v in got.items() if v == "truncated_gzip"}
+    assert list(truncated) and all(name == "b.jsonl.gz" for name, _ in truncated)
+    assert len(truncated) == 1
+    assert {k: v for k, v in got.items() if v != "truncated_gzip"} == expected
+    gz_docs = [d for d in docs if d["source"].endswith("b.jsonl.gz")]
+    (record_number,) = [n for (_, n) in truncated]
+    assert record_number == len(gz_docs) + 1 and 0 < len(gz_docs) < 50
+    assert {d["text"] for d in docs if d["source"].endswith("a.jsonl")} == {good_doc(1)["text"], "dated"}
+    assert [d for d in docs if d["text"] == "dated"][0]["timestamp"] == "2019-04-20"
+    assert {d["id"] for d in docs if d["source"].endswith("c.tfrecord")} == {"t0", "t1"}
+    for d in dead:
+        assert d.detail and json.loads(d.to_json())["reason"] == d.reason
+
+
+def test_unreadable_file_and_empty_glob(tmp_path):
+    (dead,) = list(documents.read_file(str(tmp_path / "missing.jsonl"), CONFIG))
+    assert dead.reason == "unreadable_file" and "missing.jsonl" in dead.source
+    with pytest.raises(documents.InputError, match="matches no file"):
+        documents.expand_patterns([str(tmp_path / "nothing-*.json")])
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="unknown input format"):
+        documents.ReaderConfig(format="parquet")
