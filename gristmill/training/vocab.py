@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Iterator, Sequence, Union
 
 from gristmill.models import checkpoints
 from gristmill.models.tokenizers import Tokenizer
