@@ -267,6 +267,7 @@ def _head(params: Params, config: LlamaConfig, h: jax.Array) -> jax.Array:
     return jnp.einsum("...d,dv->...v", h, params["lm_head"]["kernel"], preferred_element_type=jnp.float32)
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
 def logits(params: Params, config: LlamaConfig, ids: jax.Array, mask: jax.Array) -> jax.Array:
     """Next-token logits [B, T, V] (float32) at every position; rows at padded positions are junk."""
     return _head(params, config, hidden_states(params, config, ids, mask))
@@ -278,6 +279,7 @@ def last_real_index(mask: jax.Array) -> jax.Array:
     return t - 1 - jnp.argmax(mask[:, ::-1].astype(jnp.int32), axis=1)
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
 def last_position_logprobs(params: Params, config: LlamaConfig, ids: jax.Array, mask: jax.Array) -> jax.Array:
     """Full-vocabulary log-softmax [B, V] of the next token after each row's last real token.
 
