@@ -119,3 +119,25 @@ def test_make_embedder_specs(minilm):
     with pytest.raises(CheckpointError):
         E.make_embedder("st5:/nonexistent/dir")
     assert isinstance(E.make_embedder("minilm", batch_size=2), E.MiniLMEmbedder)
+
+
+def test_sentence_t5_reads_the_older_sentence_transformers_layout(tmp_path):
+    """sentence-t5-base on the Hub: ``sentence_transformers.models.*`` types, boolean pooling flags,
+    max_seq_length in sentence_bert_config.json, Normalize without a folder."""
+    st5 = copy_st5(tmp_path)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+               {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+               {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"}]
+    (st5 / "modules.json").write_text(json.dumps(modules))
+    (st5 / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"word_embedding_dimension": 48, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
+         "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}))
+    (st5 / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 40, "do_lower_case": False}))
+    config = json.loads((st5 / "tokenizer_config.json").read_text())
+    config["model_max_length"] = 512
+    (st5 / "tokenizer_config.json").write_text(json.dumps(config))
+    shutil.rmtree(st5 / "3_Normalize")
+    ref = reference("st5_reference.npz")
+    got = E.SentenceT5Embedder(str(st5), batch_size=4).embed(ref["texts"].tolist())
+    assert np.abs(got - ref["embeddings"]).max() < 1e-5
