@@ -16,6 +16,7 @@ CORE = [
     "safetensors>=0.4",
     "gguf>=0.10",
     "matplotlib>=3.7",
+    "jinja2>=3.1",
 ]
 
 setuptools.setup(
