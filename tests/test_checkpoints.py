@@ -217,3 +217,27 @@ def test_remote_paths_go_through_beam_filesystems():
     assert config == t5.preset("tiny")
     np.testing.assert_array_equal(params["token_embedder"]["embedding"],
                                   checkpoints.read_safetensors(V11)["shared.weight"])
+
+
+def test_unused_t5_1_0_cross_attention_bias_is_ignored_like_hf(tensors, config):
+    legacy = dict(tensors, **{"decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight":
+                              np.zeros((16, 4), np.float32)})
+    t5.params_from_hf_tensors(legacy, config)
+
+
+def test_encoder_only_checkpoint(tmp_path, tensors, config):
+    out = _copy_model(tmp_path)
+    encoder_tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items() if not k.startswith(("decoder.", "lm_head"))}
+    safetensors.numpy.save_file(encoder_tensors, str(out / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="missing tensors"):
+        t5.load_hf(str(out))
+    cfg, params = t5.load_hf(str(out), encoder_only=True)
+    assert set(params) == {"token_embedder", "encoder"}
+    ref = np.load(os.path.join(FIXTURES, "tiny_v1_1_reference.npz"))
+    np.testing.assert_allclose(t5.encode(params, cfg, ref["input_ids"], ref["input_mask"]), ref["encoder_hidden"],
+                               rtol=1e-4, atol=1e-4)
+    _, from_full = t5.load_hf(V11, encoder_only=True)  # decoder tensors of a full checkpoint are skipped
+    assert set(from_full) == {"token_embedder", "encoder"}
+    with pytest.raises(CheckpointError, match="unexpected tensors.*encoder.block.0.extra"):
+        t5.params_from_hf_tensors(dict(encoder_tensors, **{"encoder.block.0.extra": np.zeros(1)}), config,
+                                  encoder_only=True)

@@ -185,3 +185,16 @@ def test_padding_to_a_bucket_does_not_change_scores():
     ids, mask = batching.pad_batch(rows, pad_id=config.pad_id, buckets=(64,), batch_size=4)
     out = t5.first_step_logprobs(params, config, ids, mask)[:3]
     np.testing.assert_allclose(out, ref["first_step_logprobs"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_export_round_trips_to_the_hf_tensors(name):
+    model_dir = os.path.join(FIXTURES, name)
+    original = checkpoints.read_safetensors(model_dir)
+    for scan in (True, False):
+        config, params = t5.load_hf(model_dir, scan_layers=scan)
+        exported = t5.to_hf_tensors(params, config)
+        assert set(exported) == set(original)
+        for key, value in exported.items():
+            np.testing.assert_array_equal(value, original[key], err_msg=key)
+    assert t5.T5Config.from_hf(t5.to_hf_config(config)) == config.replace(scan_layers=True)

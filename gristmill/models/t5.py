@@ -513,29 +513,81 @@ def hf_rules(config: T5Config) -> list[Rule]:
     return rules
 
 
-def params_from_hf_tensors(tensors: Mapping[str, np.ndarray], config: T5Config, *,
+# Original T5 1.0 checkpoints carry a cross-attention position bias that T5 never uses (HF ignores it too).
+_UNUSED_HF_TENSORS = (r"decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight",)
+_ENCODER_PARTS = ("token_embedder", "encoder")
+
+
+def params_from_hf_tensors(tensors: Mapping[str, np.ndarray], config: T5Config, *, encoder_only: bool = False,
                            origin: str = "checkpoint") -> Params:
     """Maps HF T5 tensors onto this module's parameters, failing closed (see ``checkpoints.apply_rules``).
 
     ``encoder.embed_tokens.weight`` / ``decoder.embed_tokens.weight`` (and ``lm_head.weight`` for
-    tied configs) are accepted as copies of ``shared.weight`` and must equal it.
+    tied configs) are accepted as copies of ``shared.weight`` and must equal it. With
+    ``encoder_only`` only the embedding and encoder are built (Sentence-T5 / ``T5EncoderModel``
+    checkpoints; any decoder tensors are skipped), which is enough for ``encode`` and
+    ``mean_pooled_encoding``.
     """
     aliases = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
     if config.tie_word_embeddings:
         aliases["lm_head.weight"] = "shared.weight"
+    rules, expected, ignore = hf_rules(config), param_shapes(config), list(_UNUSED_HF_TENSORS)
+    if encoder_only:
+        rules = [r for r in rules if r.target.split("/")[0] in _ENCODER_PARTS]
+        expected = {k: v for k, v in expected.items() if k in _ENCODER_PARTS}
+        ignore += [r"decoder\..*", r"lm_head\.weight"]
+        aliases.pop("lm_head.weight", None)
     return checkpoints.apply_rules(
-        tensors, hf_rules(config), {"encoder": config.num_layers, "decoder": config.num_decoder_layers},
-        expected=param_shapes(config), aliases=aliases, origin=origin)
+        tensors, rules, {"encoder": config.num_layers, "decoder": config.num_decoder_layers},
+        expected=expected, aliases=aliases, ignore=ignore, origin=origin)
 
 
-def load_hf(model_dir: str, dtype: str = "float32", *, scan_layers: bool = True,
+def load_hf(model_dir: str, dtype: str = "float32", *, scan_layers: bool = True, encoder_only: bool = False,
             **overrides) -> tuple[T5Config, Params]:
     """Loads a HF-layout T5 directory (local or gs://): ``config.json`` + safetensors.
 
     Returns the config (with compute ``dtype`` and ``scan_layers`` applied) and float32
     parameters as jax arrays. Any tensor that does not fit raises ``CheckpointError``.
+    ``encoder_only`` loads just the embedding and encoder (see ``params_from_hf_tensors``).
     """
     config = T5Config.from_hf(checkpoints.read_hf_config(model_dir), dtype=dtype, scan_layers=scan_layers,
                               **overrides)
-    params = params_from_hf_tensors(checkpoints.read_safetensors(model_dir), config, origin=str(model_dir))
+    params = params_from_hf_tensors(checkpoints.read_safetensors(model_dir), config, encoder_only=encoder_only,
+                                    origin=str(model_dir))
     return config, jax.tree.map(jnp.asarray, params)
+
+
+def to_hf_tensors(params: Params, config: T5Config) -> dict[str, np.ndarray]:
+    """Inverse of :func:`params_from_hf_tensors`: HF tensor names -> float32 numpy arrays.
+
+    Exports a trained (or freshly initialised) model for transformers; every hook in
+    :func:`hf_rules` is a transpose, which is its own inverse.
+    """
+    flat = {k: np.asarray(v, np.float32) for k, v in checkpoints.flatten_tree(params).items()}
+    out = {}
+    for rule in hf_rules(config):
+        undo = (lambda x: x.T) if transpose in rule.hooks else (lambda x: x)
+        if "{i}" not in rule.source:
+            out[rule.source] = np.ascontiguousarray(undo(flat[rule.target]))
+            continue
+        n = config.num_layers if rule.layers == "encoder" else config.num_decoder_layers
+        for i in range(n):
+            value = flat[rule.target.format(i=i)] if "{i}" in rule.target else flat[rule.target][i]
+            out[rule.source.format(i=i)] = np.ascontiguousarray(undo(value))
+    return out
+
+
+def to_hf_config(config: T5Config) -> dict:
+    """A HF ``config.json`` dict for ``config`` (``T5Config.from_hf`` reads it back unchanged)."""
+    return {
+        "architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "is_encoder_decoder": True,
+        "vocab_size": config.vocab_size, "d_model": config.d_model, "d_kv": config.d_kv, "d_ff": config.d_ff,
+        "num_heads": config.num_heads, "num_layers": config.num_layers,
+        "num_decoder_layers": config.num_decoder_layers,
+        "relative_attention_num_buckets": config.relative_attention_num_buckets,
+        "relative_attention_max_distance": config.relative_attention_max_distance,
+        "dropout_rate": config.dropout_rate, "layer_norm_epsilon": config.layer_norm_epsilon,
+        "feed_forward_proj": config.feed_forward_proj, "tie_word_embeddings": config.tie_word_embeddings,
+        "decoder_start_token_id": config.decoder_start_token_id, "pad_token_id": config.pad_id,
+        "eos_token_id": config.eos_id,
+    }
