@@ -15,7 +15,11 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 
 class CorpusOptions(PipelineOptions):
-    """Where a job reads, where it writes, and how it parses the corpus."""
+    """Where a job reads, where it writes, how it parses the corpus, and its seed.
+
+    Beam parses every registered options class with one parser, so a flag name may be defined
+    only once across all jobs: flags several jobs share live here.
+    """
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -28,6 +32,8 @@ class CorpusOptions(PipelineOptions):
         parser.add_argument("--max_document_bytes", type=int, default=1_000_000,
                             help="Documents larger than this (UTF-8 bytes) are dead-lettered as too_large.")
         parser.add_argument("--num_shards", type=int, default=1, help="Number of output TFRecord shards.")
+        parser.add_argument("--seed", type=int, default=0,
+                            help="Seed of the job's randomness (random scores, selections, hash functions).")
         parser.add_argument("--workers", type=int, default=0,
                             help="Local runs: use N worker processes (multi-processing FnApiRunner).")
 

@@ -10,22 +10,14 @@ from __future__ import annotations
 import apache_beam as beam
 
 from gristmill.pipelines import job
-from apache_beam.options.pipeline_options import PipelineOptions
+from gristmill.pipelines.options import CorpusOptions
 from gristmill.scoring.random_score import RandomScoreConfig, add_random_score
-
-
-class ScoreRandomOptions(PipelineOptions):
-    """Flags of `gristmill score random`."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--seed", type=int, default=0, help="Seed of the random score.")
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Builds and runs the job; returns the run manifest."""
-    pipeline_options, corpus, opts = job.parse_options(argv, ScoreRandomOptions)
-    config = RandomScoreConfig(seed=opts.seed)
+    pipeline_options, corpus, _ = job.parse_options(argv, CorpusOptions)
+    config = RandomScoreConfig(seed=corpus.seed)
     pipeline = job.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     files, docs, dead = job.read_corpus(pipeline, corpus)
     scored = docs | "RandomScore" >> beam.Map(add_random_score, config)

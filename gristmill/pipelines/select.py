@@ -285,7 +285,6 @@ class SelectOptions(PipelineOptions):
         parser.add_argument("--rule", default="topk", help="topk, bottomk, ips (keep prob. ~ 1/score) or random.")
         parser.add_argument("--rate", type=float, default=None, help="Target fraction in (0, 1].")
         parser.add_argument("--rate_by", default=sampling.DOCUMENTS, help="documents or tokens.")
-        parser.add_argument("--seed", type=int, default=0, help="Seed of the keep decisions.")
         parser.add_argument("--tokens_feature", default=None,
                             help="tokens/<tokenizer> feature for --rate_by tokens (default: UTF-8 bytes / 4).")
         parser.add_argument("--missing", default="error",
@@ -296,12 +295,12 @@ class SelectOptions(PipelineOptions):
         parser.add_argument("--plan_only", action="store_true", help="Write plan.json and the report only.")
 
 
-def select_config(opts: SelectOptions) -> SelectConfig:
+def select_config(opts: SelectOptions, seed: int) -> SelectConfig:
     """The SelectConfig the flags describe."""
     if opts.rate is None and not opts.plan:
         raise job.UsageError("--rate is required (a fraction in (0, 1]) unless --plan is given")
     return SelectConfig(rule=opts.rule, score=opts.score, rate=opts.rate if opts.rate is not None else 1.0,
-                        rate_by=opts.rate_by, seed=opts.seed, tokens_feature=opts.tokens_feature,
+                        rate_by=opts.rate_by, seed=seed, tokens_feature=opts.tokens_feature,
                         missing=opts.missing, approximate=opts.approximate, plan=opts.plan,
                         plan_only=opts.plan_only)
 
@@ -309,7 +308,7 @@ def select_config(opts: SelectOptions) -> SelectConfig:
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Builds and runs the job; returns the run manifest."""
     pipeline_options, corpus, opts = job.parse_options(argv, SelectOptions)
-    config = select_config(opts)
+    config = select_config(opts, corpus.seed)
     pipeline = job.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     files, docs, dead = job.read_corpus(pipeline, corpus)
     if config.plan:
