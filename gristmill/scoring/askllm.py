@@ -252,9 +252,9 @@ class AskLLMScorer:
         from gristmill.models import zoo
 
         self.config = config
+        self.template = load_template(config.prompt_template)  # before the (slow) model load
         self.loaded = loaded if loaded is not None else zoo.load_model(config.model, config.dtype)
         self.tokenizer = self.loaded.tokenizer
-        self.template = load_template(config.prompt_template)
         self.yes_id, self.no_id = resolve_answer_tokens(self.tokenizer)
         self.buckets = length_buckets(config.max_length)
         log_probs = zoo.log_probs_fn(self.loaded)
