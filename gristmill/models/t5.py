@@ -13,6 +13,11 @@ fixtures recorded with transformers, ``tests/test_t5.py``):
 * untied ``lm_head`` without rescaling (v1.1), or tied embeddings with the decoder output scaled
   by ``d_model**-0.5`` (T5 1.0).
 
+Initialisation follows T5X (so the module also serves pre-training): token embedding N(0, 1);
+attention query N(0, (d_model*d_kv)^-1) (the folded 1/sqrt(d_kv)), key/value N(0, d_model^-1),
+output N(0, (heads*d_kv)^-1); MLP and untied logits kernels truncated-normal with variance
+1/fan_in; relative-position table uniform variance-scaling over fan_avg; norm scales 1.
+
 The module only computes activations and logits (STYLE rule 1). Public functions take
 ``params`` (the tree under flax's ``"params"`` collection) explicitly and are jitted with the
 frozen :class:`T5Config` static. Parameters are float32; ``config.dtype`` picks the compute dtype.
