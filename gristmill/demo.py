@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from absl import flags
 
+from gristmill import records
 from gristmill.pipelines import transforms
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,70 @@ def run_random(config: DemoConfig, corpus: str) -> StageResult:
     return _stage("score random", out, lambda: score_random.run(argv))
 
 
+def run_density(config: DemoConfig, corpus: str) -> StageResult:
+    """Scores the corpus with the Density sketch over MiniLM embeddings (the paper's R x B sketch)."""
+    from gristmill.pipelines import score_density
+    out = os.path.join(config.output, "density")
+    argv = ["--input", corpus, "--output", out, f"--seed={config.seed}"] + _beam_flags(config)
+    return _stage("score density", out, lambda: score_density.run(argv))
+
+
+def run_askllm(config: DemoConfig, corpus: str) -> StageResult:
+    """Scores a capped sample of the corpus with Ask-LLM and notes the highest and lowest scored."""
+    from gristmill.pipelines import score_askllm
+    out = os.path.join(config.output, "askllm")
+    argv = ["--input", corpus, "--output", out, "--model", config.askllm_model, f"--limit={config.askllm_limit}",
+            f"--seed={config.seed}"] + _beam_flags(config)
+    result = _stage("score askllm", out, lambda: score_askllm.run(argv))
+    feature = records.score_feature(score_askllm.SCORER, score_askllm.model_name_of(config.askllm_model))
+    ranked = sorted(transforms.iter_scored_records(transforms.scored_glob(out)), key=lambda r: -r[feature])
+    notes = ["highest P(yes):"] + [_excerpt(r, feature) for r in ranked[:3]]
+    notes += ["lowest P(yes):"] + [_excerpt(r, feature) for r in ranked[-3:]]
+    return dataclasses.replace(result, notes="\n".join(notes))
+
+
+def run_select(config: DemoConfig, name: str, scored_dir: str, feature: str, rule: str, rate: float) -> StageResult:
+    """Selects `rate` of a scored corpus by `rule` over `feature` and notes a few kept documents."""
+    from gristmill.pipelines import select
+    out = os.path.join(config.output, name)
+    argv = ["--input", transforms.scored_glob(scored_dir), "--output", out, "--score", feature, "--rule", rule,
+            f"--rate={rate}", f"--seed={config.seed}"] + _beam_flags(config)
+    result = _stage(f"select {rule} {rate:.0%}", out, lambda: select.run(argv))
+    kept = sorted(transforms.iter_scored_records(transforms.scored_glob(out)), key=lambda r: -r[feature])
+    notes = [f"kept {len(kept)} by {rule} on {feature}, e.g.:"] + [_excerpt(r, feature) for r in kept[:3]]
+    return dataclasses.replace(result, notes="\n".join(notes))
+
+
+def _excerpt(record: records.Record, feature: str, width: int = 90) -> str:
+    text = " ".join(record[records.TEXT].split())
+    return f"  {record[feature]:.4g}  {text[:width]}{'...' if len(text) > width else ''}"
+
+
 def run_demo(config: DemoConfig) -> list[StageResult]:
-    """Runs the demo stages in order and returns their results."""
-    results = [run_random(config, config.corpus)]
-    return results
+    """Runs the demo stages in order, each reading the previous stage's scored records."""
+    random_stage = run_random(config, config.corpus)
+    density_stage = run_density(config, transforms.scored_glob(random_stage.output))
+    askllm_stage = run_askllm(config, transforms.scored_glob(density_stage.output))
+    density_feature = records.score_feature("density", "minilm")
+    askllm_feature = records.score_feature("askllm", _askllm_name(config))
+    return [random_stage, density_stage, askllm_stage,
+            run_select(config, "select-askllm-top20", askllm_stage.output, askllm_feature, "topk", 0.2),
+            run_select(config, "select-density-ips20", density_stage.output, density_feature, "ips", 0.2)]
+
+
+def _askllm_name(config: DemoConfig) -> str:
+    from gristmill.pipelines.score_askllm import model_name_of
+    return model_name_of(config.askllm_model)
 
 
 def format_summary(results: list[StageResult]) -> str:
     """The summary table printed at the end of the demo."""
-    header = f"{'stage':<22} {'read':>6} {'written':>8} {'dead':>6} {'seconds':>8}  output"
+    header = f"{'stage':<22} {'read':>6} {'written':>8} {'dead':>6} {'excluded':>8} {'seconds':>8}  output"
     lines = [header, "-" * len(header)]
     for r in results:
+        excluded = sum(r.counts.get("excluded", {}).values())
         lines.append(f"{r.stage:<22} {r.counts['read']:>6} {r.counts['written']:>8} "
-                     f"{r.counts['dead_lettered']:>6} {r.seconds:>8.1f}  {r.output}")
+                     f"{r.counts['dead_lettered']:>6} {excluded:>8} {r.seconds:>8.1f}  {r.output}")
         if r.notes:
             lines.extend("    " + note for note in r.notes.splitlines())
     return "\n".join(lines)
