@@ -49,8 +49,9 @@ def trained(tmp_path_factory):
 
     def loss_fn(p, batch):
         weights = (batch["decoder_target_tokens"] > 0).astype(jnp.float32)
-        logits = t5.logits(p, config, batch["encoder_input_tokens"], (batch["encoder_input_tokens"] > 0).astype(jnp.int32),
-                           batch["decoder_input_tokens"], weights.astype(jnp.int32))
+        enc = batch["encoder_input_tokens"]
+        logits = t5.logits(p, config, enc, (enc > 0).astype(jnp.int32), batch["decoder_input_tokens"],
+                           weights.astype(jnp.int32))
         nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["decoder_target_tokens"])
         return (nll * weights).sum() / weights.sum()
 
