@@ -40,7 +40,7 @@ def test_universal_hash_equals_64bit_integer_arithmetic():
     mh = rng.integers(0, 2**32, (rows, k + 1), dtype=np.uint64).astype(np.uint32)
     ml = rng.integers(0, 2**32, (rows, k + 1), dtype=np.uint64).astype(np.uint32)
     ml[0] = 0xFFFFFFFF
-    got = np.asarray(D._universal_hash(keys, mh, ml, 20011))
+    got = np.asarray(D._universal_hash(keys.transpose(1, 2, 0), mh, ml, 20011)).T  # [R, K, N] layout
     want = np.array([[python_universal_hash(mh[r], ml[r], keys[i, r], 20011) for r in range(rows)] for i in range(n)])
     np.testing.assert_array_equal(got, want)
 
@@ -90,6 +90,7 @@ def test_bucket_ids_shape_range_and_batch_independence():
     pieces = np.concatenate([D.bucket_ids(params, x[:5]), D.bucket_ids(params, x[5:1500]), D.bucket_ids(params, x[1500:])])
     np.testing.assert_array_equal(ids, pieces)
     assert D.bucket_ids(params, x[:0]).shape == (0, 50)
+    np.testing.assert_array_equal(D.row_bucket_ids(params, x), ids.T)
 
 
 # --------------------------------------------------------------------------- kernel
@@ -291,9 +292,23 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
 
 
 def test_universal_hash_spreads_distinct_keys_evenly():
-    keys = np.arange(200_000, dtype=np.uint32).reshape(-1, 1, 1)
+    keys = np.arange(200_000, dtype=np.uint32).reshape(1, 1, -1)
     mh, ml = (np.random.default_rng(s).integers(0, 2**32, (1, 2), dtype=np.uint64).astype(np.uint32) for s in (1, 2))
     load = np.bincount(np.asarray(D._universal_hash(keys, mh, ml, 20000)).ravel(), minlength=20000)
     # 10 keys per bucket on average (Poisson(10) stays in [1, 35) over 20000 buckets; a linear hash
     # of consecutive keys spreads even more evenly).
     assert load.min() >= 1 and load.max() < 35
+
+
+def test_row_layout_paths_equal_point_layout_paths():
+    cfg, x = small_sketch_setup()
+    params = D.make_hash_params(cfg)
+    ids = D.bucket_ids(params, x)
+    by_points = D.Sketch.empty(params).add(ids)
+    by_rows = D.Sketch.empty(params).add_rows(D.row_bucket_ids(params, x))
+    by_embeddings = D.Sketch.empty(params).add_embeddings(x)
+    assert np.array_equal(by_points.counts, by_rows.counts) and np.array_equal(by_points.counts, by_embeddings.counts)
+    np.testing.assert_array_equal(by_points.query(ids), by_points.query_rows(ids.T))
+    np.testing.assert_array_equal(by_points.query(ids), by_points.query_embeddings(x))
+    with pytest.raises(D.SketchError, match=r"\[64, N\]"):
+        by_points.query_rows(ids)
