@@ -1,0 +1,463 @@
+"""`gristmill experiment --config FILE.json`: samplers x rates x model sizes x steps over a scored corpus.
+
+A thin orchestration layer over the library (STYLE rule 9): for every cell of the grid it plans
+a selection (`training.data.plan_from_records` -> `sampling.plan_from_scores`), trains
+(`training.train.train`), and evaluates the span-corruption perplexity (`eval.perplexity`) of
+each saved checkpoint on the held-out text sets, giving learning curves (value vs training tokens).
+
+    OUTPUT/experiment.json            the config, corpus counts, skipped samplers (with reasons), runs
+    OUTPUT/data/train.tfrecord        the scored records outside the held-out split (what runs train on)
+    OUTPUT/data/c4_heldout.jsonl      the held-out split (id, text), never trained on
+    OUTPUT/vocab/spiece.model         one SentencePiece vocabulary for every run (so perplexities compare)
+    OUTPUT/runs/<model>-s<steps>/<sampler>[-<rate>]/   a `gristmill train` run directory + plan.json
+        eval.json                     this run's results (reused when the experiment is rerun unchanged)
+    OUTPUT/results.jsonl              one row per (run, checkpoint, metric): `metrics.Result` fields
+                                      plus run, parameters, documents
+
+Config (JSON), with defaults:
+
+    {"scored": "scored/*.tfrecord",                  # glob(s) of scored TFRecords (required)
+     "output": "experiments/demo",                   # or --output
+     "samplers": {"full": null,                      # null: all the (non-held-out) documents
+                  "random": {"rule": "random"},
+                  "askllm": {"rule": "topk", "score": "score/askllm/smollm2-135m-instruct"},
+                  "density": {"rule": "ips", "score": "score/density/minilm", "missing": "error"}},
+     "rates": [0.2], "models": ["small"], "steps": [1000],
+     "evaluations": 4,                               # checkpoints evaluated per run (learning curve)
+     "text_sets": ["c4_heldout", "high_quality"], "heldout_fraction": 0.1, "seed": 0,
+     "vocab": null, "vocab_size": 32100,             # null: train one on the training split
+     "train": {"batch_size": 64},                    # any other TrainConfig field
+     "eval": {"inputs_length": 512, "batch_size": 16, "max_documents": null}}
+
+A sampler whose score feature is absent from the corpus, or present on only some documents
+while its `missing` policy is `error` (Ask-LLM often scores a subset), is skipped with a logged
+message and listed in experiment.json; `"missing": "drop"` plans over the scored documents only.
+Rates apply to the training split; `full` runs once per model and steps, at rate 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+from gristmill import records, sampling
+from gristmill.eval import metrics
+from gristmill.eval import perplexity as ppl
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT_FILE = "experiment.json"
+RESULTS_FILE = "results.jsonl"
+EVAL_FILE = "eval.json"
+PLAN_FILE = "plan.json"
+TRAIN_DATA = os.path.join("data", "train.tfrecord")
+HELDOUT_DATA = os.path.join("data", "c4_heldout.jsonl")
+VOCAB_PATH = os.path.join("vocab", "spiece.model")
+PERPLEXITY = "perplexity"
+# TrainConfig fields the experiment sets itself.
+_MANAGED = ("data", "output", "steps", "model_size", "plan", "vocab", "seed", "checkpoint_every", "keep_checkpoints")
+
+
+class ExperimentError(ValueError):
+    """The experiment configuration or its corpus is unusable."""
+
+
+def metric_name(text_set: str) -> str:
+    """The results' metric name of a text set's perplexity, e.g. `perplexity/c4_heldout`."""
+    return f"{PERPLEXITY}/{text_set}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SamplerSpec:
+    """One sampler of the grid: a selection rule over a score feature, or all the data (rule None)."""
+
+    name: str
+    rule: Optional[str] = None
+    score: Optional[str] = None
+    missing: str = "error"
+    rate_by: str = sampling.DOCUMENTS
+
+    def __post_init__(self):
+        if self.rule is None:
+            if self.score is not None:
+                raise ExperimentError(f"sampler {self.name!r}: a score needs a rule")
+            return
+        if self.rule not in sampling.RULES:
+            raise ExperimentError(f"sampler {self.name!r}: unknown rule {self.rule!r}; known: {sorted(sampling.RULES)}")
+        if sampling.RULES[self.rule].needs_scores and not self.score:
+            raise ExperimentError(f"sampler {self.name!r}: rule {self.rule!r} needs a \"score\" feature")
+        sampling.MissingScorePolicy(self.missing)
+        if self.rate_by not in sampling.RATE_BY:
+            raise ExperimentError(f"sampler {self.name!r}: rate_by must be one of {sampling.RATE_BY}")
+
+    @property
+    def is_full(self) -> bool:
+        return self.rule is None
+
+    @classmethod
+    def parse(cls, name: str, spec: Optional[Mapping[str, Any]]) -> "SamplerSpec":
+        if spec is None:
+            return cls(name=name)
+        if not isinstance(spec, Mapping):
+            raise ExperimentError(f"sampler {name!r}: expected null or an object, got {spec!r}")
+        unknown = set(spec) - {"rule", "score", "missing", "rate_by"}
+        if unknown:
+            raise ExperimentError(f"sampler {name!r}: unknown keys {sorted(unknown)}")
+        return cls(name=name, **spec)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """The grid and how each cell is trained and evaluated (see the module docstring)."""
+
+    scored: tuple[str, ...]
+    output: str
+    samplers: tuple[SamplerSpec, ...]
+    rates: tuple[float, ...] = (0.2,)
+    models: tuple[str, ...] = ("small",)
+    steps: tuple[int, ...] = (1000,)
+    evaluations: int = 4
+    text_sets: tuple[str, ...] = ppl.TEXT_SETS
+    heldout_fraction: float = ppl.HELDOUT_FRACTION
+    seed: int = 0
+    vocab: Optional[str] = None
+    vocab_size: int = 32100
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    eval: ppl.PerplexityConfig = ppl.PerplexityConfig()
+
+    def __post_init__(self):
+        from gristmill.training import configs
+
+        if not self.scored:
+            raise ExperimentError("scored: a glob of scored TFRecords is needed")
+        if not self.samplers:
+            raise ExperimentError("samplers: at least one sampler is needed")
+        names = [s.name for s in self.samplers]
+        if len(set(names)) != len(names):
+            raise ExperimentError(f"sampler names repeat: {names}")
+        for rate in self.rates:
+            if not 0 < rate <= 1:
+                raise ExperimentError(f"rates must be in (0, 1], got {rate}")
+        for model in self.models:
+            if model not in configs.SIZES:
+                raise ExperimentError(f"unknown model size {model!r}; known: {sorted(configs.SIZES)}")
+        if any(s < 1 for s in self.steps) or self.evaluations < 1:
+            raise ExperimentError(f"steps and evaluations must be >= 1, got {self.steps}, {self.evaluations}")
+        for name in self.text_sets:
+            if name not in ppl.TEXT_SETS:
+                raise ExperimentError(f"unknown text set {name!r}; known: {ppl.TEXT_SETS}")
+        clash = sorted(set(self.train) & set(_MANAGED))
+        unknown = sorted(set(self.train) - set(configs.TrainConfig.__dataclass_fields__))
+        if clash or unknown:
+            raise ExperimentError(f"train: {'fields set by the experiment ' + str(clash) if clash else ''}"
+                                  f"{'; ' if clash and unknown else ''}"
+                                  f"{'unknown TrainConfig fields ' + str(unknown) if unknown else ''}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], output: Optional[str] = None) -> "ExperimentConfig":
+        """Parses the JSON config; `output` (the --output flag) overrides its "output"."""
+        data = dict(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ExperimentError(f"unknown experiment config keys {unknown}; known: {sorted(known)}")
+        if output:
+            data["output"] = output
+        for key in ("scored", "output", "samplers"):
+            if key not in data:
+                raise ExperimentError(f"experiment config needs {key!r}")
+        samplers = data.pop("samplers")
+        if not isinstance(samplers, Mapping):
+            raise ExperimentError("samplers: expected an object {name: spec or null}")
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if isinstance(fields["scored"], str):
+            fields["scored"] = (fields["scored"],)
+        fields["samplers"] = tuple(SamplerSpec.parse(n, s) for n, s in samplers.items())
+        try:
+            fields["eval"] = ppl.PerplexityConfig(**dict(data.get("eval") or {}))
+        except TypeError as e:
+            raise ExperimentError(f"eval: {e}") from e
+        fields["train"] = dict(data.get("train") or {})
+        try:
+            return cls(**fields)
+        except TypeError as e:
+            raise ExperimentError(f"experiment config: {e}") from e
+
+    @classmethod
+    def from_file(cls, path: str, output: Optional[str] = None) -> "ExperimentConfig":
+        """Reads a JSON config file."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ExperimentError(f"{path}: cannot read the experiment config ({e})") from e
+        return cls.from_dict(data, output)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["samplers"] = {s.name: None if s.is_full else {k: v for k, v in dataclasses.asdict(s).items()
+                                                           if k != "name"} for s in self.samplers}
+        out["train"] = dict(self.train)
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One training run of the grid."""
+
+    model: str
+    steps: int
+    sampler: SamplerSpec
+    rate: float
+
+    @property
+    def name(self) -> str:
+        tail = self.sampler.name if self.sampler.is_full else f"{self.sampler.name}-{self.rate:g}"
+        return os.path.join("runs", f"{self.model}-s{self.steps}", tail)
+
+
+def grid(config: ExperimentConfig, samplers: Sequence[SamplerSpec]) -> list[Cell]:
+    """The runs: every model x steps x (full once at rate 1, other samplers at every rate)."""
+    cells = []
+    for model in config.models:
+        for steps in config.steps:
+            for sampler in samplers:
+                for rate in ((1.0,) if sampler.is_full else config.rates):
+                    cells.append(Cell(model, steps, sampler, float(rate)))
+    return cells
+
+
+# --- corpus preparation ----------------------------------------------------------------------
+
+def score_coverage(items: Sequence[records.Record]) -> dict[str, int]:
+    """score feature -> number of records having it (finite)."""
+    counts: dict[str, int] = {}
+    for record in items:
+        for key, value in record.items():
+            if key.startswith("score/") and isinstance(value, float) and math.isfinite(value):
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def usable_samplers(samplers: Sequence[SamplerSpec], coverage: Mapping[str, int], num_documents: int
+                    ) -> tuple[list[SamplerSpec], dict[str, str]]:
+    """(samplers that can run, {skipped sampler: reason}) given the score coverage of the training split."""
+    usable, skipped = [], {}
+    for sampler in samplers:
+        if sampler.is_full or not sampling.RULES[sampler.rule].needs_scores:
+            usable.append(sampler)
+            continue
+        have = coverage.get(sampler.score, 0)
+        if have == 0:
+            skipped[sampler.name] = f"no document of the corpus has the score feature {sampler.score!r}"
+        elif have < num_documents and sampler.missing == sampling.MissingScorePolicy.ERROR.value:
+            skipped[sampler.name] = (f"{sampler.score!r} is on {have} of {num_documents} training documents; "
+                                     f"set \"missing\": \"drop\" (or \"keep\") to plan over the scored ones")
+        else:
+            usable.append(sampler)
+    for name, reason in skipped.items():
+        log.warning("skipping sampler %s: %s", name, reason)
+    return usable, skipped
+
+
+def _write_tfrecords(path: str, items: Sequence[records.Record]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temp = path + ".tmp"
+    with open(temp, "wb") as f:
+        for record in items:
+            f.write(records.encode_tfrecord(records.serialize(record)))
+    os.replace(temp, path)
+
+
+def prepare_corpus(config: ExperimentConfig) -> dict[str, Any]:
+    """Splits the scored corpus into OUTPUT/data/train.tfrecord and the held-out jsonl; returns counts."""
+    from gristmill.pipelines import transforms
+
+    items = [r for pattern in config.scored for r in transforms.iter_scored_records(pattern)]
+    if not items:
+        raise ExperimentError(f"no records in {list(config.scored)}")
+    train, held = ppl.split_heldout(items, config.heldout_fraction)
+    if not held or not train:
+        raise ExperimentError(f"the held-out split of {len(items)} documents leaves {len(train)} to train on and "
+                              f"{len(held)} held out: use a larger corpus or another heldout_fraction")
+    _write_tfrecords(os.path.join(config.output, TRAIN_DATA), train)
+    with open(os.path.join(config.output, HELDOUT_DATA), "w", encoding="utf-8") as f:
+        for record in held:
+            f.write(json.dumps({"id": record[records.ID], "text": record[records.TEXT]}, ensure_ascii=False) + "\n")
+    return {"documents": len(items), "train_documents": len(train), "heldout_documents": len(held),
+            "score_coverage": score_coverage(train)}
+
+
+def heldout_texts(output: str) -> list[str]:
+    """The experiment's `c4_heldout` texts (written by `prepare_corpus`)."""
+    with open(os.path.join(output, HELDOUT_DATA), encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def prepare_vocab(config: ExperimentConfig) -> str:
+    """The shared vocabulary: config.vocab, or one trained on the training split (once)."""
+    if config.vocab:
+        return config.vocab
+    path = os.path.join(config.output, VOCAB_PATH)
+    if not os.path.exists(path):
+        from gristmill.pipelines import transforms
+        from gristmill.training import vocab
+
+        texts = [r[records.TEXT] for r in transforms.iter_scored_records(os.path.join(config.output, TRAIN_DATA))]
+        log.info("training a %d-id SentencePiece vocabulary on %d documents", config.vocab_size, len(texts))
+        vocab.train_sentencepiece(texts, config.vocab_size, path[:-len(".model")],
+                                  input_sentence_size=min(len(texts) * 20, 2_000_000))
+    return path
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+def _tokens_by_step(run_dir: str) -> dict[int, int]:
+    from gristmill.training import train
+
+    tokens = {}
+    path = os.path.join(run_dir, train.METRICS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    tokens[int(row["step"])] = int(row["tokens_seen"])
+    return tokens
+
+
+def run_cell(config: ExperimentConfig, cell: Cell, vocab_path: str,
+             examples: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Plans, trains and evaluates one cell; returns its result rows (reused from eval.json if unchanged)."""
+    from gristmill.training import configs, data, train
+
+    run_dir = os.path.join(config.output, cell.name)
+    key = {"cell": {"model": cell.model, "steps": cell.steps, "sampler": dataclasses.asdict(cell.sampler),
+                    "rate": cell.rate},
+           "train": dict(config.train), "eval": dataclasses.asdict(config.eval), "seed": config.seed,
+           "evaluations": config.evaluations, "text_sets": list(config.text_sets), "vocab": vocab_path,
+           "heldout_fraction": config.heldout_fraction}
+    eval_path = os.path.join(run_dir, EVAL_FILE)
+    if os.path.exists(eval_path):
+        with open(eval_path) as f:
+            saved = json.load(f)
+        if saved.get("key") == key:
+            log.info("%s: already evaluated, reusing %s", cell.name, eval_path)
+            return saved["rows"]
+    os.makedirs(run_dir, exist_ok=True)
+    train_data = os.path.join(config.output, TRAIN_DATA)
+    plan_path, documents = None, None
+    if not cell.sampler.is_full:
+        plan = data.plan_from_records(train_data, cell.sampler.rule, rate=cell.rate, seed=config.seed,
+                                      score_feature=cell.sampler.score, rate_by=cell.sampler.rate_by,
+                                      missing=cell.sampler.missing)
+        plan_path = os.path.join(run_dir, PLAN_FILE)
+        with open(plan_path, "w") as f:
+            f.write(plan.to_json())
+        documents = plan.expected_documents
+        log.info("%s: %s", cell.name, plan.describe())
+    every = max(1, cell.steps // config.evaluations)
+    train_config = configs.TrainConfig(
+        data=(train_data,), output=run_dir, steps=cell.steps, model_size=cell.model, plan=plan_path,
+        vocab=vocab_path, seed=config.seed, checkpoint_every=every, keep_checkpoints=config.evaluations + 2,
+        **dict(config.train))
+    train.train(train_config)
+    parameters = train.read_run(run_dir)["parameters"]
+    tokens = _tokens_by_step(run_dir)
+    rows = []
+    for step in train.checkpoint_steps(run_dir):
+        trained = train.load_trained(run_dir, step, dtype="float32")
+        for name in config.text_sets:
+            value = ppl.perplexity_of_examples(trained.params, trained.config, examples[name], config.eval.batch_size)
+            result = metrics.Result(model=cell.model, sampler=cell.sampler.name, rate=cell.rate,
+                                    metric=metric_name(name), value=value.perplexity, steps=cell.steps, step=step,
+                                    tokens=tokens.get(step))
+            rows.append({**dataclasses.asdict(result), "run": cell.name, "parameters": parameters,
+                         "documents": documents, "target_tokens": value.tokens})
+            log.info("%s step %d: %s = %.3f", cell.name, step, result.metric, value.perplexity)
+    with open(eval_path, "w") as f:
+        json.dump({"key": key, "rows": rows}, f, indent=1)
+    return rows
+
+
+# --- the grid --------------------------------------------------------------------------------
+
+def _write_json(path: str, obj: Any) -> None:
+    temp = path + ".tmp"
+    with open(temp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(temp, path)
+
+
+def write_results(output: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes OUTPUT/results.jsonl (all rows so far)."""
+    temp = os.path.join(output, RESULTS_FILE + ".tmp")
+    with open(temp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+    os.replace(temp, os.path.join(output, RESULTS_FILE))
+
+
+def read_results(output: str) -> list[dict[str, Any]]:
+    """The rows of OUTPUT/results.jsonl."""
+    path = os.path.join(output, RESULTS_FILE)
+    if not os.path.exists(path):
+        raise ExperimentError(f"{output}: no {RESULTS_FILE} (not an experiment directory?)")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def read_experiment(output: str) -> dict[str, Any]:
+    """OUTPUT/experiment.json ({} when absent)."""
+    path = os.path.join(output, EXPERIMENT_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_experiment(config: ExperimentConfig) -> list[dict[str, Any]]:
+    """Runs the whole grid; returns all result rows (also in OUTPUT/results.jsonl)."""
+    from gristmill.training import vocab as vocab_lib
+
+    os.makedirs(config.output, exist_ok=True)
+    corpus = prepare_corpus(config)
+    usable, skipped = usable_samplers(config.samplers, corpus["score_coverage"], corpus["train_documents"])
+    cells = grid(config, usable)
+    vocab_path = prepare_vocab(config)
+    vocabulary = vocab_lib.T5Vocabulary.from_file(vocab_path)
+    texts = {name: heldout_texts(config.output) if name == ppl.C4_HELDOUT else ppl.text_set(name)
+             for name in config.text_sets}
+    examples = {name: ppl.heldout_examples(t, vocabulary, config.eval) for name, t in texts.items()}
+    summary = {"config": config.to_dict(), "corpus": corpus, "skipped_samplers": skipped, "vocab": vocab_path,
+               "text_sets": {name: {"documents": len(t), "examples": int(examples[name]["document"].size)}
+                             for name, t in texts.items()},
+               "runs": [c.name for c in cells], "metrics": [metric_name(n) for n in config.text_sets],
+               "lower_is_better": [metric_name(n) for n in config.text_sets]}
+    _write_json(os.path.join(config.output, EXPERIMENT_FILE), summary)
+    log.info("experiment %s: %d runs (%d samplers skipped), %d training / %d held-out documents", config.output,
+             len(cells), len(skipped), corpus["train_documents"], corpus["heldout_documents"])
+    rows: list[dict[str, Any]] = []
+    for i, cell in enumerate(cells, start=1):
+        log.info("run %d/%d: %s", i, len(cells), cell.name)
+        rows.extend(run_cell(config, cell, vocab_path, examples))
+        write_results(config.output, rows)
+    return rows
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+def run(argv: list[str]) -> list[dict[str, Any]]:
+    """Entry point of `gristmill experiment --config FILE.json [--output DIR]`."""
+    from absl import flags
+
+    fv = flags.FlagValues()
+    flags.DEFINE_string("config", None, "Experiment config (JSON).", flag_values=fv)
+    flags.DEFINE_string("output", None, "Experiment directory (overrides the config's \"output\").", flag_values=fv)
+    flags.mark_flag_as_required("config", flag_values=fv)
+    fv(["gristmill experiment"] + list(argv))
+    return run_experiment(ExperimentConfig.from_file(fv.config, fv.output))
