@@ -74,7 +74,7 @@ class AskLLMModelHandler(ModelHandler[str, askllm.AskLLMResult, askllm.AskLLMSco
         return [PredictionResult(text, result, model_id=self.config.model_name) for text, result in zip(batch, results)]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": 1, "max_batch_size": self.max_batch_size,
+        return {"min_batch_size": self.config.batch_size, "max_batch_size": self.max_batch_size,
                 "length_fn": _text_length, "bucket_boundaries": self.bucket_boundaries}
 
     def share_model_across_processes(self) -> bool:

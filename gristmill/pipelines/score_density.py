@@ -44,6 +44,9 @@ SKETCH_FILE = "sketch.npz"
 BANDWIDTH_SAMPLE = 2000
 EMBED_BATCH = 64
 HASH_BATCH = 1024
+# Character lengths that split batches into groups of similar token length (about 4 characters a
+# token), so the embedder pads each batch to a short bucket instead of the longest document.
+EMBED_LENGTH_BOUNDARIES = [128, 256, 512, 1024]
 log = logging.getLogger(__name__)
 
 
@@ -78,6 +81,10 @@ class DensityConfig:
                                     hashes_per_row=self.hashes_per_row,
                                     bandwidth=bandwidth if self.kernel == "l2" else None,
                                     kernel=self.kernel, seed=self.seed)
+
+
+def _text_length(record: records.Record) -> int:
+    return len(record[records.TEXT])
 
 
 class _EmbedFn(beam.DoFn):
@@ -201,7 +208,9 @@ class ScoreDensity(beam.PTransform):
     def expand(self, docs):
         config = self.config
         embedded = (docs
-                    | "BatchForEmbedding" >> beam.BatchElements(min_batch_size=1, max_batch_size=EMBED_BATCH)
+                    | "BatchForEmbedding" >> beam.BatchElements(
+                        min_batch_size=EMBED_BATCH, max_batch_size=EMBED_BATCH, length_fn=_text_length,
+                        bucket_boundaries=EMBED_LENGTH_BOUNDARIES)
                     | "Embed" >> beam.ParDo(_EmbedFn(config.embedder)))
         if config.sketch:
             sketch = docs.pipeline | "LoadSketch" >> beam.Create([config.sketch]) | beam.Map(load_sketch)
