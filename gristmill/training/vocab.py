@@ -197,3 +197,48 @@ def train_sentencepiece(texts_or_files: Union[Iterable[str], PathLike, Sequence[
     except RuntimeError as e:
         raise VocabularyError(f"SentencePiece training of {output_prefix} failed: {e}") from e
     return T5Vocabulary.from_file(f"{output_prefix}.model", num_extra_ids=num_extra_ids)
+
+
+def run(argv: list[str]) -> T5Vocabulary:
+    """Entry point of `gristmill tokenizer train`: documents (any format `gristmill.documents` reads) ->
+    ``PREFIX.model`` / ``PREFIX.vocab`` with T5's layout.
+
+        gristmill tokenizer train --input GLOB --vocab_size 32100 --output PREFIX
+            [--text_field text] [--max_documents 100000] [--model_type unigram]
+
+    Dead-letter records (unreadable, empty, ...) are skipped and counted in the log line.
+    """
+    import logging
+
+    from absl import flags
+
+    from gristmill import documents
+
+    fv = flags.FlagValues()
+    flags.DEFINE_list("input", None, "Corpus glob(s), comma-separated (JSON lines, text lines or TFRecords).",
+                      flag_values=fv)
+    flags.DEFINE_integer("vocab_size", 32100, "Vocabulary size including the 100 sentinels.", flag_values=fv)
+    flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.model and PREFIX.vocab.", flag_values=fv)
+    flags.DEFINE_string("text_field", "text", "JSON key of the document text.", flag_values=fv)
+    flags.DEFINE_integer("max_documents", 100_000, "Train on at most this many documents (the first ones).",
+                         flag_values=fv)
+    flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece model type (T5: unigram).",
+                      flag_values=fv)
+    for name in ("input", "output"):
+        flags.mark_flag_as_required(name, flag_values=fv)
+    fv(["gristmill tokenizer train"] + list(argv))
+    reader = documents.ReaderConfig(text_field=fv.text_field)
+    texts, dead = [], 0
+    for item in documents.read_documents(fv.input, reader):
+        if isinstance(item, documents.DeadLetter):
+            dead += 1
+            continue
+        texts.append(item["text"])
+        if len(texts) >= fv.max_documents:
+            break
+    if not texts:
+        raise VocabularyError(f"no readable documents in {fv.input} ({dead} dead letters)")
+    vocabulary = train_sentencepiece(texts, fv.vocab_size, fv.output, model_type=fv.model_type)
+    logging.getLogger(__name__).info("trained %r on %d documents (%d unreadable records skipped) -> %s.model",
+                                     vocabulary, len(texts), dead, fv.output)
+    return vocabulary
