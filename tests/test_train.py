@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gristmill import records, sampling
+from gristmill import cli, records, sampling
 from gristmill.models import t5
 from gristmill.training import configs, data, main, model as M, optim, train as T, vocab as V
 
@@ -69,12 +69,23 @@ def read_metrics(output):
         return [json.loads(line) for line in f]
 
 
+def as_flags(config):
+    """`gristmill train` flags for a TrainConfig built by tiny_config."""
+    flags = [f"--data={','.join(config.data)}", f"--output={config.output}"]
+    for name in ("steps", "model_size", "vocab", "batch_size", "concat_documents", "shuffle_buffer",
+                 "checkpoint_every", "keep_checkpoints", "log_every", "seed"):
+        flags.append(f"--{name}={getattr(config, name)}")
+    return flags
+
+
 @pytest.fixture(scope="module")
 def full_run(corpus, tmp_path_factory):
-    """An uninterrupted 24-step tiny run."""
+    """An uninterrupted 24-step tiny run, through the `gristmill train` command line."""
     output = tmp_path_factory.mktemp("full")
-    result = T.train(tiny_config(corpus, output))
-    return output, result
+    config = tiny_config(corpus, output)
+    assert main.parse_config(as_flags(config)) == config
+    assert cli.main(["train"] + as_flags(config)) == 0
+    return output
 
 
 # ----------------------------------------------------------------------------- sizes
@@ -286,9 +297,9 @@ def test_peak_flops_lookup():
 
 
 def test_tiny_run_learns_and_writes_metrics(full_run, corpus):
-    output, result = full_run
+    output = full_run
     metrics = read_metrics(output)
-    assert [m["step"] for m in metrics] == list(range(1, 25)) and result.step == 24
+    assert [m["step"] for m in metrics] == list(range(1, 25))
     for m in metrics:
         assert set(m) == METRIC_FIELDS
         assert np.isfinite(m["loss"]) and m["tokens_per_second"] > 0
@@ -323,19 +334,19 @@ def test_resume_equals_uninterrupted(full_run, corpus, tmp_path):
     assert T.checkpoint_steps(output) == [12, 14]
     shutil.rmtree(output / T.CHECKPOINTS_DIR / "14")
     T.train(tiny_config(corpus, output))  # steps=24: resumes from 12, drops metrics 13-14
-    resumed, full = read_metrics(output), read_metrics(full_run[0])
+    resumed, full = read_metrics(output), read_metrics(full_run)
     assert [m["step"] for m in resumed] == list(range(1, 25))
     for a, b in zip(resumed, full):
         for key in ("loss", "z_loss", "accuracy", "grad_norm", "learning_rate", "target_tokens"):
             assert a[key] == b[key], (a["step"], key, a[key], b[key])
     same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(T.load_trained(output).params),
-                                                 jax.tree.leaves(T.load_trained(full_run[0]).params))]
+                                                 jax.tree.leaves(T.load_trained(full_run).params))]
     assert all(same)
 
 
 def test_resume_refuses_a_different_run(full_run, corpus):
     with pytest.raises(T.TrainError, match="train.seed"):
-        T.train(tiny_config(corpus, full_run[0], seed=8))
+        T.train(tiny_config(corpus, full_run, seed=8))
 
 
 def test_plan_stream_yields_exactly_the_kept_documents(corpus, tmp_path):
@@ -372,6 +383,15 @@ def test_plan_run_repeats_epochs_and_stops(corpus, tmp_path):
     assert all(m["epoch"] is None for m in metrics[:first])
     assert metrics[-1]["epoch"] == pytest.approx(2.0, abs=0.35)  # second pass measured by the first's length
     assert T.checkpoint_steps(output)[-1] == result.step
+
+
+def test_vocabulary_trained_into_the_output_when_none_is_given(corpus, tmp_path):
+    config = tiny_config(corpus, tmp_path / "run", vocab=None, vocab_size=300, vocab_max_documents=50)
+    path = T.resolve_vocab(config, [corpus[0]])
+    assert path == str(tmp_path / "run" / "vocab" / "spiece.model")
+    assert V.T5Vocabulary.from_file(path).vocab_size == 300
+    stamp = os.path.getmtime(path)
+    assert T.resolve_vocab(config, [corpus[0]]) == path and os.path.getmtime(path) == stamp  # reused on resume
 
 
 # ----------------------------------------------------------------------------- command line

@@ -107,6 +107,8 @@ class TrainConfig:
         None repeats forever.
     dtype: compute dtype; None is bfloat16 on accelerators and float32 on CPU (params stay float32).
     dropout_rate: overrides the preset's (0 for T5 v1.1 pre-training).
+    remat_policy: activation rematerialisation per layer (`t5.T5Config.remat_policy`): none, full,
+        dots, dots_with_no_batch_dims; trades compute for memory on large batches.
     z_loss: weight of T5X's ``log(Z)^2`` auxiliary loss (0 disables).
     pack: pack several examples per row (segment-masked attention) or one per row.
     checkpoint_every, keep_checkpoints: orbax checkpoint interval (steps) and how many to keep.
@@ -133,6 +135,7 @@ class TrainConfig:
     epochs: Optional[int] = None
     dtype: Optional[str] = None
     dropout_rate: Optional[float] = None
+    remat_policy: str = "none"
     z_loss: float = 1e-4
     pack: bool = True
     concat_documents: int = 128
@@ -166,6 +169,7 @@ class TrainConfig:
 
     @property
     def preset(self) -> SizePreset:
+        """The size preset named by `model_size`."""
         return size(self.model_size)
 
     def optimizer_config(self) -> OptimizerConfig:
@@ -180,13 +184,15 @@ class TrainConfig:
 
     def model_config(self, tokenizer_vocab_size: int, dtype: str) -> t5.T5Config:
         """The preset's T5Config for this tokenizer, compute dtype and dropout."""
-        changes: dict[str, Any] = {"vocab_size": padded_vocab_size(tokenizer_vocab_size), "dtype": dtype}
+        changes: dict[str, Any] = {"vocab_size": padded_vocab_size(tokenizer_vocab_size), "dtype": dtype,
+                                   "remat_policy": self.remat_policy}
         if self.dropout_rate is not None:
             changes["dropout_rate"] = self.dropout_rate
         return self.preset.model.replace(**changes)
 
     @property
     def global_batch_size(self) -> int:
+        """Sequences per step over all devices and hosts."""
         return self.batch_size or self.preset.batch_size
 
     @property

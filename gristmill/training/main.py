@@ -49,8 +49,15 @@ def _flag_values() -> flags.FlagValues:
     flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype (default: bfloat16 on accelerators, "
                       "float32 on CPU).", flag_values=fv)
     flags.DEFINE_float("dropout_rate", None, "Default: the preset's (0 for T5 v1.1 pre-training).", flag_values=fv)
+    flags.DEFINE_enum("remat_policy", d.remat_policy, ["none", "full", "dots", "dots_with_no_batch_dims"],
+                      "Activation rematerialisation per layer (saves memory).", flag_values=fv)
     flags.DEFINE_float("z_loss", d.z_loss, "Weight of the log(Z)^2 auxiliary loss.", flag_values=fv)
     flags.DEFINE_bool("pack", d.pack, "Pack several examples per row.", flag_values=fv)
+    flags.DEFINE_integer("concat_documents", d.concat_documents, "Documents concatenated before splitting "
+                         "into rows (T5: 128).", flag_values=fv)
+    flags.DEFINE_integer("shuffle_buffer", d.shuffle_buffer, "Documents in the shuffle buffer.", flag_values=fv)
+    flags.DEFINE_integer("vocab_max_documents", d.vocab_max_documents, "Documents a vocabulary trained here "
+                         "reads.", flag_values=fv)
     flags.DEFINE_integer("log_every", d.log_every, "Steps between progress lines.", flag_values=fv)
     flags.DEFINE_float("peak_tflops", None, "Per-device peak TFLOP/s for MFU (default: looked up).", flag_values=fv)
     for name in ("data", "output", "steps"):

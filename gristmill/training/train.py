@@ -259,10 +259,10 @@ class BatchStream:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-def _checkpoint_manager(directory: str, keep: int):
+def _checkpoint_manager(directory: str, keep: int, read_only: bool = False):
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -330,8 +330,56 @@ class MetricsWriter:
             self._file.close()
 
 
-def _float(x: Any) -> float:
-    return float(np.asarray(x))
+class StepRecorder:
+    """Turns each step's metrics into a metrics.jsonl line, and every `log_every` steps a progress line.
+
+    Step time is the time between consecutive steps' metrics becoming available on the host, so
+    it includes everything the step waited for (input pipeline, checkpoints); the first step after
+    a (re)start includes compilation and is left out of the means.
+    """
+
+    def __init__(self, writer: MetricsWriter, *, start_step: int, total_steps: int, tokens_per_step: int,
+                 flops_per_step: float, peak_flops: Optional[float], devices: int, log_every: int):
+        self.writer, self.start_step, self.total_steps = writer, start_step, total_steps
+        self.tokens_per_step, self.flops_per_step, self.log_every = tokens_per_step, flops_per_step, log_every
+        self.peak = peak_flops * devices if peak_flops else None
+        self.throughput: list[float] = []
+        self.mfus: list[float] = []
+        self.last: dict[str, Any] = {}
+        self.t_start = self.t_prev = time.monotonic()
+
+    def __call__(self, step: int, metrics: Any, position: dict[str, Any], epochs: Optional[float]) -> dict[str, Any]:
+        values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        if not np.isfinite(values["loss"]):
+            raise TrainError(f"loss is {values['loss']} at step {step}; resume from an earlier checkpoint with "
+                             "another learning rate or seed")
+        now = time.monotonic()
+        seconds, self.t_prev = now - self.t_prev, now
+        first = step == self.start_step + 1
+        out = {"step": step, **values, "step_time_s": seconds, "tokens_per_second": self.tokens_per_step / seconds,
+               "mfu": self.flops_per_step / seconds / self.peak if self.peak else None,
+               "tokens_seen": step * self.tokens_per_step, "epoch": epochs, "data_epoch": position["epoch"],
+               "includes_compile": first, "elapsed_s": now - self.t_start}
+        if not first:
+            self.throughput.append(out["tokens_per_second"])
+            if out["mfu"] is not None:
+                self.mfus.append(out["mfu"])
+        self.writer.write(out)
+        if step % self.log_every == 0 or step == self.total_steps:
+            mfu = f" MFU {100 * out['mfu']:.1f}%" if out["mfu"] is not None else ""
+            epoch = f"{epochs:.2f}" if epochs is not None else str(position["epoch"])
+            log.info("step %d/%d loss %.4f acc %.3f lr %.2e %.0f tok/s%s epoch %s", step, self.total_steps,
+                     out["loss"], out["accuracy"], out["learning_rate"], out["tokens_per_second"], mfu, epoch)
+        self.last = out
+        return out
+
+    @property
+    def mean_tokens_per_second(self) -> Optional[float]:
+        return float(np.mean(self.throughput)) if self.throughput else None
+
+    @property
+    def mean_mfu(self) -> Optional[float]:
+        return float(np.mean(self.mfus)) if self.mfus else None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -362,11 +410,64 @@ def resolve_vocab(config: TrainConfig, files: list[str]) -> str:
     texts = []
     for document in data.read_documents(files).take(config.vocab_max_documents).as_numpy_iterator():
         texts.append(document["text"].decode("utf-8"))
-    log.info("training a %d-token SentencePiece vocabulary on %d documents -> %s", config.vocab_size, len(texts), path)
     if not texts:
         raise TrainError(f"no documents in {files} to train a vocabulary on")
+    log.info("training a %d-token SentencePiece vocabulary on %d documents -> %s", config.vocab_size, len(texts), path)
     vocab_lib.train_sentencepiece(texts, config.vocab_size, path[:-len(".model")])
     return path
+
+
+class RunSetup(NamedTuple):
+    """Everything resolved from a TrainConfig before the first step."""
+    files: list[str]
+    vocab_path: str
+    vocabulary: Any
+    plan: Optional[sampling.Plan]
+    model: model_lib.EncoderDecoderModel
+    optimizer: optim.OptimizerConfig
+    input_config: data.InputConfig
+    record: dict[str, Any]  # what config.json holds
+
+
+def prepare(config: TrainConfig) -> RunSetup:
+    """Resolves files, vocabulary, plan, model, optimizer and input settings; writes or checks config.json."""
+    from gristmill.training import vocab as vocab_lib
+
+    os.makedirs(config.output, exist_ok=True)
+    files = data.list_files(list(config.data))
+    vocab_path = resolve_vocab(config, files)
+    vocabulary = vocab_lib.T5Vocabulary.from_file(vocab_path)
+    plan = None
+    if config.plan:
+        with open(config.plan) as f:
+            plan = sampling.Plan.from_json(f.read())
+    model_config = config.model_config(vocabulary.vocab_size, config.dtype or default_dtype())
+    optimizer = config.optimizer_config()
+    processes, devices = jax.process_count(), len(jax.devices())
+    batch_size = config.global_batch_size
+    if batch_size % devices:
+        raise configs.ConfigError(f"batch_size {batch_size} does not divide over {devices} devices")
+    inputs_length, targets_length = config.lengths
+    input_config = data.InputConfig(
+        batch_size=batch_size // processes, inputs_length=inputs_length, targets_length=targets_length,
+        pack=config.pack, concat_documents=config.concat_documents, shuffle_buffer=config.shuffle_buffer,
+        num_epochs=1, seed=config.seed, num_hosts=processes, host_index=jax.process_index())
+    record = {
+        "train": config.to_dict(), "model": dataclasses.asdict(model_config),
+        "optimizer": dataclasses.asdict(optimizer), "input": dataclasses.asdict(input_config),
+        "vocab": os.path.abspath(vocab_path), "tokenizer_vocab_size": vocabulary.vocab_size,
+        "parameters": t5.count_params(model_config),
+        "flops_per_step": batch_size * model_lib.flops_per_sequence(model_config, inputs_length, targets_length),
+    }
+    path = os.path.join(config.output, CONFIG_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            _check_resume(json.load(f), record)
+    if jax.process_index() == 0:
+        with open(path, "w") as f:
+            f.write(configs.dumps(record))
+    model = model_lib.EncoderDecoderModel(model_config, z_loss=config.z_loss)
+    return RunSetup(files, vocab_path, vocabulary, plan, model, optimizer, input_config, record)
 
 
 def _check_resume(saved: dict, current: dict) -> None:
@@ -384,102 +485,38 @@ def _check_resume(saved: dict, current: dict) -> None:
 
 def train(config: TrainConfig) -> TrainResult:
     """Pre-trains a T5 on the (selected) documents of ``config.data``; resumes from OUTPUT if it has checkpoints."""
-    from gristmill.training import vocab as vocab_lib
+    import orbax.checkpoint as ocp
 
-    os.makedirs(config.output, exist_ok=True)
-    files = data.list_files(list(config.data))
-    vocab_path = resolve_vocab(config, files)
-    vocabulary = vocab_lib.T5Vocabulary.from_file(vocab_path)
-    plan = None
-    if config.plan:
-        with open(config.plan) as f:
-            plan = sampling.Plan.from_json(f.read())
-
-    model_config = config.model_config(vocabulary.vocab_size, config.dtype or default_dtype())
-    optimizer = config.optimizer_config()
-    model = model_lib.EncoderDecoderModel(model_config, z_loss=config.z_loss)
-    mesh = make_mesh()
-    processes, devices = jax.process_count(), len(jax.devices())
-    batch_size = config.global_batch_size
-    if batch_size % devices:
-        raise configs.ConfigError(f"batch_size {batch_size} does not divide over {devices} devices")
-    inputs_length, targets_length = config.lengths
-    input_config = data.InputConfig(
-        batch_size=batch_size // processes, inputs_length=inputs_length, targets_length=targets_length,
-        pack=config.pack, concat_documents=config.concat_documents, shuffle_buffer=config.shuffle_buffer,
-        num_epochs=1, seed=config.seed, num_hosts=processes, host_index=jax.process_index())
-
-    flops_per_step = batch_size * model_lib.flops_per_sequence(model_config, inputs_length, targets_length)
-    run_record = {
-        "train": config.to_dict(), "model": dataclasses.asdict(model_config),
-        "optimizer": dataclasses.asdict(optimizer), "input": dataclasses.asdict(input_config),
-        "vocab": os.path.abspath(vocab_path), "tokenizer_vocab_size": vocabulary.vocab_size,
-        "parameters": t5.count_params(model_config), "flops_per_step": flops_per_step,
-    }
-    config_path = os.path.join(config.output, CONFIG_FILE)
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            _check_resume(json.load(f), run_record)
-    if jax.process_index() == 0:
-        with open(config_path, "w") as f:
-            f.write(configs.dumps(run_record))
-
-    init, train_step, _, tx = compiled_functions(model, optimizer, config.steps, mesh)
+    setup = prepare(config)
+    model, mesh = setup.model, make_mesh()
+    init, train_step, _, tx = compiled_functions(model, setup.optimizer, config.steps, mesh)
     root = jax.random.key(config.seed)
     params_rng, dropout_rng = jax.random.fold_in(root, 0), jax.random.fold_in(root, 1)
-    stream = BatchStream(files, vocabulary, input_config, plan, max_epochs=config.epochs)
+    stream = BatchStream(setup.files, setup.vocabulary, setup.input_config, setup.plan, max_epochs=config.epochs)
     manager = _checkpoint_manager(os.path.join(config.output, CHECKPOINTS_DIR), config.keep_checkpoints)
     resume_step = manager.latest_step()
     if resume_step is None:
         state = init(params_rng)
     else:
-        import orbax.checkpoint as ocp
-
         abstract = _abstract(jax.eval_shape(functools.partial(init_state, model, tx), params_rng), replicated(mesh))
-        restored = manager.restore(resume_step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), data=_data_args()(stream)))
-        state = restored.state
+        state = manager.restore(resume_step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=_data_args()(stream))).state
         log.info("resumed %s at step %d (data epoch %d, batch %d)", config.output, resume_step, stream.epoch,
                  stream.batch_in_epoch)
-    start_step = int(state.step)
-    writer = MetricsWriter(os.path.join(config.output, METRICS_FILE), start_step)
-    peak = peak_flops_per_device(jax.devices()[0], config.peak_tflops)
-    tokens_per_step = batch_size * inputs_length
+    step = int(state.step)
+    inputs_length, targets_length = config.lengths
+    batch_size, devices = config.global_batch_size, len(jax.devices())
+    writer = MetricsWriter(os.path.join(config.output, METRICS_FILE), step)
+    recorder = StepRecorder(writer, start_step=step, total_steps=config.steps,
+                            tokens_per_step=batch_size * inputs_length, flops_per_step=setup.record["flops_per_step"],
+                            peak_flops=peak_flops_per_device(jax.devices()[0], config.peak_tflops), devices=devices,
+                            log_every=config.log_every)
     shard = batch_sharding(mesh)
-    rep_rng = jax.device_put(dropout_rng, replicated(mesh))
-
-    log.info("training %s (%s parameters, %s) on %d device(s) %s: %d steps of %d x (%d, %d), %s",
-             config.model_size, f"{run_record['parameters']:,}", model_config.dtype, devices,
-             jax.devices()[0].device_kind, config.steps, batch_size, inputs_length, targets_length, optimizer.name)
-    throughput: list[float] = []
-    mfus: list[float] = []
-    last: dict[str, Any] = {}
-    pending = None
-    t_start = t_prev = time.monotonic()
-
-    def record(step: int, metrics: Any, position: dict, epochs: Optional[float]) -> dict[str, Any]:
-        nonlocal t_prev
-        values = {k: _float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.monotonic()
-        seconds, t_prev = now - t_prev, now
-        first = step == start_step + 1  # includes compilation
-        out = {"step": step, **values, "step_time_s": seconds, "tokens_per_second": tokens_per_step / seconds,
-               "mfu": (flops_per_step / seconds / (peak * devices)) if peak else None,
-               "tokens_seen": step * tokens_per_step, "epoch": epochs, "data_epoch": position["epoch"],
-               "includes_compile": first, "elapsed_s": now - t_start}
-        if not first:
-            throughput.append(out["tokens_per_second"])
-            if out["mfu"] is not None:
-                mfus.append(out["mfu"])
-        writer.write(out)
-        if step % config.log_every == 0 or step == config.steps:
-            mfu = f" MFU {100 * out['mfu']:.1f}%" if out["mfu"] is not None else ""
-            epoch = f" epoch {epochs:.2f}" if epochs is not None else f" epoch {position['epoch']}"
-            log.info("step %d/%d loss %.4f acc %.3f lr %.2e %.0f tok/s%s%s", step, config.steps, out["loss"],
-                     out["accuracy"], out["learning_rate"], out["tokens_per_second"], mfu, epoch)
-        return out
-
-    step = start_step
+    rng = jax.device_put(dropout_rng, replicated(mesh))
+    log.info("training %s (%s parameters, %s) on %d x %s: steps %d..%d of %d x (%d, %d), %s", config.model_size,
+             f"{setup.record['parameters']:,}", model.config.dtype, devices, jax.devices()[0].device_kind, step,
+             config.steps, batch_size, inputs_length, targets_length, setup.optimizer.name)
+    pending = None  # the previous step's metrics, read after the next step is dispatched
     try:
         while step < config.steps:
             try:
@@ -487,29 +524,27 @@ def train(config: TrainConfig) -> TrainResult:
             except StopIteration:
                 log.info("stopping at step %d: %d epoch(s) of data done", step, config.epochs)
                 break
-            global_batch = {k: jax.make_array_from_process_local_data(shard, v) for k, v in batch.items()}
-            state, metrics = train_step(state, global_batch, rep_rng)
+            batch = {k: jax.make_array_from_process_local_data(shard, v) for k, v in batch.items()}
+            state, metrics = train_step(state, batch, rng)
             step += 1
-            position, epochs = stream.position(), stream.epochs
             if pending is not None:
-                last = record(*pending)
-            pending = (step, metrics, position, epochs)
+                recorder(*pending)
+            pending = (step, metrics, stream.position(), stream.epochs)
             if step % config.checkpoint_every == 0:
-                last = record(*pending)
+                recorder(*pending)
                 pending = None
                 _save_checkpoint(manager, state, stream, {"step": step, **stream.position()})
         if pending is not None:
-            last = record(*pending)
+            recorder(*pending)
         if manager.latest_step() != step:
             _save_checkpoint(manager, state, stream, {"step": step, **stream.position()})
         manager.wait_until_finished()
     finally:
         writer.close()
         manager.close()
-    save_model(os.path.join(config.output, MODEL_DIR), state.params, model_config, vocab_path)
-    result = TrainResult(config.output, step, last, float(np.mean(throughput)) if throughput else None,
-                         float(np.mean(mfus)) if mfus else None)
-    log.info("done: step %d, loss %s, %s tokens/s -> %s", step, last.get("loss"),
+    save_model(os.path.join(config.output, MODEL_DIR), state.params, model.config, setup.vocab_path)
+    result = TrainResult(config.output, step, recorder.last, recorder.mean_tokens_per_second, recorder.mean_mfu)
+    log.info("done: step %d, loss %s, %s tokens/s -> %s", step, recorder.last.get("loss"),
              f"{result.mean_tokens_per_second:.0f}" if result.mean_tokens_per_second else "n/a", config.output)
     return result
 
@@ -582,7 +617,8 @@ def load_trained(output_dir: str, step: Optional[int] = None, *, dtype: Optional
     tx, _ = optim.make_optimizer(optimizer, run["train"]["steps"])
     abstract_state = _abstract(jax.eval_shape(functools.partial(init_state, model_lib.EncoderDecoderModel(config), tx),
                                               jax.random.key(0)), device)
-    manager = _checkpoint_manager(os.path.join(output_dir, CHECKPOINTS_DIR), run["train"]["keep_checkpoints"])
+    manager = _checkpoint_manager(os.path.join(output_dir, CHECKPOINTS_DIR), run["train"]["keep_checkpoints"],
+                                  read_only=True)
     try:
         restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     finally:
