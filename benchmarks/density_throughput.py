@@ -6,7 +6,8 @@ Prints one table with ratios:
   runtimes never share a thread pool (the torch side runs with ``--peer-python``, default this
   interpreter; use /work/refvenv/bin/python where this venv lacks torch);
 * per core (one pinned CPU, single-threaded BLAS and XLA) at d = 384 and 768, R = 1000,
-  B = 20000: ``row_bucket_ids`` (one matmul + fused integer hashing), ``Sketch.add_rows`` and
+  B = 20000: ``row_bucket_ids`` (one matmul, numpy's BLAS on CPU, + integer hashing fused by
+  XLA), ``Sketch.add_rows`` and
   ``Sketch.query_rows`` (the path ``add_embeddings`` / ``query_embeddings`` take), against a naive numpy implementation (a Python loop over the R rows: a
   matrix-vector product, floor, 64-bit universal hash and ``np.add.at`` per row) and against the
   plain ``X @ A`` matmul of the same shape (the floor on any hashing scheme);

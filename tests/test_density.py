@@ -312,3 +312,14 @@ def test_row_layout_paths_equal_point_layout_paths():
     np.testing.assert_array_equal(by_points.query(ids), by_points.query_embeddings(x))
     with pytest.raises(D.SketchError, match=r"\[64, N\]"):
         by_points.query_rows(ids)
+
+
+def test_accelerator_path_agrees_with_cpu_path():
+    """On CPU the projection is a numpy matmul; accelerators run one XLA program. Same buckets
+    except where float32 rounding of the two matmuls straddles a floor boundary."""
+    cfg = D.SketchConfig(dim=64, rows=200, buckets=20000, hashes_per_row=2, bandwidth=1.5, seed=5)
+    params = D.make_hash_params(cfg)
+    x = np.random.default_rng(0).standard_normal((512, 64)).astype(np.float32)
+    device = np.asarray(D._bucket_ids_jit(x, *params.device_arrays, kernel="l2", hashes_per_row=2, buckets=20000,
+                                          rows_first=False))
+    assert (device == D.bucket_ids(params, x)).mean() > 0.999

@@ -159,18 +159,21 @@ class HashParams:
     mult_lo: np.ndarray
 
     @functools.cached_property
+    def projection_t(self) -> np.ndarray:
+        """A^T, float32 [R*k, dim] contiguous (cached; not pickled): ``A^T x^T`` is the [R*k, N] layout."""
+        return np.ascontiguousarray(self.projection.T)
+
+    @functools.cached_property
     def device_arrays(self) -> tuple[jax.Array, ...]:
-        """The parameters as JAX arrays (cached; not pickled) for `bucket_ids`."""
+        """(A^T, offsets, 1/w, mult_hi, mult_lo) as JAX arrays (cached; not pickled) for `bucket_ids`."""
         inv_width = 1.0 / self.config.bandwidth if self.config.kernel == "l2" else 1.0
-        # The projection goes to the device transposed, [R*k, dim]: a dot of it with x contracting dim
-        # yields the [R*k, N] layout directly, as fast as a plain x @ A.
-        return (jnp.asarray(np.ascontiguousarray(self.projection.T)), jnp.asarray(self.offsets),
-                jnp.asarray(np.float32(inv_width)),
+        return (jnp.asarray(self.projection_t), jnp.asarray(self.offsets), jnp.asarray(np.float32(inv_width)),
                 jnp.asarray(self.mult_hi), jnp.asarray(self.mult_lo))
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop("device_arrays", None)
+        state.pop("projection_t", None)
         return state
 
     def __setstate__(self, state):
@@ -247,13 +250,9 @@ def _universal_hash(keys: jax.Array, mult_hi: jax.Array, mult_lo: jax.Array, buc
     return (acc_hi % jnp.uint32(buckets)).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("kernel", "hashes_per_row", "buckets", "rows_first"))
-def _bucket_ids_jit(x, projection_t, offsets, inv_width, mult_hi, mult_lo, *, kernel, hashes_per_row, buckets,
-                    rows_first):
-    n, rows = x.shape[0], mult_hi.shape[0]
-    # z = (x @ A)^T, [R*k, N]: hash rows first, so the integer ops and the output are contiguous per
-    # sketch row. projection_t is A^T [R*k, dim]; contract dim of both operands.
-    z = jax.lax.dot_general(projection_t, x, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
+def _ids_from_projections(z, offsets, inv_width, mult_hi, mult_lo, *, kernel, hashes_per_row, buckets, rows_first):
+    """Projections z = (x @ A)^T [R*k, N] -> bucket ids int32 [R, N] (or [N, R])."""
+    rows, n = mult_hi.shape[0], z.shape[1]
     if kernel == "l2":
         h = jnp.floor((z + offsets[:, None]) * inv_width)
         # Values beyond int32 only arise with an absurdly small width; saturate them.
@@ -265,6 +264,17 @@ def _bucket_ids_jit(x, projection_t, offsets, inv_width, mult_hi, mult_lo, *, ke
         keys = jnp.sum(bits << shifts, axis=1, dtype=jnp.uint32)[:, None, :]
     ids = _universal_hash(keys, mult_hi, mult_lo, buckets)  # [R, N]
     return ids if rows_first else ids.T
+
+
+_STATIC = ("kernel", "hashes_per_row", "buckets", "rows_first")
+_ids_from_projections_jit = jax.jit(_ids_from_projections, static_argnames=_STATIC)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _bucket_ids_jit(x, projection_t, offsets, inv_width, mult_hi, mult_lo, **static):
+    """The whole hash on the device: one dot (contracting dim of A^T and x) + the fused integer ops."""
+    z = jax.lax.dot_general(projection_t, x, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST)
+    return _ids_from_projections(z, offsets, inv_width, mult_hi, mult_lo, **static)
 
 
 def check_embeddings(config: SketchConfig, x) -> np.ndarray:
@@ -294,14 +304,21 @@ def _hash(params: HashParams, x, rows_first: bool) -> np.ndarray:
     if n == 0:
         return out
     device_args = params.device_arrays
+    static = dict(kernel=cfg.kernel, hashes_per_row=cfg.hashes_per_row, buckets=cfg.buckets, rows_first=rows_first)
+    # XLA:CPU's dot is up to 2x slower than the BLAS numpy links, so on CPU the projection is a numpy
+    # matmul and only the integer ops run in XLA; accelerators run the whole hash in one program.
+    on_cpu = jax.default_backend() == "cpu"
     for start in range(0, n, _CHUNK_ROWS):
         chunk = arr[start:start + _CHUNK_ROWS]
         m = chunk.shape[0]
         padded = _padded_size(m)
         if padded != m:
             chunk = np.concatenate([chunk, np.zeros((padded - m, cfg.dim), np.float32)])
-        ids = np.asarray(_bucket_ids_jit(chunk, *device_args, kernel=cfg.kernel, hashes_per_row=cfg.hashes_per_row,
-                                         buckets=cfg.buckets, rows_first=rows_first))
+        if on_cpu:
+            z = params.projection_t @ chunk.T  # [R*k, N]
+            ids = np.asarray(_ids_from_projections_jit(z, *device_args[1:], **static))
+        else:
+            ids = np.asarray(_bucket_ids_jit(chunk, *device_args, **static))
         if rows_first:
             out[:, start:start + m] = ids[:, :m]
         else:
@@ -312,8 +329,9 @@ def _hash(params: HashParams, x, rows_first: bool) -> np.ndarray:
 def bucket_ids(params: HashParams, x) -> np.ndarray:
     """Bucket of every embedding in every row: int32 [N, R] in [0, B).
 
-    One float32 ``x @ projection`` matmul per chunk of up to 1024 embeddings,
-    then the floor/sign and the universal hash fused by XLA. Chunks are padded
+    One float32 ``x @ projection`` matmul per chunk of up to 1024 embeddings
+    (numpy's BLAS on CPU, XLA elsewhere), then the floor/sign and the
+    universal hash fused by XLA. Chunks are padded
     to a power of two so few programs compile. Raises SketchError for a wrong
     shape or NaN/inf embeddings.
     """
