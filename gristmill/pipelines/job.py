@@ -66,16 +66,21 @@ def write_outputs(pipeline: beam.Pipeline, output_dir: str, num_shards: int, bas
     """Writes records, dead letters and (last) the manifest; returns the written-count PCollection.
 
     documents_pc: every document read (for the read count); written_records: what to write;
-    dead_letters: one PCollection or a list of them (reader and scorer dead letters);
+    dead_letters: the reader's dead letters, or a list whose first item is the reader's and the
+        rest are dead letters of documents that failed later (a scorer's), already counted as read;
     excluded: optional single-element {name: count} PCollection of documents left out on purpose.
     """
-    if isinstance(dead_letters, (list, tuple)):
-        dead_letters = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
+    if not isinstance(dead_letters, (list, tuple)):
+        dead_letters = [dead_letters]
+    reader_dead = dead_letters[0]
+    all_dead = tuple(dead_letters) | "AllDeadLetters" >> beam.Flatten()
     written = written_records | "WriteRecords" >> transforms.WriteScoredRecords(output_dir, num_shards, prefix)
-    dead_letters | "WriteDeadLetters" >> transforms.WriteDeadLetters(output_dir)
+    all_dead | "WriteDeadLetters" >> transforms.WriteDeadLetters(output_dir)
     document_count = documents_pc | "CountDocuments" >> beam.combiners.Count.Globally()
-    reasons = dead_letters | "CountDeadLetters" >> transforms.CountReasons()
-    pipeline | "WriteManifest" >> transforms.WriteManifest(output_dir, base, document_count, written, reasons, excluded)
+    unreadable = reader_dead | "CountUnreadable" >> beam.combiners.Count.Globally()
+    reasons = all_dead | "CountDeadLetters" >> transforms.CountReasons()
+    pipeline | "WriteManifest" >> transforms.WriteManifest(output_dir, base, document_count, unreadable, written,
+                                                           reasons, excluded)
     return written
 
 

@@ -109,9 +109,12 @@ class _AttachScore(beam.DoFn):
 
 def _failed_batch_to_dead_letters(element) -> Iterable[DeadLetter]:
     batch, error = element
+    if isinstance(error, tuple) and len(error) >= 2:  # Beam hands over (type, repr of the value, traceback)
+        error = error[1]
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
     for record, text in batch:
         yield DeadLetter(record.get(records.SOURCE, ""), 0, INFERENCE_ERROR,
-                         f"document {record[records.ID]}: {type(error).__name__}: {error}", text[:200])
+                         f"document {record[records.ID]}: {message}", text[:200])
 
 
 class ScoreAskLLM(beam.PTransform):
@@ -164,6 +167,20 @@ def askllm_config(opts: ScoreAskLLMOptions) -> askllm.AskLLMConfig:
                                batch_size=opts.batch_size, dtype=opts.dtype)
 
 
+def check_model(spec: str) -> None:
+    """Fails before the pipeline starts when the model name or path cannot be a model (no weights read)."""
+    from gristmill.models import checkpoints, zoo
+    if spec in zoo.KNOWN_MODELS:
+        zoo.KNOWN_MODELS[spec]()
+    elif spec.endswith(".gguf"):
+        if not checkpoints.exists(spec):
+            raise checkpoints.CheckpointError(f"{spec}: GGUF file not found")
+    elif not checkpoints.exists(checkpoints.join(spec, checkpoints.CONFIG_FILE)):
+        raise checkpoints.CheckpointError(
+            f"{spec}: not a known model name ({', '.join(sorted(zoo.KNOWN_MODELS))}), a .gguf file, "
+            f"or a model directory with {checkpoints.CONFIG_FILE}")
+
+
 def _hash_key(record: records.Record) -> str:
     return records_sort_key(record[records.ID])
 
@@ -188,7 +205,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     """Builds and runs the job; returns the run manifest."""
     pipeline_options, corpus, opts = job.parse_options(argv, ScoreAskLLMOptions)
     config = askllm_config(opts)
-    askllm.load_template(config.prompt_template)  # a bad template fails here, before any worker starts
+    askllm.load_template(config.prompt_template)  # bad templates and models fail here, before any worker starts
+    check_model(config.model)
     pipeline = job.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     files, docs, dead = job.read_corpus(pipeline, corpus)
     excluded = None

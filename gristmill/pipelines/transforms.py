@@ -223,16 +223,18 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def build_manifest(base: dict[str, Any], documents_read: int, written: int, dead_by_reason: dict[str, int],
-                   excluded: dict[str, int] | None = None) -> dict[str, Any]:
+def build_manifest(base: dict[str, Any], documents_read: int, unreadable: int, written: int,
+                   dead_by_reason: dict[str, int], excluded: dict[str, int] | None = None) -> dict[str, Any]:
     """The run manifest: base info plus counts that reconcile.
 
-    read = documents + dead letters, and read = written + dead_lettered + excluded (documents a
-    job deliberately leaves out, such as those a selection does not keep).
+    read = documents + records the reader dead-lettered (`unreadable`), and
+    read = written + dead_lettered + excluded, where dead_lettered also holds documents that
+    failed later (a scorer's dead letters) and excluded counts documents a job leaves out on
+    purpose (such as those a selection does not keep).
     """
     excluded = dict(excluded or {})
     dead_total = sum(dead_by_reason.values())
-    read = documents_read + dead_total
+    read = documents_read + unreadable
     manifest = dict(base)
     manifest["finished_at"] = utc_now()
     manifest["counts"] = {
@@ -247,8 +249,8 @@ def build_manifest(base: dict[str, Any], documents_read: int, written: int, dead
     return manifest
 
 
-def _write_manifest(_, output_dir, base, documents_read, written, dead_by_reason, excluded):
-    manifest = build_manifest(base, documents_read, written, dead_by_reason, excluded)
+def _write_manifest(_, output_dir, base, documents_read, unreadable, written, dead_by_reason, excluded):
+    manifest = build_manifest(base, documents_read, unreadable, written, dead_by_reason, excluded)
     path = join(output_dir, MANIFEST_FILE)
     temp = path + f".tmp-{uuid.uuid4().hex}"
     with FileSystems.create(temp) as out:
@@ -263,26 +265,28 @@ def _write_manifest(_, output_dir, base, documents_read, written, dead_by_reason
 class WriteManifest(beam.PTransform):
     """Writes `DIR/manifest.json` once every count is known, so it is the job's last output.
 
-    Inputs are single-element PCollections: the document count, the written count, the
-    {reason: count} dict of dead letters, and optionally {name: count} of excluded documents.
+    Inputs are single-element PCollections: the document count, the count of records the reader
+    dead-lettered, the written count, the {reason: count} dict of all dead letters, and optionally
+    {name: count} of excluded documents.
     """
 
-    def __init__(self, output_dir: str, base: dict[str, Any], documents_read, written, dead_by_reason,
+    def __init__(self, output_dir: str, base: dict[str, Any], documents_read, unreadable, written, dead_by_reason,
                  excluded=None):
         super().__init__()
         self.output_dir = output_dir
         self.base = base
-        self.inputs = (documents_read, written, dead_by_reason, excluded)
+        self.inputs = (documents_read, unreadable, written, dead_by_reason, excluded)
 
     def expand(self, pbegin):
-        documents_read, written, dead_by_reason, excluded = self.inputs
+        documents_read, unreadable, written, dead_by_reason, excluded = self.inputs
         pipeline = documents_read.pipeline
         excluded_side = (beam.pvalue.AsSingleton(excluded) if excluded is not None
                          else beam.pvalue.AsSingleton(pipeline | "NoExclusions" >> beam.Create([{}])))
         return (pbegin
                 | "Start" >> beam.Create([None])
                 | "Write" >> beam.FlatMap(_write_manifest, self.output_dir, self.base,
-                                          beam.pvalue.AsSingleton(documents_read), beam.pvalue.AsSingleton(written),
+                                          beam.pvalue.AsSingleton(documents_read), beam.pvalue.AsSingleton(unreadable),
+                                          beam.pvalue.AsSingleton(written),
                                           beam.pvalue.AsSingleton(dead_by_reason), excluded_side))
 
 
