@@ -141,3 +141,13 @@ def test_sentence_t5_reads_the_older_sentence_transformers_layout(tmp_path):
     ref = reference("st5_reference.npz")
     got = E.SentenceT5Embedder(str(st5), batch_size=4).embed(ref["texts"].tolist())
     assert np.abs(got - ref["embeddings"]).max() < 1e-5
+
+
+def test_sentence_t5_dense_with_bias_and_tanh(tmp_path):
+    st5 = copy_st5(tmp_path)
+    shutil.rmtree(st5 / "2_Dense")
+    shutil.copytree(os.path.join(FIXTURES, "st5_dense_tanh"), st5 / "2_Dense")
+    ref = reference("st5_reference.npz")
+    embedder = E.SentenceT5Embedder(str(st5), batch_size=4)
+    assert embedder.dim == 24
+    assert np.abs(embedder.embed(ref["texts"].tolist()) - ref["embeddings_dense_tanh"]).max() < 1e-5
