@@ -30,7 +30,8 @@ keys ``u`` is uniform and pairwise independent over 32 bits, so two points with
 different LSH values share a bucket with probability ``1/B`` (up to a
 ``B / 2^32`` rounding bias). Everything is 32-bit unsigned arithmetic (the
 64-bit products are formed from 16-bit halves), so it compiles into one fused
-XLA loop after the projection matmul, without ``jax_enable_x64``.
+XLA loop after the projection matmul, without ``jax_enable_x64``. Per batch
+the cost is one ``[N, d] x [d, R*k]`` matmul plus that loop.
 
 Cosine kernel: signed random projections (Charikar 2002), ``k`` sign bits per
 row packed into one key, collision probability ``(1 - theta/pi)^k``.
@@ -135,10 +136,12 @@ class SketchConfig:
         return self.rows * self.buckets * np.dtype(self.counts_dtype).itemsize
 
     def to_json(self) -> str:
+        """The config as a JSON object (stored in saved sketches)."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "SketchConfig":
+        """Inverse of `to_json`."""
         return cls(**json.loads(text))
 
 
@@ -383,6 +386,7 @@ class Sketch:
 
     @property
     def config(self) -> SketchConfig:
+        """The config of the sketch's hash functions."""
         return self.params.config
 
     def _check_ids(self, ids, rows_first: bool) -> np.ndarray:
