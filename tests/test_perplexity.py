@@ -103,7 +103,7 @@ def test_batched_scores_match_unpadded_reference(trained):
     tgt_len = (ex["decoder_target_tokens"] > 0).sum(1)
     shapes = sorted({(int(a), int(b)) for a, b in zip(enc_len, tgt_len)})
     assert len(shapes) >= 2  # full chunks and shorter last chunks
-    for n_enc, n_tgt in shapes[-3:]:  # one compilation per unpadded shape
+    for n_enc, n_tgt in (shapes[0], shapes[-1]):  # the shortest and a full chunk; one compilation each
         rows = np.flatnonzero((enc_len == n_enc) & (tgt_len == n_tgt))
         enc = ex["encoder_input_tokens"][rows, :n_enc]
         tgt = ex["decoder_target_tokens"][rows, :n_tgt]

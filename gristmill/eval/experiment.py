@@ -32,7 +32,9 @@ Config (JSON), with defaults:
 A sampler whose score feature is absent from the corpus, or present on only some documents
 while its `missing` policy is `error` (Ask-LLM often scores a subset), is skipped with a logged
 message and listed in experiment.json; `"missing": "drop"` plans over the scored documents only.
-Rates apply to the training split; `full` runs once per model and steps, at rate 1.
+Rates apply to the training split; `full` runs once per model and steps, at rate 1. The scored
+corpus is read into memory once (exact plans, `plan_from_records`, need that anyway) to write the
+split; corpora beyond memory should be split and planned with the Beam `select` job instead.
 """
 
 from __future__ import annotations
