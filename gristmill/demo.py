@@ -30,7 +30,8 @@ def embedded_corpus() -> str:
 class DemoConfig:
     """What the demo runs on and where it writes.
 
-    askllm_limit caps the documents Ask-LLM scores so the demo stays within a few minutes on 2 cores.
+    askllm_limit caps the documents Ask-LLM scores so the demo stays within a few minutes on 2 cores
+    (the others pass through unscored); train_steps is the budget of each `tiny` training run.
     """
 
     output: str = "demo-out"
@@ -39,6 +40,7 @@ class DemoConfig:
     seed: int = 0
     askllm_model: str = "smollm2-135m-instruct"
     askllm_limit: int = 100
+    train_steps: int = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +89,8 @@ def run_askllm(config: DemoConfig, corpus: str) -> StageResult:
             f"--seed={config.seed}"] + _beam_flags(config)
     result = _stage("score askllm", out, lambda: score_askllm.run(argv))
     feature = records.score_feature(score_askllm.SCORER, score_askllm.model_name_of(config.askllm_model))
-    ranked = sorted(transforms.iter_scored_records(transforms.scored_glob(out)), key=lambda r: -r[feature])
+    ranked = sorted((r for r in transforms.iter_scored_records(transforms.scored_glob(out)) if feature in r),
+                    key=lambda r: -r[feature])
     notes = ["highest P(yes):"] + [_excerpt(r, feature) for r in ranked[:3]]
     notes += ["lowest P(yes):"] + [_excerpt(r, feature) for r in ranked[-3:]]
     return dataclasses.replace(result, notes="\n".join(notes))
@@ -98,9 +101,11 @@ def run_select(config: DemoConfig, name: str, scored_dir: str, feature: str, rul
     from gristmill.pipelines import select
     out = os.path.join(config.output, name)
     argv = ["--input", transforms.scored_glob(scored_dir), "--output", out, "--score", feature, "--rule", rule,
-            f"--rate={rate}", f"--seed={config.seed}"] + _beam_flags(config)
+            f"--rate={rate}", f"--seed={config.seed}", "--missing=drop"] + _beam_flags(config)
     result = _stage(f"select {rule} {rate:.0%}", out, lambda: select.run(argv))
     kept = sorted(transforms.iter_scored_records(transforms.scored_glob(out)), key=lambda r: -r[feature])
+    if rule == "ips":  # show the kept documents from the sparsest neighbourhoods: those IPS favours
+        kept = kept[::-1]
     notes = [f"kept {len(kept)} by {rule} on {feature}, e.g.:"] + [_excerpt(r, feature) for r in kept[:3]]
     return dataclasses.replace(result, notes="\n".join(notes))
 
@@ -110,6 +115,37 @@ def _excerpt(record: records.Record, feature: str, width: int = 90) -> str:
     return f"  {record[feature]:.4g}  {text[:width]}{'...' if len(text) > width else ''}"
 
 
+def run_training(config: DemoConfig, scored_dir: str, askllm_feature: str, density_feature: str) -> StageResult:
+    """Trains `tiny` T5s on full data and on two 20% selections, evaluates them and writes the report."""
+    from gristmill.eval import experiment, report
+    out = os.path.join(config.output, "experiment")
+    samplers = (experiment.SamplerSpec(name="full"),
+                experiment.SamplerSpec(name="askllm", rule="topk", score=askllm_feature, missing="drop"),
+                experiment.SamplerSpec(name="density", rule="ips", score=density_feature))
+    exp = experiment.ExperimentConfig(
+        scored=(transforms.scored_glob(scored_dir),), output=out, samplers=samplers, rates=(0.2,), models=("tiny",),
+        steps=(config.train_steps,), evaluations=2, seed=config.seed, vocab_size=2000,
+        train={"batch_size": 8}, eval=dataclasses.replace(experiment.ppl.PerplexityConfig(), max_documents=40))
+    start = time.monotonic()
+    rows = experiment.run_experiment(exp)
+    page = os.path.join(config.output, "report.html")
+    report.write_report(out, page, transforms.scored_glob(scored_dir))
+    final = {(r["sampler"], r["metric"]): r["value"] for r in metrics_final(rows)}
+    notes = [f"{sampler:>8}: " + ", ".join(f"{metric.split('/')[-1]} {value:.1f}"
+                                           for (s, metric), value in sorted(final.items()) if s == sampler)
+             for sampler in sorted({s for s, _ in final})]
+    notes.append(f"report: {page}")
+    counts = {"read": len({r["run"] for r in rows}), "written": len(rows), "dead_lettered": 0}
+    return StageResult("train + evaluate", out, time.monotonic() - start, counts,
+                       "final perplexities (runs in 'read', result rows in 'written'):\n" + "\n".join(notes))
+
+
+def metrics_final(rows):
+    """The last checkpoint's result rows of each run."""
+    from gristmill.eval import metrics
+    return [dataclasses.asdict(r) for r in metrics.final_results(rows)]
+
+
 def run_demo(config: DemoConfig) -> list[StageResult]:
     """Runs the demo stages in order, each reading the previous stage's scored records."""
     random_stage = run_random(config, config.corpus)
@@ -117,9 +153,12 @@ def run_demo(config: DemoConfig) -> list[StageResult]:
     askllm_stage = run_askllm(config, transforms.scored_glob(density_stage.output))
     density_feature = records.score_feature("density", "minilm")
     askllm_feature = records.score_feature("askllm", _askllm_name(config))
-    return [random_stage, density_stage, askllm_stage,
-            run_select(config, "select-askllm-top20", askllm_stage.output, askllm_feature, "topk", 0.2),
-            run_select(config, "select-density-ips20", density_stage.output, density_feature, "ips", 0.2)]
+    results = [random_stage, density_stage, askllm_stage,
+               run_select(config, "select-askllm-top20", askllm_stage.output, askllm_feature, "topk", 0.2),
+               run_select(config, "select-density-ips20", askllm_stage.output, density_feature, "ips", 0.2)]
+    if config.train_steps > 0:
+        results.append(run_training(config, askllm_stage.output, askllm_feature, density_feature))
+    return results
 
 
 def _askllm_name(config: DemoConfig) -> str:
@@ -149,6 +188,8 @@ def _flag_values() -> flags.FlagValues:
     flags.DEFINE_integer("seed", defaults.seed, "Seed for scores and selections.", flag_values=fv)
     flags.DEFINE_string("askllm_model", defaults.askllm_model, "Ask-LLM model name or path.", flag_values=fv)
     flags.DEFINE_integer("askllm_limit", defaults.askllm_limit, "Documents scored by Ask-LLM.", flag_values=fv)
+    flags.DEFINE_integer("train_steps", defaults.train_steps, "Training steps per run (0: no training).",
+                         flag_values=fv)
     return fv
 
 
@@ -157,7 +198,7 @@ def parse_config(argv: list[str]) -> DemoConfig:
     fv = _flag_values()
     fv(["gristmill demo"] + list(argv))
     return DemoConfig(output=fv.output, corpus=fv.corpus, workers=fv.workers, seed=fv.seed,
-                      askllm_model=fv.askllm_model, askllm_limit=fv.askllm_limit)
+                      askllm_model=fv.askllm_model, askllm_limit=fv.askllm_limit, train_steps=fv.train_steps)
 
 
 def run(argv: list[str]) -> list[StageResult]:

@@ -157,7 +157,7 @@ class ScoreAskLLMOptions(PipelineOptions):
                             help="Share one model copy across a worker's processes (GPU workers).")
         parser.add_argument("--limit", type=int, default=0,
                             help="Score only this many documents (chosen by a hash of their id); the rest are "
-                                 "counted as excluded in the manifest. For trials; 0 scores everything.")
+                                 "written without the score. For trials; 0 scores everything.")
 
 
 def askllm_config(opts: ScoreAskLLMOptions) -> askllm.AskLLMConfig:
@@ -192,13 +192,16 @@ def records_sort_key(doc_id: str) -> str:
 
 
 @beam.ptransform_fn
-def TakeSample(docs, limit: int):  # noqa: N802 (a PTransform)
-    """Keeps the `limit` documents with the smallest id hash; returns (kept, excluded count dict)."""
-    smallest = docs | "SmallestHashes" >> beam.combiners.Top.Of(limit, key=_hash_key, reverse=True)
-    kept = smallest | "Unpack" >> beam.FlatMap(lambda batch: batch)
-    total = docs | "CountAll" >> beam.combiners.Count.Globally()
-    excluded = total | "Excluded" >> beam.Map(lambda n: {"over_limit": max(0, n - limit)})
-    return kept, excluded
+def SplitSample(docs, limit: int):  # noqa: N802 (a PTransform)
+    """Splits documents into the `limit` with the smallest id hash and the rest: (sample, rest)."""
+    threshold = (docs
+                 | "HashKeys" >> beam.Map(_hash_key)
+                 | "SmallestKeys" >> beam.combiners.Top.Smallest(limit)
+                 | "Threshold" >> beam.Map(lambda keys: keys[-1] if keys else ""))
+    split = docs | "Split" >> beam.Map(
+        lambda r, t: r if _hash_key(r) <= t else beam.pvalue.TaggedOutput("rest", r),
+        beam.pvalue.AsSingleton(threshold)).with_outputs("rest", main="sample")
+    return split.sample, split.rest
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
@@ -209,12 +212,13 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     check_model(config.model)
     pipeline = job.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     files, docs, dead = job.read_corpus(pipeline, corpus)
-    excluded = None
-    to_score = docs
-    if opts.limit > 0:
-        to_score, excluded = docs | "Limit" >> TakeSample(opts.limit)
     handler = AskLLMModelHandler(config, share_model=opts.share_model)
-    scored, failed = to_score | "AskLLM" >> ScoreAskLLM(handler)
+    if opts.limit > 0:
+        sample, rest = docs | "Limit" >> SplitSample(opts.limit)
+        scored, failed = sample | "AskLLM" >> ScoreAskLLM(handler)
+        scored = (scored, rest) | "WithUnscored" >> beam.Flatten()
+    else:
+        scored, failed = docs | "AskLLM" >> ScoreAskLLM(handler)
     base = job.manifest_base("score askllm", dataclasses.asdict(config) | {"limit": opts.limit}, pipeline_options, files)
-    job.write_outputs(pipeline, corpus.output, corpus.num_shards, base, docs, scored, [dead, failed], excluded)
+    job.write_outputs(pipeline, corpus.output, corpus.num_shards, base, docs, scored, [dead, failed])
     return job.run_pipeline(pipeline, corpus.output, is_test=test_pipeline is not None)
