@@ -42,11 +42,11 @@ def synthetic_batch(rows: int, inputs_length: int, targets_length: int, vocab_si
 
 
 def measure(size: str, batch_size: int | None, steps: int, warmup: int, dtype: str | None, remat: str,
-            peak_tflops: float | None) -> dict:
+            peak_tflops: float | None, vocab_size: int = 32100) -> dict:
     """Times `steps` train steps after `warmup` (compilation included there) for one preset."""
     config = configs.TrainConfig(data=("unused",), output="unused", steps=steps + warmup, model_size=size,
                                  batch_size=batch_size, dtype=dtype)
-    model_config = config.model_config(32100, config.dtype or train.default_dtype()).replace(remat_policy=remat)
+    model_config = config.model_config(vocab_size, config.dtype or train.default_dtype()).replace(remat_policy=remat)
     model = model_lib.EncoderDecoderModel(model_config)
     mesh = train.make_mesh()
     init, step, _, _ = train.compiled_functions(model, config.optimizer_config(), config.steps, mesh)
@@ -88,10 +88,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="default: bfloat16 on accelerators, float32 on CPU")
     parser.add_argument("--remat", default="none", help="remat policy: none, full, dots, dots_with_no_batch_dims")
     parser.add_argument("--peak_tflops", type=float, default=None, help="per-device peak for MFU")
+    parser.add_argument("--vocab_size", type=int, default=32100, help="tokenizer size (T5: 32100, padded to 32128)")
     args = parser.parse_args(argv)
     device = jax.devices()[0]
     print(f"devices: {len(jax.devices())} x {device.device_kind} ({jax.default_backend()})")
-    results = [measure(size, args.batch_size, args.steps, args.warmup, args.dtype, args.remat, args.peak_tflops)
+    results = [measure(size, args.batch_size, args.steps, args.warmup, args.dtype, args.remat, args.peak_tflops,
+                       args.vocab_size)
                for size in args.sizes.split(",")]
     header = f"{'size':<11} {'params':>12} {'dtype':>9} {'batch':>6} {'lengths':>8} {'step ms':>9} " \
              f"{'tokens/s':>11} {'TFLOP/s':>8} {'MFU':>6} {'warmup s':>9}"

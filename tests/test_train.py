@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gristmill import cli, records, sampling
+from gristmill import cli, records
 from gristmill.models import t5
 from gristmill.training import configs, data, main, model as M, optim, train as T, vocab as V
 
@@ -347,6 +347,11 @@ def test_resume_equals_uninterrupted(full_run, corpus, tmp_path):
 def test_resume_refuses_a_different_run(full_run, corpus):
     with pytest.raises(T.TrainError, match="train.seed"):
         T.train(tiny_config(corpus, full_run, seed=8))
+
+
+def test_data_that_is_not_scored_records_fails_early(corpus, tmp_path, embedded_glob):
+    with pytest.raises(T.TrainError, match="not a scored TFRecord file"):
+        T.train(tiny_config(corpus, tmp_path / "run", data=(embedded_glob,)))
 
 
 def test_plan_stream_yields_exactly_the_kept_documents(corpus, tmp_path):

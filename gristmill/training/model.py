@@ -25,7 +25,6 @@ auxiliary z-loss ``z_loss * log(Z)^2`` (1e-4) that keeps the softmax normaliser 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -224,11 +223,3 @@ def flops_per_sequence(config: t5.T5Config, inputs_length: int, targets_length: 
     per_decoder_token = ld * (6 * d * a + g * d * f) + d * v
     attention = 4 * a * (le * i * i + ld * (t * t + t * i))
     return float(3 * (2 * (i * per_encoder_token + t * per_decoder_token) + attention))
-
-
-@functools.lru_cache(maxsize=None)
-def non_embedding_params(config: t5.T5Config) -> int:
-    """Parameters outside the token embedding and the output projection."""
-    total = t5.count_params(config)
-    embedding = config.vocab_size * config.d_model * (1 if config.tie_word_embeddings else 2)
-    return total - embedding

@@ -429,12 +429,31 @@ class RunSetup(NamedTuple):
     record: dict[str, Any]  # what config.json holds
 
 
+def check_records(path: str) -> None:
+    """Fails early, naming the file, unless its first record is a tf.train.Example with `id` and `text`."""
+    import tensorflow as tf
+
+    from gristmill import records
+
+    spec = {records.ID: tf.io.FixedLenFeature([], tf.string), records.TEXT: tf.io.FixedLenFeature([], tf.string)}
+    try:
+        for serialized in tf.data.TFRecordDataset(path).take(1):
+            tf.io.parse_single_example(serialized, spec)
+    except (tf.errors.OpError, ValueError) as e:
+        raise TrainError(f"{path}: not a scored TFRecord file (tf.train.Example with `id` and `text`); "
+                         f"write one with `gristmill score random` ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from None
+
+
 def prepare(config: TrainConfig) -> RunSetup:
     """Resolves files, vocabulary, plan, model, optimizer and input settings; writes or checks config.json."""
     from gristmill.training import vocab as vocab_lib
 
     os.makedirs(config.output, exist_ok=True)
     files = data.list_files(list(config.data))
+    check_records(files[0])
+    if config.vocab is None and jax.process_count() > 1:
+        raise configs.ConfigError("multi-host runs need --vocab (train one with `gristmill tokenizer train`)")
     vocab_path = resolve_vocab(config, files)
     vocabulary = vocab_lib.T5Vocabulary.from_file(vocab_path)
     plan = None
