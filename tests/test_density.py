@@ -148,7 +148,7 @@ def test_sketch_score_ranks_like_exact_kernel_sum(mixture_scores):
     rho = scipy.stats.spearmanr(scores, m["expected"])[0]
     assert rho >= 0.9, rho
     # The kernel density itself follows the true mixture density (reported by the benchmark).
-    assert scipy.stats.spearmanr(scores, m["log_density"])[0] > 0.5
+    assert scipy.stats.spearmanr(scores, m["log_density"])[0] > 0.4  # 0.51 here; 0.51 for the exact KDE too
 
 
 def test_error_shrinks_with_more_rows(mixture_scores):
