@@ -139,6 +139,21 @@ def test_truncation_of_a_huge_document(smollm2):
     assert truncated and 240 <= len(ids) <= 256
 
 
+def test_huge_document_that_tokenises_short_is_not_cut():
+    tok = tokenizers.load_tokenizer(TINY_T5)  # SentencePiece collapses whitespace runs
+    doc = " " * 100_000 + "Short."
+    ids, truncated = askllm.build_prompt_ids(tok, "encoder_decoder", EXPECTED_PROMPT, doc, 256)
+    assert not truncated
+    assert ids == askllm.build_prompt_ids(tok, "encoder_decoder", EXPECTED_PROMPT, "Short.", 256)[0]
+
+
+def test_decoder_only_needs_a_chat_template():
+    tok = tokenizers.load_tokenizer(TINY_LLAMA)
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        askllm.build_prompt_ids(tok, "decoder_only", EXPECTED_PROMPT, "doc", 512)
+
+
 def test_answer_tokens():
     tok = tokenizers.load_tokenizer(TINY_T5)
     yes, no = askllm.resolve_answer_tokens(tok)

@@ -329,20 +329,23 @@ def _is_shape(x) -> bool:
     return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "scale"))
-def init_params(rng: jax.Array, config: LlamaConfig, scale: float = 0.02) -> Params:
-    """Random parameters (normal(0, scale) weights, unit norm scales) for tests and shape checks."""
-    shapes = param_shapes(config)
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=_is_shape)
-    keys = jax.random.split(rng, len(leaves))
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(shapes, is_leaf=_is_shape)[0]]
-    out = []
-    for key, shape, path in zip(keys, leaves, paths):
-        if "scale" in path:
-            out.append(jnp.ones(shape, config.dtype))
-        else:
-            out.append((scale * jax.random.normal(key, shape, jnp.float32)).astype(config.dtype))
-    return jax.tree.unflatten(treedef, out)
+def init_params(seed: int, config: LlamaConfig, scale: float = 0.02) -> Params:
+    """Random parameters for tests: normal(0, scale) weights and unit norm scales, from a numpy seed
+    (host-side, so no per-shape XLA compilation)."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, shape):
+        if jax.tree_util.keystr(path).endswith("['scale']"):
+            return jnp.ones(shape, config.dtype)
+        return jnp.asarray(scale * rng.standard_normal(shape, dtype=np.float32), config.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, param_shapes(config), is_leaf=_is_shape)
+
+
+def abstract_params(config: LlamaConfig) -> Params:
+    """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating (for loaders and shape tests)."""
+    dtype = jnp.dtype(config.dtype)
+    return jax.tree.map(lambda shape: jax.ShapeDtypeStruct(shape, dtype), param_shapes(config), is_leaf=_is_shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,11 +409,6 @@ def hf_rules(config: LlamaConfig) -> list[ckpt.Rule]:
     if not config.tie_word_embeddings:
         rules.append(ckpt.Rule("lm_head/kernel", "lm_head.weight", (ckpt.transpose,)))
     return rules
-
-
-def abstract_params(config: LlamaConfig) -> Params:
-    """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating (for loaders and shape tests)."""
-    return jax.eval_shape(functools.partial(init_params, config=config), jax.random.PRNGKey(0))
 
 
 def load_hf(model_dir: str, dtype: Any = jnp.float32) -> tuple[LlamaConfig, Params]:
