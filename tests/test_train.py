@@ -410,8 +410,10 @@ def test_parse_config_flags():
                                          model_size="tiny", optimizer="adamw", learning_rate=0.002, batch_size=4,
                                          epochs=3, pack=False, seed=9)
     assert config.optimizer_config().peak_learning_rate == 0.002
-    with pytest.raises(Exception, match="steps"):
+    with pytest.raises(configs.ConfigError, match="steps"):
         main.parse_config(["--data=a", "--output=o"])
+    with pytest.raises(configs.ConfigError, match="model_size"):
+        main.parse_config(["--data=a", "--output=o", "--steps=1", "--model_size=huge"])
 
 
 def test_tokenizer_train_command(tmp_path, embedded_glob):

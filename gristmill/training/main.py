@@ -66,9 +66,15 @@ def _flag_values() -> flags.FlagValues:
 
 
 def parse_config(argv: list[str]) -> TrainConfig:
-    """Parses `gristmill train` flags into a TrainConfig."""
+    """Parses `gristmill train` flags into a TrainConfig (``--help`` prints the flags and exits)."""
     fv = _flag_values()
-    fv(["gristmill train"] + list(argv))
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
+        print("usage: gristmill train --data GLOB --output DIR --steps N [flags]\n\n" + fv.get_help())
+        raise SystemExit(0)
+    try:
+        fv(["gristmill train"] + list(argv))
+    except flags.Error as e:
+        raise configs.ConfigError(str(e)) from None
     fields = {name: fv[name].value for name in fv}
     fields["data"] = tuple(fields["data"])
     return TrainConfig(**{k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__})

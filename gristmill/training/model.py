@@ -19,7 +19,10 @@ ids ``tokens > 0`` and then compute exactly what `t5.logits` computes (tested).
 
 Loss: token cross-entropy of the decoder targets weighted by ``decoder_loss_weights`` and divided
 by the sum of the weights (the mean over real target tokens of the global batch), plus T5X's
-auxiliary z-loss ``z_loss * log(Z)^2`` (1e-4) that keeps the softmax normaliser near 1.
+auxiliary z-loss ``z_loss * log(Z)^2`` (1e-4) that keeps the softmax normaliser near 1. (T5X's
+T5 v1.1 pre-training divides the summed loss by a constant, 233472 = 2048 x 114, instead; with
+concatenate-and-split rows nearly full, the two differ by a near-constant factor that Adafactor's
+normalised updates absorb.)
 """
 
 from __future__ import annotations

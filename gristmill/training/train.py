@@ -21,8 +21,8 @@ The metrics report the epoch; its fraction is estimated from the previous epoch'
 
 Exact resume: a checkpoint holds the train state and the data position: the epoch, the batches
 read in it, and the tf.data iterator itself (``tf.train.Checkpoint``, which saves the shuffle
-buffer and the pipeline's internal position), so resuming neither re-reads nor skips data and
-costs the same at any step. A run stopped at step k and resumed computes the same losses as an
+buffer and the pipeline's internal position; about the shuffle buffer's documents in size), so
+resuming neither re-reads nor skips data and costs the same at any step. A run stopped at step k and resumed computes the same losses as an
 uninterrupted one (tested bitwise on CPU). metrics.jsonl lines past the restored step are dropped.
 
 MFU = FLOPs per step / step time / (peak FLOP/s per device x devices), with FLOPs per row from
@@ -67,9 +67,9 @@ VOCAB_FILE = "spiece.model"
 # (longest key first). Vendor datasheets; SXM parts for NVIDIA unless named.
 PEAK_TFLOPS: dict[str, float] = {
     "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "GH200": 989.0, "H800": 989.0,
-    "B200": 2250.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0, "V100": 125.0,
+    "B200": 2250.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "L4": 121.0, "V100": 125.0,  # V100: fp16
     "TPU v2": 45.0, "TPU v3": 123.0, "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0,
-    "TPU v5": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU7x": 2307.0,
+    "TPU v5": 459.0, "TPU v6 lite": 918.0, "TPU v6e": 918.0,
 }
 
 
