@@ -5,12 +5,11 @@ import gzip
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gristmill.models import llama, t5, tokenizers, zoo
+from gristmill.models import llama, tokenizers, zoo
 from gristmill.scoring import askllm
 
 HERE = os.path.dirname(__file__)

@@ -106,9 +106,9 @@ class LlamaConfig:
             raise ValueError("mlp_bias=True is not supported")
         heads = config["num_attention_heads"]
         hidden = config["hidden_size"]
-        sliding = None
-        if model_type == "mistral" or config.get("use_sliding_window"):
-            sliding = config.get("sliding_window")
+        if model_type == "qwen2" and config.get("use_sliding_window"):
+            raise ValueError("Qwen2 use_sliding_window=True (per-layer windows) is not supported")
+        sliding = config.get("sliding_window") if model_type == "mistral" else None
         rope_theta = config.get("rope_theta", rope_parameters.get("rope_theta", 10000.0))
         return cls(
             vocab_size=config["vocab_size"],
