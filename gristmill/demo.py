@@ -39,7 +39,8 @@ class DemoConfig:
     workers: int = 0
     seed: int = 0
     askllm_model: str = "smollm2-135m-instruct"
-    askllm_limit: int = 100
+    askllm_limit: int = 48
+    askllm_max_length: int = 256
     train_steps: int = 40
 
 
@@ -86,7 +87,7 @@ def run_askllm(config: DemoConfig, corpus: str) -> StageResult:
     from gristmill.pipelines import score_askllm
     out = os.path.join(config.output, "askllm")
     argv = ["--input", corpus, "--output", out, "--model", config.askllm_model, f"--limit={config.askllm_limit}",
-            f"--seed={config.seed}"] + _beam_flags(config)
+            f"--max_length={config.askllm_max_length}", "--batch_size=8", f"--seed={config.seed}"] + _beam_flags(config)
     result = _stage("score askllm", out, lambda: score_askllm.run(argv))
     feature = records.score_feature(score_askllm.SCORER, score_askllm.model_name_of(config.askllm_model))
     ranked = sorted((r for r in transforms.iter_scored_records(transforms.scored_glob(out)) if feature in r),
@@ -188,6 +189,7 @@ def _flag_values() -> flags.FlagValues:
     flags.DEFINE_integer("seed", defaults.seed, "Seed for scores and selections.", flag_values=fv)
     flags.DEFINE_string("askllm_model", defaults.askllm_model, "Ask-LLM model name or path.", flag_values=fv)
     flags.DEFINE_integer("askllm_limit", defaults.askllm_limit, "Documents scored by Ask-LLM.", flag_values=fv)
+    flags.DEFINE_integer("askllm_max_length", defaults.askllm_max_length, "Ask-LLM prompt tokens.", flag_values=fv)
     flags.DEFINE_integer("train_steps", defaults.train_steps, "Training steps per run (0: no training).",
                          flag_values=fv)
     return fv
@@ -198,7 +200,8 @@ def parse_config(argv: list[str]) -> DemoConfig:
     fv = _flag_values()
     fv(["gristmill demo"] + list(argv))
     return DemoConfig(output=fv.output, corpus=fv.corpus, workers=fv.workers, seed=fv.seed,
-                      askllm_model=fv.askllm_model, askllm_limit=fv.askllm_limit, train_steps=fv.train_steps)
+                      askllm_model=fv.askllm_model, askllm_limit=fv.askllm_limit,
+                      askllm_max_length=fv.askllm_max_length, train_steps=fv.train_steps)
 
 
 def run(argv: list[str]) -> list[StageResult]:
