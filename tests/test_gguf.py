@@ -30,9 +30,6 @@ C4 = os.path.join(HERE, "..", "..", "shared", "data", "c4-olmo", "c4-sample.0000
 LAST_LOGPROBS = jax.jit(llama.last_position_logprobs, static_argnums=1)
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    return zoo.load_model("smollm2-135m-instruct")
 
 
 # ----------------------------------------------------------------------------- SmolLM2 from the wheel

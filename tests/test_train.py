@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gristmill import cli, records
+from gristmill import cli, flagparse, records
 from gristmill.models import t5
 from gristmill.training import configs, data, main, model as M, optim, train as T, vocab as V
 
@@ -410,7 +410,7 @@ def test_parse_config_flags():
                                          model_size="tiny", optimizer="adamw", learning_rate=0.002, batch_size=4,
                                          epochs=3, pack=False, seed=9)
     assert config.optimizer_config().peak_learning_rate == 0.002
-    with pytest.raises(configs.ConfigError, match="steps"):
+    with pytest.raises(flagparse.FlagError, match="steps"):
         main.parse_config(["--data=a", "--output=o"])
     with pytest.raises(configs.ConfigError, match="model_size"):
         main.parse_config(["--data=a", "--output=o", "--steps=1", "--model_size=huge"])

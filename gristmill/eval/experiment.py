@@ -46,7 +46,7 @@ import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
-from gristmill import records, sampling
+from gristmill import flagparse, records, sampling
 from gristmill.eval import metrics
 from gristmill.eval import perplexity as ppl
 
@@ -461,5 +461,5 @@ def run(argv: list[str]) -> list[dict[str, Any]]:
     flags.DEFINE_string("config", None, "Experiment config (JSON).", flag_values=fv)
     flags.DEFINE_string("output", None, "Experiment directory (overrides the config's \"output\").", flag_values=fv)
     flags.mark_flag_as_required("config", flag_values=fv)
-    fv(["gristmill experiment"] + list(argv))
+    flagparse.parse(fv, argv, "gristmill experiment --config FILE.json [--output DIR]")
     return run_experiment(ExperimentConfig.from_file(fv.config, fv.output))

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
-from gristmill import records
+from gristmill import flagparse, records
 from gristmill.eval import metrics
 
 SECTIONS = ("summary", "histograms", "kendall", "extremes", "curves", "results")
@@ -521,5 +521,5 @@ def run(argv: list[str]) -> ReportData:
     flags.DEFINE_string("json", None, "Also write the report's data as JSON here.", flag_values=fv)
     flags.DEFINE_integer("bins", 30, "Histogram bins.", flag_values=fv)
     flags.DEFINE_integer("top", 5, "Highest / lowest documents shown per scorer.", flag_values=fv)
-    fv(["gristmill report"] + list(argv))
+    flagparse.parse(fv, argv, "gristmill report --experiment DIR [--scored GLOB] --output report.html")
     return write_report(fv.experiment, fv.output, fv.scored, json_output=fv.json, bins=fv.bins, top_n=fv.top)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from absl import flags
 
+from gristmill import flagparse
+
 from gristmill.training import configs, optim
 from gristmill.training.configs import TrainConfig
 
@@ -67,14 +69,7 @@ def _flag_values() -> flags.FlagValues:
 
 def parse_config(argv: list[str]) -> TrainConfig:
     """Parses `gristmill train` flags into a TrainConfig (``--help`` prints the flags and exits)."""
-    fv = _flag_values()
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv):
-        print("usage: gristmill train --data GLOB --output DIR --steps N [flags]\n\n" + fv.get_help())
-        raise SystemExit(0)
-    try:
-        fv(["gristmill train"] + list(argv))
-    except flags.Error as e:
-        raise configs.ConfigError(str(e)) from None
+    fv = flagparse.parse(_flag_values(), argv, "gristmill train --data GLOB --output DIR --steps N [flags]")
     fields = {name: fv[name].value for name in fv}
     fields["data"] = tuple(fields["data"])
     return TrainConfig(**{k: v for k, v in fields.items() if k in TrainConfig.__dataclass_fields__})

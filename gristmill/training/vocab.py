@@ -20,6 +20,7 @@ import os
 import pathlib
 from typing import Iterable, Iterator, Sequence, Union
 
+from gristmill import flagparse
 from gristmill.models import checkpoints
 from gristmill.models.tokenizers import Tokenizer
 
@@ -226,7 +227,7 @@ def run(argv: list[str]) -> T5Vocabulary:
                       flag_values=fv)
     for name in ("input", "output"):
         flags.mark_flag_as_required(name, flag_values=fv)
-    fv(["gristmill tokenizer train"] + list(argv))
+    flagparse.parse(fv, argv, "gristmill tokenizer train --input GLOB --vocab_size N --output PREFIX [flags]")
     reader = documents.ReaderConfig(text_field=fv.text_field)
     texts, dead = [], 0
     for item in documents.read_documents(fv.input, reader):
