@@ -412,7 +412,7 @@ def test_parse_config_flags():
     assert config.optimizer_config().peak_learning_rate == 0.002
     with pytest.raises(flagparse.FlagError, match="steps"):
         main.parse_config(["--data=a", "--output=o"])
-    with pytest.raises(configs.ConfigError, match="model_size"):
+    with pytest.raises(flagparse.FlagError, match="model_size"):
         main.parse_config(["--data=a", "--output=o", "--steps=1", "--model_size=huge"])
 
 
