@@ -13,7 +13,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from gristmill import records  # noqa: E402
 from gristmill.demo import embedded_corpus  # noqa: E402
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+EMBEDDED_C4 = os.path.join(os.path.dirname(__file__), "..", "gristmill", "data", "c4-olmo",
+                           "c4-sample.00000-of-00001.json.gz")
 MAX_BYTES = 1000
 
 

@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import EMBEDDED_C4
 from gristmill.models import llama, tokenizers, zoo
 from gristmill.scoring import askllm
 
 HERE = os.path.dirname(__file__)
-C4 = os.path.join(HERE, "..", "..", "shared", "data", "c4-olmo", "c4-sample.00000-of-00001.json.gz")
+C4 = EMBEDDED_C4
 TINY_T5 = os.path.join(HERE, "fixtures", "t5", "tiny_v1_1")
 TINY_LLAMA = os.path.join(HERE, "fixtures", "llama", "llama_gqa")
 

@@ -17,6 +17,7 @@ import pytest
 import regex
 from safetensors.numpy import load_file
 
+from tests.conftest import EMBEDDED_C4
 from gristmill.models import gguf as gguf_loader
 from gristmill.models import llama, zoo
 from gristmill.models.checkpoints import CheckpointError
@@ -26,7 +27,7 @@ gguf = pytest.importorskip("gguf")
 
 HERE = os.path.dirname(__file__)
 FIXTURES = os.path.join(HERE, "fixtures", "llama")
-C4 = os.path.join(HERE, "..", "..", "shared", "data", "c4-olmo", "c4-sample.00000-of-00001.json.gz")
+C4 = EMBEDDED_C4
 LAST_LOGPROBS = jax.jit(llama.last_position_logprobs, static_argnums=1)
 
 

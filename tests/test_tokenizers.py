@@ -12,13 +12,13 @@ import pytest
 import sentencepiece as spm
 import tokenizers as hf_tokenizers
 
+from tests.conftest import EMBEDDED_C4
 from gristmill.models.checkpoints import CheckpointError
 from gristmill.models.tokenizers import Tokenizer, load_tokenizer
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "t5")
 T5_DIR = os.path.join(FIXTURES, "tiny_v1_1")
-C4 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "c4-olmo",
-                  "c4-sample.00000-of-00001.json.gz")
+C4 = EMBEDDED_C4
 
 
 @pytest.fixture(scope="module")
