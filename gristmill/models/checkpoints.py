@@ -107,17 +107,28 @@ def local_file(path: str) -> Iterator[str]:
 # ----------------------------------------------------------------------------- config
 
 
+def read_json_object(path: str) -> Optional[dict]:
+    """Reads a JSON object file (local or ``gs://``); None when the file does not exist.
+
+    Raises CheckpointError naming the file when it is not valid JSON or not an object.
+    """
+    if not exists(path):
+        return None
+    try:
+        data = json.loads(read_bytes(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def read_hf_config(model_dir: str) -> dict:
     """Reads ``config.json`` of a Hugging Face model directory (local or ``gs://``) as a dict."""
     path = join(model_dir, CONFIG_FILE)
-    if not exists(path):
+    config = read_json_object(path)
+    if config is None:
         raise CheckpointError(f"{path}: file not found (expected a Hugging Face model directory)")
-    try:
-        config = json.loads(read_bytes(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(config).__name__}")
     return config
 
 

@@ -29,22 +29,12 @@ def _token_content(value: Any) -> Optional[str]:
     return value if isinstance(value, str) else None
 
 
-def _read_json(path: str) -> Optional[dict]:
-    if not checkpoints.exists(path):
-        return None
-    try:
-        data = json.loads(checkpoints.read_bytes(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    return data if isinstance(data, dict) else None
-
-
 def _sidecar(path: str) -> tuple[dict, Optional[str]]:
     """Merged special-token settings and chat template found next to a tokenizer file."""
     directory = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else "."
     settings: dict = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        data = _read_json(checkpoints.join(directory, name))
+        data = checkpoints.read_json_object(checkpoints.join(directory, name))
         if data:
             settings.update({k: v for k, v in data.items() if v is not None})
     template = settings.get("chat_template")

@@ -93,18 +93,6 @@ class _BucketedEmbedder(Embedder):
         return out
 
 
-def _read_json(path: str) -> dict | None:
-    if not checkpoints.exists(path):
-        return None
-    try:
-        data = json.loads(checkpoints.read_bytes(path))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
 def _max_seq_length(model_dir: str, default: int) -> int:
     """The truncation length sentence-transformers applies to a Transformer module's inputs.
 
@@ -112,10 +100,12 @@ def _max_seq_length(model_dir: str, default: int) -> int:
     all-MiniLM-L6-v2: 256), else the tokenizer's ``model_max_length`` (sentence-transformers 5+
     saves it there), else ``default``.
     """
-    value = (_read_json(checkpoints.join(model_dir, "sentence_bert_config.json")) or {}).get("max_seq_length")
+    sentence_config = checkpoints.read_json_object(checkpoints.join(model_dir, "sentence_bert_config.json")) or {}
+    value = sentence_config.get("max_seq_length")
     source = "sentence_bert_config.json"
     if value is None:
-        value = (_read_json(checkpoints.join(model_dir, "tokenizer_config.json")) or {}).get("model_max_length")
+        tokenizer_config = checkpoints.read_json_object(checkpoints.join(model_dir, "tokenizer_config.json")) or {}
+        value = tokenizer_config.get("model_max_length")
         source = "tokenizer_config.json"
         if isinstance(value, (int, float)) and value >= 1e12:  # HF's "no limit" sentinel
             value = None
@@ -205,7 +195,7 @@ def _read_modules(model_dir: str) -> list[dict]:
 
 def _load_dense(module_dir: str) -> dict[str, Any]:
     """A sentence-transformers ``Dense`` module: ``activation(x @ W^T + b)``."""
-    config = _read_json(checkpoints.join(module_dir, "config.json"))
+    config = checkpoints.read_json_object(checkpoints.join(module_dir, "config.json"))
     if config is None:
         raise CheckpointError(f"{module_dir}: Dense module without config.json")
     activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
@@ -286,7 +276,7 @@ class SentenceT5Embedder(_BucketedEmbedder):
     def _check_pooling(path: str) -> None:
         """Only mean pooling is implemented: ``pooling_mode: "mean"`` (sentence-transformers 5+) or
         ``pooling_mode_mean_tokens: true`` alone (older layouts)."""
-        config = _read_json(checkpoints.join(path, "config.json")) or {}
+        config = checkpoints.read_json_object(checkpoints.join(path, "config.json")) or {}
         modes = {k.removeprefix("pooling_mode_").removesuffix("_tokens") for k, v in config.items()
                  if k.startswith("pooling_mode_") and v is True}
         mode = config.get("pooling_mode")
