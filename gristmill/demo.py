@@ -51,7 +51,7 @@ class StageResult:
     stage: str
     output: str
     seconds: float
-    counts: dict[str, Any]
+    counts: dict[str, Any]  # the stage's manifest counts; empty for stages that read no corpus
     notes: str = ""
 
 
@@ -136,9 +136,10 @@ def run_training(config: DemoConfig, scored_dir: str, askllm_feature: str, densi
                                            for (s, metric), value in sorted(final.items()) if s == sampler)
              for sampler in sorted({s for s, _ in final})]
     notes.append(f"report: {page}")
-    counts = {"read": len({r["run"] for r in rows}), "written": len(rows), "dead_lettered": 0}
-    return StageResult("train + evaluate", out, time.monotonic() - start, counts,
-                       "final perplexities (runs in 'read', result rows in 'written'):\n" + "\n".join(notes))
+    runs = len({r["run"] for r in rows})
+    return StageResult("train + evaluate", out, time.monotonic() - start, {},
+                       f"{runs} runs of {config.train_steps} steps; final perplexities (lower is better):\n"
+                       + "\n".join(notes))
 
 
 def metrics_final(rows):
@@ -172,9 +173,12 @@ def format_summary(results: list[StageResult]) -> str:
     header = f"{'stage':<22} {'read':>6} {'written':>8} {'dead':>6} {'excluded':>8} {'seconds':>8}  output"
     lines = [header, "-" * len(header)]
     for r in results:
-        excluded = sum(r.counts.get("excluded", {}).values())
-        lines.append(f"{r.stage:<22} {r.counts['read']:>6} {r.counts['written']:>8} "
-                     f"{r.counts['dead_lettered']:>6} {excluded:>8} {r.seconds:>8.1f}  {r.output}")
+        if r.counts:
+            excluded = sum(r.counts.get("excluded", {}).values())
+            lines.append(f"{r.stage:<22} {r.counts['read']:>6} {r.counts['written']:>8} "
+                         f"{r.counts['dead_lettered']:>6} {excluded:>8} {r.seconds:>8.1f}  {r.output}")
+        else:  # a stage that reads no corpus (training and evaluation)
+            lines.append(f"{r.stage:<22} {'-':>6} {'-':>8} {'-':>6} {'-':>8} {r.seconds:>8.1f}  {r.output}")
         if r.notes:
             lines.extend("    " + note for note in r.notes.splitlines())
     return "\n".join(lines)
