@@ -215,6 +215,7 @@ def run(argv: list[str]) -> list[StageResult]:
     print()
     print(format_summary(results))
     final = transforms.read_manifest(results[0].output)["counts"]
-    print(f"\nembedded corpus: {final['read']} read, {final['written']} written, "
+    name = "embedded corpus" if config.corpus == embedded_corpus() else config.corpus
+    print(f"\n{name}: {final['read']} read, {final['written']} written, "
           f"{final['dead_lettered']} dead-lettered")
     return results
