@@ -185,8 +185,11 @@ def test_packed_network_equals_t5_logits_per_example(micro_params):
         np.testing.assert_allclose(own[i, :n], ref[i, :n], atol=2e-5)
         start += n
     # The same tree as t5.init_params, so trained params load into every t5 function.
-    ours = jax.eval_shape(lambda key: M.PackedT5(MICRO).init(key, *(jnp.ones((1, 4), jnp.int32),) * 4)["params"],
-                          jax.random.key(0))
+    ids, seg = jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32)
+    ours = jax.eval_shape(lambda key: t5.T5(MICRO).init(
+        key, ids, seg, ids, seg, encoder_attention_mask=M.encoder_self_mask(seg),
+        decoder_self_attention_mask=M.decoder_self_mask(seg), cross_attention_mask=M.cross_mask(seg, seg))["params"],
+        jax.random.key(0))
     shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
     assert shapes(ours) == shapes(t5.param_shapes(MICRO))
 

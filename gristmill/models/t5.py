@@ -10,6 +10,8 @@ fixtures recorded with transformers, ``tests/test_t5.py``):
   bidirectional in the encoder, causal in the decoder; cross-attention has none;
 * gated-GELU MLP (``wi_0``, ``wi_1``, ``wo``; tanh-approximate GELU = HF ``gelu_new``) for v1.1,
   ReLU MLP (``wi``, ``wo``) for T5 1.0 configs;
+* optional full attention masks (:class:`T5` keyword arguments) replace the padding masks, e.g.
+  segment-aware masks (:func:`encoder_self_mask`, ...) for packed training rows;
 * untied ``lm_head`` without rescaling (v1.1), or tied embeddings with the decoder output scaled
   by ``d_model**-0.5`` (T5 1.0).
 
@@ -222,6 +224,34 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Option
     return jnp.einsum("bhqs,bshk->bqhk", weights, v)
 
 
+def encoder_self_mask(segment_ids: jax.Array) -> jax.Array:
+    """[B, L] segment ids (0 = padding) -> bool [B, 1, L, L]: same segment, key not padding.
+
+    Segment-aware masks keep the examples of a packed row apart (T5X packing); with one segment
+    per row (ids ``tokens > 0``) they allow what the padding masks of :class:`T5` allow.
+    """
+    assert segment_ids.ndim == 2, segment_ids.shape
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, Q, K]
+    return (same & (segment_ids[:, None, :] > 0))[:, None]
+
+
+def decoder_self_mask(segment_ids: jax.Array) -> jax.Array:
+    """[B, T] decoder segment ids -> bool [B, 1, T, T]: causal, same segment, key not padding."""
+    assert segment_ids.ndim == 2, segment_ids.shape
+    length = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((length, length), bool))[None]  # [1, T, T]
+    return (encoder_self_mask(segment_ids)[:, 0] & causal)[:, None]
+
+
+def cross_mask(decoder_segment_ids: jax.Array, encoder_segment_ids: jax.Array) -> jax.Array:
+    """[B, T] and [B, L] segment ids -> bool [B, 1, T, L]: decoder position sees its own example's encoder."""
+    assert decoder_segment_ids.ndim == encoder_segment_ids.ndim == 2, (decoder_segment_ids.shape,
+                                                                       encoder_segment_ids.shape)
+    assert decoder_segment_ids.shape[0] == encoder_segment_ids.shape[0]
+    same = decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]  # [B, T, L]
+    return (same & (encoder_segment_ids[:, None, :] > 0))[:, None]
+
+
 # ----------------------------------------------------------------------------- modules
 
 _f32 = jnp.float32
@@ -350,14 +380,20 @@ class Encoder(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, embedded: jax.Array, mask: jax.Array) -> jax.Array:
-        """embedded [B, L, D], mask [B, L] (1 = token) -> [B, L, D]."""
+    def __call__(self, embedded: jax.Array, mask: jax.Array, *,
+                 attention_mask: Optional[jax.Array] = None) -> jax.Array:
+        """embedded [B, L, D], mask [B, L] (1 = token) -> [B, L, D].
+
+        ``attention_mask`` (bool [B, 1, L, L], True = may attend), when given, replaces the
+        key-padding mask built from ``mask`` (packed rows: see :func:`encoder_self_mask`).
+        """
         cfg = self.config
         length = embedded.shape[1]
         bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(length, length)
-        attn_mask = mask.astype(bool)[:, None, None, :]  # [B, 1, 1, L]: keys only, as HF
+        if attention_mask is None:
+            attention_mask = mask.astype(bool)[:, None, None, :]  # [B, 1, 1, L]: keys only, as HF
         drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
-        x = _run_layers(EncoderLayer, cfg, cfg.num_layers, self.deterministic, drop(embedded), bias, attn_mask)
+        x = _run_layers(EncoderLayer, cfg, cfg.num_layers, self.deterministic, drop(embedded), bias, attention_mask)
         return drop(RMSNorm(cfg, name="encoder_norm")(x))
 
 
@@ -367,17 +403,24 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, embedded: jax.Array, encoded: jax.Array, encoder_mask: jax.Array,
-                 decoder_mask: jax.Array) -> jax.Array:
-        """embedded [B, T, D], encoded [B, L, D], masks [B, L] / [B, T] -> normed output [B, T, D]."""
+                 decoder_mask: jax.Array, *, self_attention_mask: Optional[jax.Array] = None,
+                 cross_attention_mask: Optional[jax.Array] = None) -> jax.Array:
+        """embedded [B, T, D], encoded [B, L, D], masks [B, L] / [B, T] -> normed output [B, T, D].
+
+        ``self_attention_mask`` (bool [B, 1, T, T]) and ``cross_attention_mask`` (bool [B, 1, T, L]),
+        when given, replace the masks built from ``decoder_mask`` / ``encoder_mask``.
+        """
         cfg = self.config
         length = embedded.shape[1]
         bias = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(length, length)
-        causal = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, T, T]
-        self_mask = causal & decoder_mask.astype(bool)[:, None, None, :]  # [B, 1, T, T]
-        cross_mask = encoder_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, L]
+        if self_attention_mask is None:
+            causal = jnp.tril(jnp.ones((length, length), bool))[None, None]  # [1, 1, T, T]
+            self_attention_mask = causal & decoder_mask.astype(bool)[:, None, None, :]  # [B, 1, T, T]
+        if cross_attention_mask is None:
+            cross_attention_mask = encoder_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, L]
         drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
         x = _run_layers(DecoderLayer, cfg, cfg.num_decoder_layers, self.deterministic, drop(embedded),
-                        encoded, bias, self_mask, cross_mask)
+                        encoded, bias, self_attention_mask, cross_attention_mask)
         return drop(RMSNorm(cfg, name="decoder_norm")(x))
 
 
@@ -396,19 +439,31 @@ class T5(nn.Module):
             self.logits_dense = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32,
                                          kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
 
-    def encode(self, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
-        return self.encoder(self.token_embedder(input_ids), mask)
+    def encode(self, input_ids: jax.Array, mask: jax.Array, *,
+               attention_mask: Optional[jax.Array] = None) -> jax.Array:
+        return self.encoder(self.token_embedder(input_ids), mask, attention_mask=attention_mask)
 
     def decode(self, encoded: jax.Array, encoder_mask: jax.Array, decoder_input_ids: jax.Array,
-               decoder_mask: jax.Array) -> jax.Array:
-        y = self.decoder(self.token_embedder(decoder_input_ids), encoded, encoder_mask, decoder_mask)
+               decoder_mask: jax.Array, *, self_attention_mask: Optional[jax.Array] = None,
+               cross_attention_mask: Optional[jax.Array] = None) -> jax.Array:
+        y = self.decoder(self.token_embedder(decoder_input_ids), encoded, encoder_mask, decoder_mask,
+                         self_attention_mask=self_attention_mask, cross_attention_mask=cross_attention_mask)
         if self.config.tie_word_embeddings:
             y = y * (self.config.d_model ** -0.5)  # T5 1.0 rescales before the shared embedding
             return self.token_embedder.attend(y).astype(_f32)
         return self.logits_dense(y).astype(_f32)
 
-    def __call__(self, encoder_ids, encoder_mask, decoder_input_ids, decoder_mask):
-        return self.decode(self.encode(encoder_ids, encoder_mask), encoder_mask, decoder_input_ids, decoder_mask)
+    def __call__(self, encoder_ids, encoder_mask, decoder_input_ids, decoder_mask, *,
+                 encoder_attention_mask=None, decoder_self_attention_mask=None, cross_attention_mask=None):
+        """Token ids and ``[B, L]`` / ``[B, T]`` padding masks -> float32 logits [B, T, V].
+
+        The optional full bool masks (``[B, 1, L, L]``, ``[B, 1, T, T]``, ``[B, 1, T, L]``; True =
+        may attend) replace the ones built from the padding masks, e.g. segment-aware masks for
+        packed rows (:func:`encoder_self_mask`, :func:`decoder_self_mask`, :func:`cross_mask`).
+        """
+        encoded = self.encode(encoder_ids, encoder_mask, attention_mask=encoder_attention_mask)
+        return self.decode(encoded, encoder_mask, decoder_input_ids, decoder_mask,
+                           self_attention_mask=decoder_self_attention_mask, cross_attention_mask=cross_attention_mask)
 
 
 # ----------------------------------------------------------------------------- public functions

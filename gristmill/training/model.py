@@ -4,18 +4,19 @@ STYLE rule 1: `gristmill.models.t5` holds the network (it only computes logits);
 the loss and scoring, each taking ``params`` explicitly; `training.train` owns the state.
 
 Packing. `t5.logits` masks keys only (``[B, L]`` masks), which cannot keep packed examples apart,
-so `PackedT5` re-assembles the same network from t5.py's own blocks (`t5.EncoderLayer`,
-`t5.DecoderLayer`, `t5.RMSNorm`, `t5.RelativePositionBias`) with segment-aware masks, as T5X does:
+so `EncoderDecoderModel.logits` calls `t5.T5` with full segment-aware masks (t5.py's
+`encoder_self_mask`, `decoder_self_mask`, `cross_mask`), as T5X does:
 
     encoder self-attention   q, k in the same segment, k not padding      [B, 1, L, L]
     decoder self-attention   causal, same segment, k not padding          [B, 1, T, T]
     cross-attention          decoder segment == encoder segment, not pad  [B, 1, T, L]
 
-Its parameter tree is exactly `t5.init_params`' (tested), so trained parameters load into every
-`t5` function. Positions restart at 0 in each segment, but T5's relative-position bias only
-needs ``key_index - query_index``, which is the same within a contiguous segment, so the
-``*_positions`` features are not needed (T5X ignores them too). Unpacked batches get segment
-ids ``tokens > 0`` and then compute exactly what `t5.logits` computes (tested).
+It is the same network and parameter tree, so trained parameters load into every `t5` function.
+Positions restart at 0 in each segment, but T5's relative-position bias only needs
+``key_index - query_index``, which is the same within a contiguous segment, so the bias is
+computed over the whole row and the ``*_positions`` features are not needed (T5X ignores them
+too). Unpacked batches get segment ids ``tokens > 0`` and then compute exactly what `t5.logits`
+computes (tested).
 
 Loss: token cross-entropy of the decoder targets weighted by ``decoder_loss_weights`` and divided
 by the sum of the weights (the mean over real target tokens of the global batch), plus T5X's
@@ -30,40 +31,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Optional
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from gristmill.models import t5
+from gristmill.models.t5 import cross_mask, decoder_self_mask, encoder_self_mask
 
 Batch = Mapping[str, jax.Array]
 _f32 = jnp.float32
-
-
-# ----------------------------------------------------------------------------- masks (pure)
-
-def encoder_self_mask(segment_ids: jax.Array) -> jax.Array:
-    """[B, L] segment ids (0 = padding) -> bool [B, 1, L, L]: same segment, key not padding."""
-    assert segment_ids.ndim == 2, segment_ids.shape
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, Q, K]
-    return (same & (segment_ids[:, None, :] > 0))[:, None]
-
-
-def decoder_self_mask(segment_ids: jax.Array) -> jax.Array:
-    """[B, T] decoder segment ids -> bool [B, 1, T, T]: causal, same segment, key not padding."""
-    assert segment_ids.ndim == 2, segment_ids.shape
-    length = segment_ids.shape[1]
-    causal = jnp.tril(jnp.ones((length, length), bool))[None]  # [1, T, T]
-    return (encoder_self_mask(segment_ids)[:, 0] & causal)[:, None]
-
-
-def cross_mask(decoder_segment_ids: jax.Array, encoder_segment_ids: jax.Array) -> jax.Array:
-    """[B, T] and [B, L] segment ids -> bool [B, 1, T, L]: decoder position sees its own example's encoder."""
-    assert decoder_segment_ids.ndim == encoder_segment_ids.ndim == 2, (decoder_segment_ids.shape,
-                                                                       encoder_segment_ids.shape)
-    assert decoder_segment_ids.shape[0] == encoder_segment_ids.shape[0]
-    same = decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]  # [B, T, L]
-    return (same & (encoder_segment_ids[:, None, :] > 0))[:, None]
 
 
 def segment_ids(batch: Batch) -> tuple[jax.Array, jax.Array]:
@@ -72,66 +47,6 @@ def segment_ids(batch: Batch) -> tuple[jax.Array, jax.Array]:
         return batch["encoder_segment_ids"], batch["decoder_segment_ids"]
     return ((batch["encoder_input_tokens"] > 0).astype(jnp.int32),
             (batch["decoder_target_tokens"] > 0).astype(jnp.int32))
-
-
-# ----------------------------------------------------------------------------- network with packed masks
-
-class _PackedEncoder(nn.Module):
-    config: t5.T5Config
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, embedded: jax.Array, mask: jax.Array) -> jax.Array:
-        """embedded [B, L, D], mask bool [B, 1, L, L] -> [B, L, D]."""
-        cfg = self.config
-        length = embedded.shape[1]
-        bias = t5.RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(length, length)
-        drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
-        x = t5._run_layers(t5.EncoderLayer, cfg, cfg.num_layers, self.deterministic, drop(embedded), bias, mask)
-        return drop(t5.RMSNorm(cfg, name="encoder_norm")(x))
-
-
-class _PackedDecoder(nn.Module):
-    config: t5.T5Config
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, embedded: jax.Array, encoded: jax.Array, self_mask: jax.Array,
-                 encoder_decoder_mask: jax.Array) -> jax.Array:
-        """embedded [B, T, D], encoded [B, L, D], masks [B, 1, T, T] / [B, 1, T, L] -> [B, T, D]."""
-        cfg = self.config
-        length = embedded.shape[1]
-        bias = t5.RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(length, length)
-        drop = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
-        x = t5._run_layers(t5.DecoderLayer, cfg, cfg.num_decoder_layers, self.deterministic, drop(embedded),
-                           encoded, bias, self_mask, encoder_decoder_mask)
-        return drop(t5.RMSNorm(cfg, name="decoder_norm")(x))
-
-
-class PackedT5(nn.Module):
-    """`t5.T5` with segment-aware attention masks; same parameter names and shapes."""
-    config: t5.T5Config
-    deterministic: bool = True
-
-    def setup(self):
-        cfg = self.config
-        self.token_embedder = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nn.initializers.normal(1.0),
-                                       dtype=cfg.compute_dtype, param_dtype=_f32)
-        self.encoder = _PackedEncoder(cfg, self.deterministic)
-        self.decoder = _PackedDecoder(cfg, self.deterministic)
-        if not cfg.tie_word_embeddings:
-            self.logits_dense = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32,
-                                         kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
-
-    def __call__(self, encoder_input_tokens: jax.Array, decoder_input_tokens: jax.Array,
-                 encoder_segment_ids: jax.Array, decoder_segment_ids: jax.Array) -> jax.Array:
-        """Token ids and segment ids -> float32 logits [B, T, V]."""
-        encoded = self.encoder(self.token_embedder(encoder_input_tokens), encoder_self_mask(encoder_segment_ids))
-        y = self.decoder(self.token_embedder(decoder_input_tokens), encoded, decoder_self_mask(decoder_segment_ids),
-                         cross_mask(decoder_segment_ids, encoder_segment_ids))
-        if self.config.tie_word_embeddings:
-            return self.token_embedder.attend(y * (self.config.d_model ** -0.5)).astype(_f32)
-        return self.logits_dense(y).astype(_f32)
 
 
 # ----------------------------------------------------------------------------- loss (pure)
@@ -165,8 +80,10 @@ class EncoderDecoderModel:
         enc_seg, dec_seg = segment_ids(batch)
         deterministic = dropout_rng is None or self.config.dropout_rate == 0
         rngs = None if deterministic else {"dropout": dropout_rng}
-        return PackedT5(self.config, deterministic).apply(
-            {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"], enc_seg, dec_seg,
+        return t5.T5(self.config, deterministic).apply(
+            {"params": params}, batch["encoder_input_tokens"], enc_seg > 0, batch["decoder_input_tokens"],
+            dec_seg > 0, encoder_attention_mask=encoder_self_mask(enc_seg),
+            decoder_self_attention_mask=decoder_self_mask(dec_seg), cross_attention_mask=cross_mask(dec_seg, enc_seg),
             rngs=rngs)
 
     def loss_fn(self, params: Any, batch: Batch, dropout_rng: Optional[jax.Array] = None
