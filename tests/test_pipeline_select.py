@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-from gristmill import sampling
 from gristmill.pipelines import score_random, select, transforms
 from gristmill.training import data as training_data
 

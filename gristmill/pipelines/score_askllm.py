@@ -16,6 +16,7 @@ process (`--share_model` shares one copy across the processes of a worker, as on
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -181,25 +182,20 @@ def check_model(spec: str) -> None:
             f"or a model directory with {checkpoints.CONFIG_FILE}")
 
 
-def _hash_key(record: records.Record) -> str:
-    return records_sort_key(record[records.ID])
-
-
-def records_sort_key(doc_id: str) -> str:
-    """A key ordering documents by a hash of their id (an unbiased, reproducible sample order)."""
-    import hashlib
-    return hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8, person=b"gm-limit").hexdigest()
+def sample_key(record: records.Record) -> str:
+    """A key ordering documents by a hash of their id: `--limit` scores the smallest keys."""
+    return hashlib.blake2b(record[records.ID].encode("utf-8"), digest_size=8, person=b"gm-limit").hexdigest()
 
 
 @beam.ptransform_fn
 def SplitSample(docs, limit: int):  # noqa: N802 (a PTransform)
     """Splits documents into the `limit` with the smallest id hash and the rest: (sample, rest)."""
     threshold = (docs
-                 | "HashKeys" >> beam.Map(_hash_key)
+                 | "HashKeys" >> beam.Map(sample_key)
                  | "SmallestKeys" >> beam.combiners.Top.Smallest(limit)
                  | "Threshold" >> beam.Map(lambda keys: keys[-1] if keys else ""))
     split = docs | "Split" >> beam.Map(
-        lambda r, t: r if _hash_key(r) <= t else beam.pvalue.TaggedOutput("rest", r),
+        lambda r, t: r if sample_key(r) <= t else beam.pvalue.TaggedOutput("rest", r),
         beam.pvalue.AsSingleton(threshold)).with_outputs("rest", main="sample")
     return split.sample, split.rest
 

@@ -35,7 +35,7 @@ import os
 import tempfile
 import time
 import uuid
-from typing import Any, Optional
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
