@@ -224,10 +224,10 @@ def _fit_descending(keys: np.ndarray, u: np.ndarray, weights: np.ndarray,
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TopK(Rule):
-    """Keep the highest scores: iff (score, u) > (threshold_score, threshold_u)."""
+class _ThresholdRule(Rule):
+    """Top-k (sign +1) or bottom-k (sign -1): keep iff (sign*score, u) > (sign*threshold_score, threshold_u)."""
 
-    name: ClassVar[str] = "topk"
+    sign: ClassVar[int]
     threshold_score: Optional[float] = None
     threshold_u: float = 0.0
 
@@ -238,53 +238,37 @@ class TopK(Rule):
         if self.threshold_score is None:
             return np.ones(len(u), dtype=bool)
         ts, tu = self.threshold_score, self.threshold_u
-        return (scores > ts) | ((scores == ts) & (u > tu))
+        return (self.sign * scores > self.sign * ts) | ((scores == ts) & (u > tu))
 
     def inclusion_probability(self, scores):
         scores = np.asarray(scores, dtype=np.float64)
         if self.threshold_score is None:
             return np.ones_like(scores)
         ts = self.threshold_score
-        return np.where(scores > ts, 1.0, np.where(scores == ts, 1.0 - self.threshold_u, 0.0))
+        return np.where(self.sign * scores > self.sign * ts, 1.0, np.where(scores == ts, 1.0 - self.threshold_u, 0.0))
 
     @classmethod
     def fit(cls, scores, u, weights, target):
-        threshold = _fit_descending(scores, u, weights, target)
+        threshold = _fit_descending(cls.sign * scores, u, weights, target)
         if threshold is None:
             return cls()
-        return cls(threshold_score=threshold[0], threshold_u=threshold[1])
+        return cls(threshold_score=cls.sign * threshold[0], threshold_u=threshold[1])
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class BottomK(Rule):
+class TopK(_ThresholdRule):
+    """Keep the highest scores: iff (score, u) > (threshold_score, threshold_u)."""
+
+    name: ClassVar[str] = "topk"
+    sign: ClassVar[int] = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BottomK(_ThresholdRule):
     """Keep the lowest scores: iff (-score, u) > (-threshold_score, threshold_u)."""
 
     name: ClassVar[str] = "bottomk"
-    threshold_score: Optional[float] = None
-    threshold_u: float = 0.0
-
-    def __post_init__(self):
-        _check_threshold(self.name, self.threshold_score, self.threshold_u)
-
-    def keep(self, scores, u):
-        if self.threshold_score is None:
-            return np.ones(len(u), dtype=bool)
-        ts, tu = self.threshold_score, self.threshold_u
-        return (scores < ts) | ((scores == ts) & (u > tu))
-
-    def inclusion_probability(self, scores):
-        scores = np.asarray(scores, dtype=np.float64)
-        if self.threshold_score is None:
-            return np.ones_like(scores)
-        ts = self.threshold_score
-        return np.where(scores < ts, 1.0, np.where(scores == ts, 1.0 - self.threshold_u, 0.0))
-
-    @classmethod
-    def fit(cls, scores, u, weights, target):
-        threshold = _fit_descending(-scores, u, weights, target)
-        if threshold is None:
-            return cls()
-        return cls(threshold_score=-threshold[0], threshold_u=threshold[1])
+    sign: ClassVar[int] = -1
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
