@@ -165,3 +165,46 @@ def iter_tfrecords(stream: BinaryIO) -> Iterator[bytes]:
             raise TFRecordError(f"record {index + 1}: payload checksum mismatch")
         index += 1
         yield data
+
+
+# --- Reading scored outputs back (outside Beam: training, evaluation, reports, tests) ---------
+
+MANIFEST_FILE = "manifest.json"
+
+
+class IncompleteRunError(FileNotFoundError):
+    """A gristmill output directory has no manifest: its job did not finish."""
+
+
+def read_manifest(output_dir: str) -> dict[str, Any]:
+    """The manifest a job wrote into output_dir (its last file)."""
+    from gristmill import io
+    path = io.join(output_dir, MANIFEST_FILE)
+    if not io.exists(path):
+        raise IncompleteRunError(
+            f"{output_dir} has no {MANIFEST_FILE}: the run that writes there did not finish "
+            f"(or it is not a gristmill output directory); rerun the job to complete it")
+    return io.read_json(path)
+
+
+def record_files(spec: str) -> list[str]:
+    """The scored TFRecord files a path names: a gristmill output directory or a file glob.
+
+    A directory is read through its manifest, which lists exactly the files of the finished run,
+    so stale shards of an earlier run and partial files of a running one are never read.
+    """
+    from gristmill import io
+    spec = str(spec)
+    if not any(ch in spec for ch in "*?[") and io.is_dir(spec):
+        manifest = read_manifest(spec)
+        return [io.join(spec, name) for name in manifest.get("outputs", {}).get("records", [])]
+    return io.glob(spec)
+
+
+def iter_scored_records(spec: str) -> Iterator[Record]:
+    """Reads scored records back as dicts from an output directory or a glob, in file order."""
+    from gristmill import io
+    for path in record_files(spec):
+        with io.open_read(path) as f:
+            for data in iter_tfrecords(f):
+                yield deserialize(data)
