@@ -427,3 +427,31 @@ def load_hf(model_dir: str, dtype: Any = jnp.float32) -> tuple[LlamaConfig, Para
         tensors, hf_rules(config), config.num_layers, expected=abstract_params(config), aliases=aliases,
         ignore=(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",), origin=str(model_dir))
     return config, jax.tree.map(jnp.asarray, flat)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "chunk"))
+def next_token_logprobs(params: Params, config: LlamaConfig, ids: jax.Array, mask: jax.Array,
+                        chunk: int = 128) -> jax.Array:
+    """log P(ids[:, t + 1] | ids[:, :t + 1]) for t < T - 1: [B, T - 1] float32, for perplexity.
+
+    Entries whose target is padding are junk (weight them by mask[:, 1:]). The output projection
+    and log-softmax run over `chunk` positions at a time, so the peak is B x chunk x V floats
+    rather than B x T x V (16 x 512 x 49152 floats are 1.6 GB).
+    """
+    h = hidden_states(params, config, ids, mask)[:, :-1]  # [B, T-1, D]
+    targets = ids[:, 1:]
+    b, n, d = h.shape
+    if n == 0:
+        return jnp.zeros((b, 0), jnp.float32)
+    c = min(chunk, n)
+    pad = -n % c
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, c, d).swapaxes(0, 1)  # [N, B, c, D]
+    targets = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, -1, c).swapaxes(0, 1)  # [N, B, c]
+
+    def one_chunk(args):
+        hc, tc = args
+        lg = _head(params, config, hc)  # [B, c, V]
+        return jnp.take_along_axis(lg, tc[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(lg, axis=-1)
+
+    out = jax.lax.map(one_chunk, (h, targets))  # [N, B, c]
+    return out.swapaxes(0, 1).reshape(b, -1)[:, :n]
