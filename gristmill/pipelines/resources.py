@@ -15,7 +15,7 @@ failed job in the cloud; `parse_accelerator` rejects it on the submitting machin
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 from apache_beam.transforms import resources as beam_resources
 
@@ -36,9 +36,9 @@ def _fail(spec: str, reason: str) -> AcceleratorSpecError:
     return AcceleratorSpecError(f"bad accelerator {spec!r}: {reason} (expected e.g. {EXAMPLE!r})")
 
 
-def _parts(spec: str) -> dict[str, Optional[str]]:
+def _parts(spec: str) -> dict[str, str | None]:
     """'type:x;count:1;install-nvidia-driver' -> {'type': 'x', 'count': '1', 'install-nvidia-driver': None}."""
-    parts: dict[str, Optional[str]] = {}
+    parts: dict[str, str | None] = {}
     for raw in spec.split(";"):
         part = raw.strip()
         if not part:
@@ -111,7 +111,7 @@ def parse_accelerator(spec: str) -> str:
     return ";".join(out)
 
 
-def model_step_hints(accelerator: Optional[str], min_ram: Optional[str] = None) -> dict[str, Any]:
+def model_step_hints(accelerator: str | None, min_ram: str | None = None) -> dict[str, Any]:
     """Keyword arguments for `PTransform.with_resource_hints(...)` on a job's model step.
 
     Empty when neither is given, so `step.with_resource_hints(**model_step_hints(None))` is a
