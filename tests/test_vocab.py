@@ -3,7 +3,9 @@
 import gzip
 import importlib.resources
 import json
+import logging
 import pickle
+import re
 import unicodedata
 
 import pytest
@@ -93,6 +95,33 @@ def test_wraps_gristmill_tokenizer_and_pickles(trained):
         V.T5Vocabulary(wrong)
     copy = pickle.loads(pickle.dumps(vocab))
     assert copy.vocab_size == VOCAB_SIZE and copy.encode("pickled text") == vocab.encode("pickled text")
+
+
+def test_fit_corpus_trains_the_size_sentencepiece_says_the_corpus_supports(tmp_path, caplog):
+    """60 documents cannot support T5's 32,000 pieces: SentencePiece's own refusal names the most
+    they support, and `fit_corpus` trains exactly that many, sentinels on top, and says so."""
+    texts = c4_texts()[:60]
+    with pytest.raises(V.VocabularyError, match="Vocabulary size too high") as refused:
+        V.train_sentencepiece(texts, 32100, tmp_path / "hard")
+    supported = int(re.search(r"value <= (\d+)", str(refused.value)).group(1))
+    with caplog.at_level(logging.WARNING, logger="gristmill"):
+        vocab = V.train_sentencepiece(texts, 32100, tmp_path / "fit", fit_corpus=True)
+    assert vocab.tokenizer._sp.get_piece_size() == supported < 32000
+    assert vocab.vocab_size == supported + 100
+    assert vocab.tokenizer.id_to_token(vocab.vocab_size - 1) == "<extra_id_0>"
+    assert vocab.tokenizer.id_to_token(supported) == "<extra_id_99>"
+    assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
+    [said] = [r.getMessage() for r in caplog.records if r.name == V.__name__]
+    assert f"supports {supported} SentencePiece pieces, not the 32000 asked for" in said
+
+
+def test_fit_corpus_changes_nothing_when_the_corpus_supports_the_size(trained, tmp_path, caplog):
+    vocab, texts, _ = trained
+    with caplog.at_level(logging.WARNING, logger="gristmill"):
+        fitted = V.train_sentencepiece(texts[:120], VOCAB_SIZE, tmp_path / "fit", fit_corpus=True)
+    pieces = lambda v: [v.tokenizer.id_to_token(i) for i in range(v.vocab_size)]  # noqa: E731
+    assert pieces(fitted) == pieces(vocab)
+    assert not [r for r in caplog.records if r.name == V.__name__]
 
 
 def test_bad_inputs(tmp_path):
