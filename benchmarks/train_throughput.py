@@ -1,10 +1,10 @@
 """Training throughput of the T5 presets: tokens/s and model FLOP utilisation (MFU) of `train_step`.
 
-Times the real jitted, state-donating train step of `gristmill.training.train` (Adafactor, T5
+Times the real jitted, state-donating train step of `gristmill.training.step` (Adafactor, T5
 loss with z-loss, data-parallel over all local devices) on synthetic full rows of random tokens,
 so the number is the model's speed, not the input pipeline's. tokens/s counts input tokens
 (batch x inputs_length, the paper's convention); MFU uses `model.flops_per_sequence`
-(6N per token plus attention) against the device's dense bf16 peak (`train.PEAK_TFLOPS`, or
+(6N per token plus attention) against the device's dense bf16 peak (`metrics.PEAK_TFLOPS`, or
 --peak_tflops; on CPU there is no table entry, so pass one to get an MFU).
 
     python benchmarks/train_throughput.py                                  # tiny on CPU, float32
@@ -26,7 +26,8 @@ sys.path.insert(0, REPO)
 import jax  # noqa: E402
 
 from gristmill.models import t5  # noqa: E402
-from gristmill.training import configs, model as model_lib, train  # noqa: E402
+from gristmill.training import configs, metrics, step  # noqa: E402
+from gristmill.training import model as model_lib  # noqa: E402
 
 
 def synthetic_batch(rows: int, inputs_length: int, targets_length: int, vocab_size: int, seed: int = 0) -> dict:
@@ -46,34 +47,34 @@ def measure(size: str, batch_size: int | None, steps: int, warmup: int, dtype: s
     """Times `steps` train steps after `warmup` (compilation included there) for one preset."""
     config = configs.TrainConfig(data=("unused",), output="unused", steps=steps + warmup, model_size=size,
                                  batch_size=batch_size, dtype=dtype)
-    model_config = config.model_config(vocab_size, config.dtype or train.default_dtype()).replace(remat_policy=remat)
+    model_config = config.model_config(vocab_size, config.dtype or step.default_dtype()).replace(remat_policy=remat)
     model = model_lib.EncoderDecoderModel(model_config)
-    mesh = train.make_mesh()
-    init, step, _, _ = train.compiled_functions(model, config.optimizer_config(), config.steps, mesh)
+    mesh = step.make_mesh()
+    init, train_step, _, _ = step.compiled_functions(model, config.optimizer_config(), config.steps, mesh)
     inputs_length, targets_length = config.lengths
     rows = config.global_batch_size
     batch = jax.device_put(synthetic_batch(rows, inputs_length, targets_length, model_config.vocab_size),
-                           train.batch_sharding(mesh))
-    rng = jax.device_put(jax.random.key(0), train.replicated(mesh))
+                           step.batch_sharding(mesh))
+    rng = jax.device_put(jax.random.key(0), step.replicated(mesh))
     state = init(jax.random.key(0))
     t0 = time.perf_counter()
     for _ in range(warmup):
-        state, metrics = step(state, batch, rng)
-    jax.block_until_ready(metrics)
+        state, step_metrics = train_step(state, batch, rng)
+    jax.block_until_ready(step_metrics)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
-        state, metrics = step(state, batch, rng)
-    jax.block_until_ready(metrics)
+        state, step_metrics = train_step(state, batch, rng)
+    jax.block_until_ready(step_metrics)
     seconds = (time.perf_counter() - t0) / steps
     flops = rows * model_lib.flops_per_sequence(model_config, inputs_length, targets_length)
-    peak = train.peak_flops_per_device(jax.devices()[0], peak_tflops)
+    peak = metrics.peak_flops_per_device(jax.devices()[0], peak_tflops)
     return {
         "size": size, "params": t5.count_params(model_config), "dtype": model_config.dtype, "batch": rows,
         "lengths": f"{inputs_length}/{targets_length}", "step_ms": 1000 * seconds,
         "tokens_per_s": rows * inputs_length / seconds, "tflops": flops / seconds / 1e12,
         "mfu": flops / seconds / (peak * len(jax.devices())) if peak else None,
-        "warmup_s": compile_s, "loss": float(metrics["loss"]),
+        "warmup_s": compile_s, "loss": float(step_metrics["loss"]),
     }
 
 

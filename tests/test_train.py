@@ -11,7 +11,9 @@ import dataclasses
 import gzip
 import importlib.resources
 import json
+import logging
 import os
+import re
 import shutil
 
 import jax
@@ -19,9 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gristmill import cli, flagparse, records
+from gristmill import cli, flagparse, io, records
 from gristmill.models import t5
-from gristmill.training import configs, data, main, model as M, optim, train as T, vocab as V
+from gristmill.training import checkpointing, configs, data, main, model_io, optim, stream, train as T
+from gristmill.training import metrics as MX
+from gristmill.training import model as M
+from gristmill.training import step as S
+from gristmill.training import vocab as V
 
 C4 = importlib.resources.files("gristmill") / "data/c4-olmo/c4-sample.00000-of-00001.json.gz"
 SCORE = records.score_feature("test", "random")
@@ -65,7 +71,7 @@ def tiny_config(corpus, output, **changes):
 
 
 def read_metrics(output):
-    with open(os.path.join(output, T.METRICS_FILE)) as f:
+    with open(os.path.join(output, MX.METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
 
 
@@ -171,7 +177,8 @@ def test_packed_network_equals_t5_logits_per_example(micro_params):
     unpacked = data.pad_examples(examples, 16, 10)
     ref = np.asarray(t5.logits(params, MICRO, unpacked["encoder_input_tokens"],
                                (unpacked["encoder_input_tokens"] > 0).astype(np.int32),
-                               unpacked["decoder_input_tokens"], (unpacked["decoder_target_tokens"] > 0).astype(np.int32)))
+                               unpacked["decoder_input_tokens"],
+                               (unpacked["decoder_target_tokens"] > 0).astype(np.int32)))
     # Run packed and unpacked rows as one batch (one compilation): the packed row is row 0.
     both = {k: np.concatenate([packed[k], unpacked[k]]) for k in data.FEATURES_UNPACKED}
     both["encoder_segment_ids"] = np.concatenate([packed["encoder_segment_ids"], unpacked["encoder_input_tokens"] > 0])
@@ -190,7 +197,9 @@ def test_packed_network_equals_t5_logits_per_example(micro_params):
         key, ids, seg, ids, seg, encoder_attention_mask=M.encoder_self_mask(seg),
         decoder_self_attention_mask=M.decoder_self_mask(seg), cross_attention_mask=M.cross_mask(seg, seg))["params"],
         jax.random.key(0))
-    shapes = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+    def shapes(tree):
+        return jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+
     assert shapes(ours) == shapes(t5.param_shapes(MICRO))
 
 
@@ -262,12 +271,12 @@ class DrawModel:
 def test_train_step_is_pure_and_folds_the_step_into_the_rng():
     tx, schedule = optim.make_optimizer(optim.OptimizerConfig(name=optim.ADAMW, learning_rate=0.1,
                                                               schedule=optim.CONSTANT), 10)
-    step_fn = jax.jit(T.make_train_step(DrawModel(), tx, schedule), donate_argnums=0)
+    step_fn = jax.jit(S.make_train_step(DrawModel(), tx, schedule), donate_argnums=0)
     rng = jax.random.key(3)
 
     def fresh():
         params = {"w": jnp.zeros(3)}
-        return T.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        return S.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     batch = {"x": jnp.ones(3)}
     state, draws = fresh(), []
@@ -286,14 +295,14 @@ def test_peak_flops_lookup():
     class Device:
         device_kind = "NVIDIA H100 80GB HBM3"
 
-    assert T.peak_flops_per_device(Device()) == 989e12
+    assert MX.peak_flops_per_device(Device()) == 989e12
     Device.device_kind = "NVIDIA H100 PCIe"
-    assert T.peak_flops_per_device(Device()) == 756e12
+    assert MX.peak_flops_per_device(Device()) == 756e12
     Device.device_kind = "TPU v5 lite"
-    assert T.peak_flops_per_device(Device()) == 197e12
+    assert MX.peak_flops_per_device(Device()) == 197e12
     Device.device_kind = "cpu"
-    assert T.peak_flops_per_device(Device()) is None
-    assert T.peak_flops_per_device(Device(), peak_tflops=2.5) == 2.5e12
+    assert MX.peak_flops_per_device(Device()) is None
+    assert MX.peak_flops_per_device(Device(), peak_tflops=2.5) == 2.5e12
 
 
 # ----------------------------------------------------------------------------- the trainer
@@ -312,48 +321,49 @@ def test_tiny_run_learns_and_writes_metrics(full_run, corpus):
     assert metrics[5]["tokens_seen"] == 6 * 8 * 128
     first, last = np.mean([m["loss"] for m in metrics[:4]]), np.mean([m["loss"] for m in metrics[-4:]])
     assert last < first - 0.3, (first, last)
-    assert T.checkpoint_steps(output) == [18, 24]  # keep_checkpoints=2
+    assert checkpointing.checkpoint_steps(output) == [18, 24]  # keep_checkpoints=2
 
-    run = T.read_run(output)
+    run = model_io.read_run(output)
     assert run["model"]["vocab_size"] == 896 and run["tokenizer_vocab_size"] == 800
     assert run["train"]["model_size"] == "tiny" and run["input"]["inputs_length"] == 128
-    trained = T.load_trained(output)
+    trained = model_io.load_trained(output)
     assert trained.config == configs.model_config_from_dict(run["model"])
     assert os.path.exists(trained.vocab_path) and V.T5Vocabulary.from_file(trained.vocab_path).vocab_size == 800
     assert jax.tree.map(lambda x: (x.shape, x.dtype), trained.params) == \
         jax.tree.map(lambda x: (x.shape, x.dtype), t5.param_shapes(trained.config))
-    at_last = T.load_trained(output, step=24)
+    at_last = model_io.load_trained(output, step=24)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(at_last.params)))
-    at_18 = T.load_trained(output, step=18)
-    assert not np.array_equal(at_18.params["token_embedder"]["embedding"], trained.params["token_embedder"]["embedding"])
-    with pytest.raises(T.TrainError, match="no checkpoint at step 5"):
-        T.load_trained(output, step=5)
+    at_18 = model_io.load_trained(output, step=18)
+    embedding = trained.params["token_embedder"]["embedding"]
+    assert not np.array_equal(at_18.params["token_embedder"]["embedding"], embedding)
+    with pytest.raises(configs.TrainError, match="no checkpoint at step 5"):
+        model_io.load_trained(output, step=5)
 
 
 def test_resume_equals_uninterrupted(full_run, corpus, tmp_path):
     """Stop at 14, lose the step-14 checkpoint as a crash would, resume from 12 and finish: same losses."""
     output = tmp_path / "resumed"
     T.train(tiny_config(corpus, output, steps=14))
-    assert T.checkpoint_steps(output) == [12, 14]
-    shutil.rmtree(output / T.CHECKPOINTS_DIR / "14")
+    assert checkpointing.checkpoint_steps(output) == [12, 14]
+    shutil.rmtree(output / checkpointing.CHECKPOINTS_DIR / "14")
     T.train(tiny_config(corpus, output))  # steps=24: resumes from 12, drops metrics 13-14
     resumed, full = read_metrics(output), read_metrics(full_run)
     assert [m["step"] for m in resumed] == list(range(1, 25))
     for a, b in zip(resumed, full):
         for key in ("loss", "z_loss", "accuracy", "grad_norm", "learning_rate", "target_tokens"):
             assert a[key] == b[key], (a["step"], key, a[key], b[key])
-    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(T.load_trained(output).params),
-                                                 jax.tree.leaves(T.load_trained(full_run).params))]
+    same = [np.array_equal(a, b) for a, b in zip(jax.tree.leaves(model_io.load_trained(output).params),
+                                                 jax.tree.leaves(model_io.load_trained(full_run).params))]
     assert all(same)
 
 
 def test_resume_refuses_a_different_run(full_run, corpus):
-    with pytest.raises(T.TrainError, match="train.seed"):
+    with pytest.raises(configs.TrainError, match="train.seed"):
         T.train(tiny_config(corpus, full_run, seed=8))
 
 
 def test_data_that_is_not_scored_records_fails_early(corpus, tmp_path, embedded_glob):
-    with pytest.raises(T.TrainError, match="not a scored TFRecord file"):
+    with pytest.raises(configs.TrainError, match="not a scored TFRecord file"):
         T.train(tiny_config(corpus, tmp_path / "run", data=(embedded_glob,)))
 
 
@@ -368,9 +378,9 @@ def test_plan_stream_yields_exactly_the_kept_documents(corpus, tmp_path):
     vocabulary = V.T5Vocabulary.from_file(vocab_path)
     config = data.InputConfig(batch_size=8, inputs_length=128, targets_length=32, concat_documents=16,
                               shuffle_buffer=100, seed=5)
-    with_plan = list(T.BatchStream(data.list_files(path), vocabulary, config, plan, max_epochs=1))
-    only_kept = list(T.BatchStream(data.list_files(subset), vocabulary, config, None, max_epochs=1))
-    everything = list(T.BatchStream(data.list_files(path), vocabulary, config, None, max_epochs=1))
+    with_plan = list(stream.BatchStream(data.list_files(path), vocabulary, config, plan, max_epochs=1))
+    only_kept = list(stream.BatchStream(data.list_files(subset), vocabulary, config, None, max_epochs=1))
+    everything = list(stream.BatchStream(data.list_files(path), vocabulary, config, None, max_epochs=1))
     assert len(with_plan) == len(only_kept) > 0 and len(everything) > 5 * len(with_plan)
     for a, b in zip(with_plan, only_kept):
         assert all(np.array_equal(a[k], b[k]) for k in data.FEATURES_PACKED)
@@ -390,7 +400,7 @@ def test_plan_run_repeats_epochs_and_stops(corpus, tmp_path):
     assert first > 0 and epochs == [0] * first + [1] * (len(metrics) - first) and result.step == len(metrics)
     assert all(m["epoch"] is None for m in metrics[:first])
     assert metrics[-1]["epoch"] == pytest.approx(2.0, abs=0.35)  # second pass measured by the first's length
-    assert T.checkpoint_steps(output)[-1] == result.step
+    assert checkpointing.checkpoint_steps(output)[-1] == result.step
 
 
 def test_vocabulary_trained_into_the_output_when_none_is_given(corpus, tmp_path):
@@ -400,6 +410,62 @@ def test_vocabulary_trained_into_the_output_when_none_is_given(corpus, tmp_path)
     assert V.T5Vocabulary.from_file(path).vocab_size == 300
     stamp = os.path.getmtime(path)
     assert T.resolve_vocab(config, [corpus[0]]) == path and os.path.getmtime(path) == stamp  # reused on resume
+
+
+def test_train_without_vocab_on_300_documents_fits_the_vocabulary(corpus, tmp_path, caplog):
+    """`gristmill train --data DIR` without --vocab on a 300-document selection (T5's 32100 ids do not fit).
+
+    DIR is a gristmill output directory whose manifest lists one file; a stale file beside it
+    holds the other 100 documents. The vocabulary must be the largest SentencePiece itself says
+    those 300 documents support (its hard-limit error names it), so the stale file was not read.
+    """
+    _, _, docs, ids = corpus
+    selection = tmp_path / "selection"
+    selection.mkdir()
+    write_records(selection / "scored-00000-of-00001.tfrecord", docs[:300], ids[:300])
+    write_records(selection / "scored-00000-of-00002.tfrecord", docs[300:], ids[300:])  # stale
+    io.write_json(str(selection / records.MANIFEST_FILE), {"outputs": {"records": ["scored-00000-of-00001.tfrecord"]}})
+    with pytest.raises(V.VocabularyError, match="Vocabulary size too high") as refused:
+        V.train_sentencepiece([d["text"] for d in docs[:300]], 32100, tmp_path / "hard")
+    supported = int(re.search(r"value <= (\d+)", str(refused.value)).group(1))
+    assert supported < 32000
+
+    output = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="gristmill"):
+        assert cli.main(["train", f"--data={selection}", f"--output={output}", "--model_size=tiny", "--steps=2",
+                         "--batch_size=8", "--concat_documents=16", "--shuffle_buffer=100"]) == 0
+    run = model_io.read_run(output)
+    assert run["tokenizer_vocab_size"] == supported + 100
+    assert run["model"]["vocab_size"] == configs.padded_vocab_size(supported + 100)
+    vocabulary = V.T5Vocabulary.from_file(output / "vocab" / "spiece.model")
+    assert vocabulary.tokenizer.id_to_token(supported + 99) == "<extra_id_0>"  # T5's sentinels at the top
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "supports" in r.getMessage()]
+    assert len(said) == 1 and f"supports {supported} SentencePiece pieces, not the 32000" in said[0], said
+    assert [m["step"] for m in read_metrics(output)] == [1, 2]
+    assert all(np.isfinite(m["loss"]) for m in read_metrics(output))
+
+
+def test_metrics_writers(tmp_path, caplog):
+    """JSONL keeps an earlier run's lines up to the resumed step; the log writer prints every k steps and the last."""
+    path = str(tmp_path / "m" / MX.METRICS_FILE)
+    record = {"loss": 1.0, "accuracy": 0.5, "learning_rate": 0.01, "tokens_per_second": 10.0, "mfu": None,
+              "epoch": None, "data_epoch": 0}
+    first = MX.JsonlWriter(path)
+    for step in (1, 2, 3):
+        first.write({**record, "step": step})
+    first.close()
+    again = MX.JsonlWriter(path, resume_step=2)
+    again.write({**record, "step": 3, "loss": 0.5})
+    again.close()
+    with open(path) as f:
+        assert [(r["step"], r["loss"]) for r in map(json.loads, f)] == [(1, 1.0), (2, 1.0), (3, 0.5)]
+    writer = MX.LogWriter(total_steps=7, every=3)
+    with caplog.at_level(logging.INFO, logger="gristmill"):
+        for step in range(1, 8):
+            writer.write({**record, "step": step})
+    lines = [r.getMessage() for r in caplog.records if r.name == MX.__name__]
+    assert [line.split()[1] for line in lines] == ["3/7", "6/7", "7/7"]
+    assert lines[0] == "step 3/7 loss 1.0000 acc 0.500 lr 1.00e-02 10 tok/s epoch 0"
 
 
 # ----------------------------------------------------------------------------- command line

@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from gristmill import records, sampling
+from gristmill import io, records, sampling
 from gristmill.training import data as D
 from gristmill.training import vocab as V
 
@@ -95,6 +95,21 @@ def test_kept_subset_equals_sampling_keep(corpus, rule, rate_by):
     if rule in ("topk", "random") and rate_by == "documents":
         assert len(kept) == 36
     assert D.selected_ids(pattern) == {r[records.ID] for r in recs}
+
+
+def test_an_output_directory_is_read_through_its_manifest(tmp_path):
+    """`--data DIR`: exactly the files the manifest lists, not a stale shard beside them; no manifest, no read."""
+    docs = c4_docs(30)
+    paths = write_corpus(tmp_path, docs, [20, 10])  # scored-00000-of-00002 (listed), scored-00001-of-00002 (stale)
+    listed = paths[0].rsplit("/", 1)[1]
+    io.write_json(str(tmp_path / records.MANIFEST_FILE), {"outputs": {"records": [listed]}})
+    assert D.list_files(str(tmp_path)) == [paths[0]]
+    assert D.list_files([str(tmp_path), paths[0]]) == [paths[0]]
+    assert D.selected_ids(str(tmp_path)) == {r[records.ID] for r in read_back(paths[:1])}
+    assert D.list_files(str(tmp_path / "scored-*.tfrecord")) == paths  # a glob reads what it matches
+    (tmp_path / records.MANIFEST_FILE).unlink()
+    with pytest.raises(D.DataError, match="did not finish"):
+        D.list_files(str(tmp_path))
 
 
 def test_missing_scores_follow_the_plan_policy(tmp_path):

@@ -6,6 +6,11 @@
 - `configs`: size presets (`tiny`, `small`, `base`, `large`) and `TrainConfig`.
 - `model`: the loss and scoring wrapper around the T5 network (packing-aware masks, z-loss).
 - `optim`: Adafactor with T5's inverse-square-root schedule, AdamW as an option.
-- `train`: the pure train step, data-parallel loop, orbax checkpoints with exact resume, metrics.
+- `step`: the train state and the pure train step, jitted data-parallel with the state donated.
+- `stream`: batches epoch after epoch, with a position (tf.data iterator included) that restores exactly.
+- `checkpointing`: orbax checkpoints of the state and the stream, keeping the last K.
+- `metrics`: per-step records (tokens/s, MFU) and their writers (metrics.jsonl, log lines).
+- `model_io`: the final model and checkpoints out of a run directory (`load_trained`).
+- `train`: prepares a run and runs the loop that wires the above.
 - `main`: `gristmill train`.
 """

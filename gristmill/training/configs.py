@@ -40,6 +40,10 @@ class ConfigError(ValueError):
     """A run configuration is invalid or does not match the run it resumes."""
 
 
+class TrainError(RuntimeError):
+    """Training cannot start or continue (bad data, incompatible resume, unreadable run)."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SizePreset:
     """One named model size with its training defaults."""
@@ -94,15 +98,17 @@ def padded_vocab_size(tokenizer_vocab_size: int) -> int:
 class TrainConfig:
     """Everything `train` needs; `None` fields take the size preset's default.
 
-    data: scored-TFRecord globs (`gristmill score ...` / `select` output; `id` and `text` needed).
+    data: scored TFRecords: globs, files or gristmill output directories (read through their
+        manifest), local or gs:// (`gristmill score ...` / `select` output; `id` and `text` needed).
     output: run directory (checkpoints/, model/, metrics.jsonl, config.json, vocab/).
     steps: optimizer steps (iso-compute: the data repeats as often as needed, see `epochs`).
     model_size: a key of `SIZES`.
     plan: a selection-plan JSON (`sampling.Plan`); None trains on all documents.
     vocab: a SentencePiece model; None trains one of `vocab_size` on the data into
         ``output/vocab/spiece.model`` (reused when the run resumes).
-    vocab_size, vocab_max_documents: that vocabulary's size (with the 100 sentinels) and the
-        documents it is trained on (the first ones of the unselected data).
+    vocab_size, vocab_max_documents: that vocabulary's size (with the 100 sentinels; smaller, and
+        logged, when those documents support fewer pieces) and the documents it is trained on (the
+        first ones of the unselected data).
     epochs: stop after this many passes over the selection even if `steps` is not reached;
         None repeats forever.
     dtype: compute dtype; None is bfloat16 on accelerators and float32 on CPU (params stay float32).
@@ -113,7 +119,7 @@ class TrainConfig:
     pack: pack several examples per row (segment-masked attention) or one per row.
     checkpoint_every, keep_checkpoints: orbax checkpoint interval (steps) and how many to keep.
     log_every: steps between progress lines (metrics.jsonl gets every step).
-    peak_tflops: accelerator peak for MFU; None looks the device up in `train.PEAK_TFLOPS`.
+    peak_tflops: accelerator peak for MFU; None looks the device up in `metrics.PEAK_TFLOPS`.
     """
 
     data: tuple[str, ...]

@@ -1,6 +1,6 @@
 """The training input pipeline: scored TFRecords + a selection plan -> packed T5 span-corruption batches.
 
-    files (glob) -> [shard per host] -> parse id, text, score -> plan: sampling.keep_mask
+    files (glob or output directory) -> [shard per host] -> parse id, text, score -> plan: sampling.keep_mask
       -> shuffle documents (seeded, reshuffled each epoch) -> repeat(num_epochs)
       -> groups of `concat_documents` documents: tokenise, concatenate, split into chunks of
          `tokens_length` (T5's random_spans_helper: 568 tokens for 512 inputs), span-corrupt
@@ -120,12 +120,24 @@ class InputConfig:
 # --- files and records -----------------------------------------------------------------------
 
 def list_files(patterns: Union[str, Sequence[str]]) -> list[str]:
-    """Sorted, de-duplicated files matching the glob(s) (local or gs://); DataError if none."""
+    """Sorted, de-duplicated scored TFRecord files the specs name (local or gs://); DataError if none.
+
+    A spec is a glob, a file, or a gristmill output directory, which is read through its
+    manifest (`records.record_files`): exactly the files of the finished run, never stale shards
+    of an earlier one or partial files of a running one.
+    """
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(str(p))})
+    files: set[str] = set()
+    for pattern in patterns:
+        try:
+            files.update(records.record_files(str(pattern)))
+        except records.IncompleteRunError as e:
+            raise DataError(str(e)) from None
+        except FileNotFoundError:
+            continue
     if not files:
         raise DataError(f"no files match {patterns}")
-    return files
+    return sorted(files)
 
 
 def _records(files: Sequence[str], num_hosts: int = 1, host_index: int = 0) -> tf.data.Dataset:

@@ -5,9 +5,11 @@
         [--checkpoint_every 1000] [--keep_checkpoints 3] [--optimizer adafactor|adamw] \\
         [--learning_rate LR] [--epochs N]
 
-`--data` are scored TFRecords (the output of `gristmill score ...` or `select`). Without
-`--plan` every document is used. Without `--vocab` a SentencePiece vocabulary is trained on the
-data into OUTPUT/vocab/spiece.model. Running the same command again resumes from the last
+`--data` are scored TFRecords (the output of `gristmill score ...` or `select`): globs, files or
+gristmill output directories (read through their manifest), local or gs://. Without `--plan`
+every document is used. Without `--vocab` a SentencePiece vocabulary of `--vocab_size` ids is
+trained on the data into OUTPUT/vocab/spiece.model, or a smaller one when the data cannot support
+that many pieces (a log line says so). Running the same command again resumes from the last
 checkpoint in OUTPUT.
 """
 
@@ -24,13 +26,15 @@ from gristmill.training.configs import TrainConfig
 def _flag_values() -> flags.FlagValues:
     fv = flags.FlagValues()
     d = TrainConfig(data=("unused",), output="unused", steps=1)
-    flags.DEFINE_list("data", None, "Scored TFRecord glob(s), comma-separated.", flag_values=fv)
+    flags.DEFINE_list("data", None, "Scored TFRecords: globs, files or gristmill output directories, "
+                      "comma-separated.", flag_values=fv)
     flags.DEFINE_string("output", None, "Run directory (checkpoints, metrics.jsonl, model/).", flag_values=fv)
     flags.DEFINE_integer("steps", None, "Optimizer steps (the data repeats as needed).", flag_values=fv)
     flags.DEFINE_enum("model_size", d.model_size, sorted(configs.SIZES), "Model size preset.", flag_values=fv)
     flags.DEFINE_string("plan", None, "Selection plan JSON; none trains on all documents.", flag_values=fv)
     flags.DEFINE_string("vocab", None, "SentencePiece model; none trains one into OUTPUT/vocab.", flag_values=fv)
-    flags.DEFINE_integer("vocab_size", d.vocab_size, "Size of a vocabulary trained here (with 100 sentinels).",
+    flags.DEFINE_integer("vocab_size", d.vocab_size, "Size of a vocabulary trained here (with 100 sentinels); "
+                         "smaller when the data supports fewer pieces.",
                          flag_values=fv)
     flags.DEFINE_integer("batch_size", None, "Global batch (sequences); default: the preset's.", flag_values=fv)
     flags.DEFINE_integer("inputs_length", None, "Encoder length; default: the preset's (512).", flag_values=fv)
