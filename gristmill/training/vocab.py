@@ -216,10 +216,9 @@ def train_sentencepiece(texts_or_files: Union[Iterable[str], PathLike, Sequence[
         raise VocabularyError(f"SentencePiece training of {output_prefix} failed: {e}") from e
     vocabulary = T5Vocabulary.from_file(f"{output_prefix}.model", num_extra_ids=num_extra_ids)
     if vocabulary.vocab_size < vocab_size:
-        log.warning("vocabulary %s: the corpus supports %d SentencePiece pieces, not the %d asked for; trained "
-                    "%d ids (%d pieces + %d sentinels) instead of %d", output_prefix, vocabulary.vocab_size -
-                    num_extra_ids, pieces, vocabulary.vocab_size, vocabulary.vocab_size - num_extra_ids,
-                    num_extra_ids, vocab_size)
+        log.warning("vocabulary: the corpus supports %d SentencePiece pieces, not the %d asked for; trained %d ids "
+                    "(%d pieces + %d sentinels) instead of %d", vocabulary.vocab_size - num_extra_ids, pieces,
+                    vocabulary.vocab_size, vocabulary.vocab_size - num_extra_ids, num_extra_ids, vocab_size)
     return vocabulary
 
 
