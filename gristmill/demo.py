@@ -16,7 +16,6 @@ from typing import Any, Callable
 from absl import flags
 
 from gristmill import flagparse, records
-from gristmill.pipelines import transforms
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +29,9 @@ def embedded_corpus() -> str:
 class DemoConfig:
     """What the demo runs on and where it writes.
 
-    askllm_limit caps the documents Ask-LLM scores so the demo stays within a few minutes on 2 cores
-    (the others pass through unscored); train_steps is the budget of each `tiny` training run.
+    documents: the first N documents of the corpus go through every stage, so every sampler selects
+    from documents its scorer scored and the demo stays within a few minutes on 2 cores;
+    train_steps is the budget of each `tiny` training run.
     """
 
     output: str = "demo-out"
@@ -39,8 +39,8 @@ class DemoConfig:
     workers: int = 0
     seed: int = 0
     askllm_model: str = "smollm2-135m-instruct"
-    askllm_limit: int = 48
-    askllm_max_length: int = 256
+    documents: int = 200
+    askllm_max_length: int = 128
     train_steps: int = 40
 
 
@@ -70,7 +70,8 @@ def run_random(config: DemoConfig, corpus: str) -> StageResult:
     """Scores the corpus with the Random baseline."""
     from gristmill.pipelines import score_random
     out = os.path.join(config.output, "random")
-    argv = ["--input", corpus, "--output", out, f"--seed={config.seed}"] + _beam_flags(config)
+    argv = ["--input", corpus, "--output", out, f"--seed={config.seed}", f"--limit={config.documents}",
+            "--overwrite"] + _beam_flags(config)
     return _stage("score random", out, lambda: score_random.run(argv))
 
 
@@ -78,19 +79,20 @@ def run_density(config: DemoConfig, corpus: str) -> StageResult:
     """Scores the corpus with the Density sketch over MiniLM embeddings (the paper's R x B sketch)."""
     from gristmill.pipelines import score_density
     out = os.path.join(config.output, "density")
-    argv = ["--input", corpus, "--output", out, f"--seed={config.seed}"] + _beam_flags(config)
+    argv = ["--input", corpus, "--output", out, f"--seed={config.seed}", "--overwrite"] + _beam_flags(config)
     return _stage("score density", out, lambda: score_density.run(argv))
 
 
 def run_askllm(config: DemoConfig, corpus: str) -> StageResult:
     """Scores a capped sample of the corpus with Ask-LLM and notes the highest and lowest scored."""
     from gristmill.pipelines import score_askllm
+    from gristmill.scoring import askllm
     out = os.path.join(config.output, "askllm")
-    argv = ["--input", corpus, "--output", out, "--model", config.askllm_model, f"--limit={config.askllm_limit}",
-            f"--max_length={config.askllm_max_length}", "--batch_size=8", f"--seed={config.seed}"] + _beam_flags(config)
+    argv = ["--input", corpus, "--output", out, "--model", config.askllm_model, "--overwrite",
+            f"--max_length={config.askllm_max_length}", "--batch_size=8"] + _beam_flags(config)
     result = _stage("score askllm", out, lambda: score_askllm.run(argv))
-    feature = records.score_feature(score_askllm.SCORER, score_askllm.model_name_of(config.askllm_model))
-    ranked = sorted((r for r in transforms.iter_scored_records(transforms.scored_glob(out)) if feature in r),
+    feature = records.score_feature(score_askllm.SCORER_NAME, askllm.model_name_of(config.askllm_model))
+    ranked = sorted((r for r in records.iter_scored_records(out) if feature in r),
                     key=lambda r: -r[feature])
     notes = ["highest P(yes):"] + [_excerpt(r, feature) for r in ranked[:3]]
     notes += ["lowest P(yes):"] + [_excerpt(r, feature) for r in ranked[-3:]]
@@ -101,10 +103,10 @@ def run_select(config: DemoConfig, name: str, scored_dir: str, feature: str, rul
     """Selects `rate` of a scored corpus by `rule` over `feature` and notes a few kept documents."""
     from gristmill.pipelines import select
     out = os.path.join(config.output, name)
-    argv = ["--input", transforms.scored_glob(scored_dir), "--output", out, "--score", feature, "--rule", rule,
-            f"--rate={rate}", f"--seed={config.seed}", "--missing=drop"] + _beam_flags(config)
+    argv = ["--input", scored_dir, "--output", out, "--score", feature, "--rule", rule,
+            f"--rate={rate}", f"--seed={config.seed}", "--missing=drop", "--overwrite"] + _beam_flags(config)
     result = _stage(f"select {rule} {rate:.0%}", out, lambda: select.run(argv))
-    kept = sorted(transforms.iter_scored_records(transforms.scored_glob(out)), key=lambda r: -r[feature])
+    kept = sorted(records.iter_scored_records(out), key=lambda r: -r[feature])
     if rule == "ips":  # show the kept documents from the sparsest neighbourhoods: those IPS favours
         kept = kept[::-1]
     notes = [f"kept {len(kept)} by {rule} on {feature}, e.g.:"] + [_excerpt(r, feature) for r in kept[:3]]
@@ -124,13 +126,13 @@ def run_training(config: DemoConfig, scored_dir: str, askllm_feature: str, densi
                 experiment.SamplerSpec(name="askllm", rule="topk", score=askllm_feature, missing="drop"),
                 experiment.SamplerSpec(name="density", rule="ips", score=density_feature))
     exp = experiment.ExperimentConfig(
-        scored=(transforms.scored_glob(scored_dir),), output=out, samplers=samplers, rates=(0.2,), models=("tiny",),
+        scored=(scored_dir,), output=out, samplers=samplers, rates=(0.2,), models=("tiny",),
         steps=(config.train_steps,), evaluations=2, seed=config.seed, vocab_size=2000,
         train={"batch_size": 8}, eval=dataclasses.replace(experiment.ppl.PerplexityConfig(), max_documents=40))
     start = time.monotonic()
     rows = experiment.run_experiment(exp)
     page = os.path.join(config.output, "report.html")
-    report.write_report(out, page, transforms.scored_glob(scored_dir))
+    report.write_report(out, page, scored_dir)
     final = {(r["sampler"], r["metric"]): r["value"] for r in metrics_final(rows)}
     notes = [f"{sampler:>8}: " + ", ".join(f"{metric.split('/')[-1]} {value:.1f}"
                                            for (s, metric), value in sorted(final.items()) if s == sampler)
@@ -151,8 +153,8 @@ def metrics_final(rows):
 def run_demo(config: DemoConfig) -> list[StageResult]:
     """Runs the demo stages in order, each reading the previous stage's scored records."""
     random_stage = run_random(config, config.corpus)
-    density_stage = run_density(config, transforms.scored_glob(random_stage.output))
-    askllm_stage = run_askllm(config, transforms.scored_glob(density_stage.output))
+    density_stage = run_density(config, random_stage.output)
+    askllm_stage = run_askllm(config, density_stage.output)
     density_feature = records.score_feature("density", "minilm")
     askllm_feature = records.score_feature("askllm", _askllm_name(config))
     results = [random_stage, density_stage, askllm_stage,
@@ -164,7 +166,7 @@ def run_demo(config: DemoConfig) -> list[StageResult]:
 
 
 def _askllm_name(config: DemoConfig) -> str:
-    from gristmill.pipelines.score_askllm import model_name_of
+    from gristmill.scoring.askllm import model_name_of
     return model_name_of(config.askllm_model)
 
 
@@ -192,7 +194,7 @@ def _flag_values() -> flags.FlagValues:
     flags.DEFINE_integer("workers", defaults.workers, "Beam worker processes (0: in-process).", flag_values=fv)
     flags.DEFINE_integer("seed", defaults.seed, "Seed for scores and selections.", flag_values=fv)
     flags.DEFINE_string("askllm_model", defaults.askllm_model, "Ask-LLM model name or path.", flag_values=fv)
-    flags.DEFINE_integer("askllm_limit", defaults.askllm_limit, "Documents scored by Ask-LLM.", flag_values=fv)
+    flags.DEFINE_integer("documents", defaults.documents, "Documents of the corpus every stage runs on.", flag_values=fv)
     flags.DEFINE_integer("askllm_max_length", defaults.askllm_max_length, "Ask-LLM prompt tokens.", flag_values=fv)
     flags.DEFINE_integer("train_steps", defaults.train_steps, "Training steps per run (0: no training).",
                          flag_values=fv)
@@ -202,9 +204,9 @@ def _flag_values() -> flags.FlagValues:
 def parse_config(argv: list[str]) -> DemoConfig:
     """Parses demo flags into a DemoConfig."""
     fv = _flag_values()
-    flagparse.parse(fv, argv, "gristmill demo [--output DIR] [--workers N] [--askllm_limit N] [--train_steps N]")
+    flagparse.parse(fv, argv, "gristmill demo [--output DIR] [--workers N] [--documents N] [--train_steps N]")
     return DemoConfig(output=fv.output, corpus=fv.corpus, workers=fv.workers, seed=fv.seed,
-                      askllm_model=fv.askllm_model, askllm_limit=fv.askllm_limit,
+                      askllm_model=fv.askllm_model, documents=fv.documents,
                       askllm_max_length=fv.askllm_max_length, train_steps=fv.train_steps)
 
 
@@ -214,7 +216,7 @@ def run(argv: list[str]) -> list[StageResult]:
     results = run_demo(config)
     print()
     print(format_summary(results))
-    final = transforms.read_manifest(results[0].output)["counts"]
+    final = records.read_manifest(results[0].output)["counts"]
     name = "embedded corpus" if config.corpus == embedded_corpus() else config.corpus
     print(f"\n{name}: {final['read']} read, {final['written']} written, "
           f"{final['dead_lettered']} dead-lettered")

@@ -5,8 +5,10 @@ import os
 
 import pytest
 
+from gristmill import records as gm_records
+
 from gristmill.models.checkpoints import CheckpointError
-from gristmill.pipelines import score_askllm, transforms
+from gristmill.pipelines import score_askllm, kit
 from gristmill.scoring.askllm import PromptTemplateError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -24,7 +26,7 @@ def few_docs(tmp_path_factory, embedded_glob):
 
 def _scores(out, name):
     return {r["id"]: (r[f"score/askllm/{name}"], r[f"logp/askllm/{name}/yes"], r[f"logp/askllm/{name}/no"],
-                      r["truncated/askllm"]) for r in transforms.iter_scored_records(transforms.scored_glob(out))}
+                      r["truncated/askllm"]) for r in gm_records.iter_scored_records(out)}
 
 
 def test_smollm2_scores_in_open_interval_and_runners_agree(tmp_path, few_docs):
@@ -48,11 +50,11 @@ def test_t5_checkpoint_scores_chain_and_limit(tmp_path, few_docs):
     out = str(tmp_path / "t5")
     manifest = score_askllm.run(["--input", few_docs, "--output", out, "--model", model, "--model_name", "tiny-t5",
                                  "--max_length=256", "--limit=3"])
-    assert manifest["counts"]["written"] == 4 and manifest["counts"]["dead_lettered"] == 0
-    assert manifest["reconciled"] and manifest["counts"]["read"] == 4
-    records = list(transforms.iter_scored_records(transforms.scored_glob(out)))
-    scored = [r for r in records if "score/askllm/tiny-t5" in r]
-    assert len(scored) == 3 and all(0 < r["score/askllm/tiny-t5"] < 1 and r["url"] for r in scored)
+    # --limit 3: the first three documents of the input are read and scored, the fourth is not read
+    assert manifest["counts"]["written"] == 3 and manifest["counts"]["dead_lettered"] == 0
+    assert manifest["reconciled"] and manifest["counts"]["read"] == 3
+    records = list(gm_records.iter_scored_records(out))
+    assert len(records) == 3 and all(0 < r["score/askllm/tiny-t5"] < 1 and r["url"] for r in records)
 
 
 def test_bad_model_and_template_fail_before_running(tmp_path, few_docs):

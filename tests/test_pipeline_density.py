@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from gristmill.pipelines import score_density, transforms
+from gristmill import records as gm_records
+from gristmill.pipelines import kit, score_density
 from gristmill.scoring import density
 
 FEATURE = "score/density/minilm"
@@ -32,7 +33,7 @@ def test_density_job_scores_sketch_and_rescoring(tmp_path):
     out = str(tmp_path / "out")
     manifest = score_density.run(["--input", corpus, "--output", out, *SMALL])
     assert manifest["counts"]["written"] == n_crowded + n_unique and manifest["reconciled"]
-    scored = list(transforms.iter_scored_records(transforms.scored_glob(out)))
+    scored = list(gm_records.iter_scored_records(out))
     crowded = [r[FEATURE] for r in scored if r["url"].startswith("https://c/")]
     unique = [r[FEATURE] for r in scored if r["url"].startswith("https://u/")]
     assert min(crowded) > max(unique)
@@ -45,5 +46,5 @@ def test_density_job_scores_sketch_and_rescoring(tmp_path):
     again = str(tmp_path / "again")
     score_density.run(["--input", corpus, "--output", again, *SMALL,
                        "--sketch", os.path.join(out, score_density.SKETCH_FILE)])
-    rescored = {r["id"]: r[FEATURE] for r in transforms.iter_scored_records(transforms.scored_glob(again))}
+    rescored = {r["id"]: r[FEATURE] for r in gm_records.iter_scored_records(again)}
     np.testing.assert_array_equal([rescored[r["id"]] for r in scored], [r[FEATURE] for r in scored])

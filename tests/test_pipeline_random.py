@@ -5,10 +5,12 @@ import json
 import os
 
 import pytest
+
+from gristmill import records as gm_records
 import tensorflow as tf
 
 from gristmill import cli, documents
-from gristmill.pipelines import score_random, transforms
+from gristmill.pipelines import score_random, kit
 from gristmill.scoring.random_score import random_score
 from tests.conftest import MAX_BYTES
 
@@ -22,13 +24,13 @@ def _run(tmp_path, name, input_glob, *flags):
 
 
 def _id_scores(out):
-    return {r["id"]: r[FEATURE] for r in transforms.iter_scored_records(transforms.scored_glob(out))}
+    return {r["id"]: r[FEATURE] for r in gm_records.iter_scored_records(out)}
 
 
 def test_bad_records_are_dead_lettered_and_counts_reconcile(tmp_path, bad_corpus):
     pattern, expected = bad_corpus
-    out, manifest = _run(tmp_path, "out", pattern, f"--max_document_bytes={MAX_BYTES}", "--num_shards=3")
-    with open(os.path.join(out, transforms.DEAD_LETTER_FILE)) as f:
+    out, manifest = _run(tmp_path, "out", pattern, f"--max_document_bytes={MAX_BYTES}")
+    with open(os.path.join(out, kit.DEAD_LETTER_FILE)) as f:
         dead = [json.loads(line) for line in f]
     got = {(os.path.basename(d["source"]), d["record"]): d["reason"] for d in dead}
     assert {k: v for k, v in got.items() if v != "truncated_gzip"} == expected
@@ -39,20 +41,21 @@ def test_bad_records_are_dead_lettered_and_counts_reconcile(tmp_path, bad_corpus
     assert counts["dead_lettered_by_reason"]["missing_text"] == 2
     direct = list(documents.read_documents(pattern, documents.ReaderConfig(max_document_bytes=MAX_BYTES)))
     assert counts["read"] == len(direct)
-    assert sorted(os.listdir(out)) == ["dead_letters.jsonl", "manifest.json"] + [
-        f"scored-{i:05d}-of-00003.tfrecord" for i in range(3)]
+    assert sorted(os.listdir(out)) == ["dead_letters.jsonl", "job.json", "manifest.json", "units"]
     assert manifest["config"] == {"seed": 3} and manifest["versions"]["apache-beam"]
+    assert all(os.path.exists(os.path.join(out, p)) for p in manifest["outputs"]["records"])
 
 
 def test_outputs_survive_byte_for_byte_and_read_with_tf_data(tmp_path, embedded_glob):
-    out, manifest = _run(tmp_path, "out", embedded_glob, "--num_shards=2")
+    out, manifest = _run(tmp_path, "out", embedded_glob)
     assert manifest["counts"]["written"] == 1000 and manifest["counts"]["dead_lettered"] == 0
     with gzip.open(documents.expand_patterns([embedded_glob])[0], "rt", encoding="utf-8") as f:
         source = {documents.document_id(r["url"], r["text"]): r for r in map(json.loads, f)}
     spec = {k: tf.io.FixedLenFeature([], tf.string) for k in ("id", "text", "url", "timestamp")}
     spec[FEATURE] = tf.io.FixedLenFeature([], tf.float32)
     seen = 0
-    for raw in tf.data.TFRecordDataset(tf.io.gfile.glob(transforms.scored_glob(out))):
+    files = [os.path.join(out, p) for p in manifest["outputs"]["records"]]
+    for raw in tf.data.TFRecordDataset(files):
         ex = {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}
         original = source[ex["id"].decode()]
         assert ex["text"] == original["text"].encode("utf-8")
@@ -61,21 +64,22 @@ def test_outputs_survive_byte_for_byte_and_read_with_tf_data(tmp_path, embedded_
         seen += 1
     assert seen == 1000
     # gristmill's own reader takes scored TFRecords back as input, keeping the score.
-    again, _ = _run(tmp_path, "again", transforms.scored_glob(out))
-    reread = {r["id"]: r for r in transforms.iter_scored_records(transforms.scored_glob(again))}
+    again, _ = _run(tmp_path, "again", out)
+    reread = {r["id"]: r for r in gm_records.iter_scored_records(again)}
     assert len(reread) == 1000 and all(reread[i]["text"] == source[i]["text"] for i in source)
 
 
 def test_runners_agree_and_reruns_are_identical(tmp_path, embedded_glob):
-    base, _ = _run(tmp_path, "inproc", embedded_glob, "--num_shards=2")
-    rerun, _ = _run(tmp_path, "rerun", embedded_glob, "--num_shards=2")
-    multi, _ = _run(tmp_path, "multi", embedded_glob, "--num_shards=2", "--workers=2")
-    portable, _ = _run(tmp_path, "portable", embedded_glob, "--num_shards=2", "--runner=PortableRunner",
+    base, _ = _run(tmp_path, "inproc", embedded_glob)
+    rerun, _ = _run(tmp_path, "rerun", embedded_glob)
+    multi, _ = _run(tmp_path, "multi", embedded_glob, "--workers=2")
+    portable, _ = _run(tmp_path, "portable", embedded_glob, "--runner=PortableRunner",
                        "--job_endpoint=embed")
     expected = _id_scores(base)
     assert len(expected) == 1000
     assert _id_scores(multi) == expected and _id_scores(portable) == expected
-    for name in ("scored-00000-of-00002.tfrecord", "scored-00001-of-00002.tfrecord", "dead_letters.jsonl"):
+    names = gm_records.read_manifest(base)["outputs"]["records"] + ["dead_letters.jsonl"]
+    for name in names:
         for other in (rerun, multi, portable):
             with open(os.path.join(base, name), "rb") as a, open(os.path.join(other, name), "rb") as b:
                 assert a.read() == b.read(), (name, other)

@@ -5,7 +5,9 @@ import os
 
 import pytest
 
-from gristmill.pipelines import score_random, select, transforms
+from gristmill import records as gm_records
+
+from gristmill.pipelines import score_random, select, kit
 from gristmill.training import data as training_data
 
 FEATURE = "score/random/seed-0"
@@ -14,14 +16,14 @@ FEATURE = "score/random/seed-0"
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, embedded_glob):
     out = str(tmp_path_factory.mktemp("scored") / "random")
-    score_random.run(["--input", embedded_glob, "--output", out, "--num_shards=3"])
+    score_random.run(["--input", embedded_glob, "--output", out])
     return out
 
 
 def _select(tmp_path, name, scored_dir, *flags):
     out = str(tmp_path / name)
-    manifest = select.run(["--input", transforms.scored_glob(scored_dir), "--output", out, *flags])
-    ids = {r["id"] for r in transforms.iter_scored_records(transforms.scored_glob(out))}
+    manifest = select.run(["--input", scored_dir, "--output", out, *flags])
+    ids = {r["id"] for r in gm_records.iter_scored_records(out)}
     return out, manifest, ids
 
 
@@ -37,11 +39,11 @@ def test_topk_exact_and_plans_identical_across_runners_and_shardings(tmp_path, s
     assert manifest["counts"]["excluded"]["not_selected"] == 800
     b, _, ids_multi = _select(tmp_path, "b", scored, *flags, "--workers=2")
     resharded = str(tmp_path / "one-shard")
-    score_random.run(["--input", embedded_glob, "--output", resharded, "--num_shards=1"])
+    score_random.run(["--input", embedded_glob, "--output", resharded])
     c, _, ids_resharded = _select(tmp_path, "c", resharded, *flags)
     assert ids == ids_multi == ids_resharded
     assert _plan(a) == _plan(b) == _plan(c)
-    scores = {r["id"]: r[FEATURE] for r in transforms.iter_scored_records(transforms.scored_glob(scored))}
+    scores = {r["id"]: r[FEATURE] for r in gm_records.iter_scored_records(scored)}
     assert min(scores[i] for i in ids) >= max(s for i, s in scores.items() if i not in ids)
     report = json.load(open(os.path.join(a, select.REPORT_FILE)))
     assert report["selected"] == 200 and report["realised_rate_documents"] == 0.2
@@ -51,7 +53,7 @@ def test_topk_exact_and_plans_identical_across_runners_and_shardings(tmp_path, s
 def test_beam_subset_equals_tf_data_subset_and_selections_chain(tmp_path, scored):
     out, _, ids = _select(tmp_path, "ips", scored, "--score", FEATURE, "--rule", "ips", "--rate", "0.3")
     plan = select.load_plan(os.path.join(out, select.PLAN_FILE))
-    assert training_data.selected_ids(transforms.scored_glob(scored), plan) == ids
+    assert training_data.selected_ids(scored, plan) == ids
     assert abs(len(ids) - 300) < 3 * 15  # IPS is Poisson sampling: within 3 standard deviations
     # the selected records are valid input to another selection (all features kept).
     _, manifest, ids2 = _select(tmp_path, "chained", out, "--rule", "random", "--rate", "0.5")
@@ -78,14 +80,14 @@ def test_approximate_plans_are_close(tmp_path, scored):
 ])
 def test_bad_flags(tmp_path, scored, flags, message):
     with pytest.raises(ValueError, match=message):
-        select.run(["--input", transforms.scored_glob(scored), "--output", str(tmp_path / "x"), *flags])
+        select.run(["--input", scored, "--output", str(tmp_path / "x"), *flags])
 
 
 def test_missing_score_feature(tmp_path, scored):
     flags = ["--rule", "topk", "--rate", "0.5", "--score", FEATURE]
     unscored = tmp_path / "unscored.jsonl"
     unscored.write_text("".join(json.dumps({"text": f"plain document {i}"}) + "\n" for i in range(10)))
-    inputs = ["--input", transforms.scored_glob(scored), "--input", str(unscored)]
+    inputs = ["--input", scored, "--input", str(unscored)]
     with pytest.raises(Exception, match=f"has no score feature '{FEATURE}'"):
         select.run([*inputs, "--output", str(tmp_path / "x"), *flags])
     manifest = select.run([*inputs, "--output", str(tmp_path / "drop"), *flags, "--missing", "drop"])

@@ -126,3 +126,19 @@ def log_probs_fn(loaded: LoadedModel) -> Callable[[Any, jax.Array, jax.Array], j
 
         return lambda params, ids, mask: llama.last_position_logprobs(params, config, ids, mask)
     raise ValueError(f"unknown model family {loaded.family!r}")
+
+
+def load_tokenizer_only(name_or_path: str) -> tuple[str, Any]:
+    """(family, tokenizer) of a model without reading its weights: for tokenising before batching."""
+    from gristmill.models import tokenizers
+
+    spec = str(name_or_path)
+    if spec in KNOWN_MODELS or spec.endswith(".gguf"):
+        from gristmill.models import gguf
+
+        path = KNOWN_MODELS[spec]() if spec in KNOWN_MODELS else spec
+        with ckpt.local_file(path) as local:
+            return DECODER_ONLY, gguf.load_tokenizer(gguf.open_reader(local), local, name=spec)
+    model_type = ckpt.read_hf_config(spec).get("model_type")
+    family = ENCODER_DECODER if model_type in _T5_TYPES else DECODER_ONLY
+    return family, tokenizers.load_tokenizer(spec)

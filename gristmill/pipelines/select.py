@@ -15,23 +15,21 @@ give the counts, the realised rate and the score distribution before and after.
 from __future__ import annotations
 
 import dataclasses
-import io
+import io as _bytes_io
 import json
 import logging
-import uuid
 from typing import Any, Optional
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from gristmill import records, sampling
-from gristmill.pipelines import job, transforms
+from gristmill import io, records, sampling
+from gristmill.pipelines import kit, units
 
 PLAN_FILE = "plan.json"
 REPORT_FILE = "report.json"
 HISTOGRAM_FILE = "histogram.png"
+SELECTED, NOT_SELECTED, MISSING_SCORE, PLAN_ONLY = "selected", "not_selected", "missing_score", "plan_only"
 NUM_QUANTILES = 10001
 HISTOGRAM_SAMPLE = 10000
 log = logging.getLogger(__name__)
@@ -41,20 +39,28 @@ log = logging.getLogger(__name__)
 class SelectConfig:
     """What to select: a rule over a score feature at a rate, or an existing plan file."""
 
-    rule: str = "topk"
-    score: Optional[str] = None
-    rate: float = 1.0
-    rate_by: str = sampling.DOCUMENTS
-    seed: int = 0
-    tokens_feature: Optional[str] = None
-    missing: str = sampling.MissingScorePolicy.ERROR.value
-    approximate: bool = False
-    plan: Optional[str] = None
-    plan_only: bool = False
+    rule: str = dataclasses.field(default="topk", metadata={
+        "help": "topk, bottomk, ips (keep probability ~ 1/score) or random"})
+    score: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Score feature, e.g. score/askllm/flan-t5-xl"})
+    rate: Optional[float] = dataclasses.field(default=None, metadata={"help": "Target fraction in (0, 1]"})
+    rate_by: str = dataclasses.field(default=sampling.DOCUMENTS, metadata={"help": "documents or tokens"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the keep decisions (IPS, random, ties)"})
+    tokens_feature: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "tokens/<tokenizer> feature for --rate_by tokens (default: UTF-8 bytes / 4)"})
+    missing: str = dataclasses.field(default=sampling.MissingScorePolicy.ERROR.value, metadata={
+        "help": "Documents without the score: error, drop or keep"})
+    approximate: bool = dataclasses.field(default=False, metadata={
+        "help": "Plan from approximate quantiles / a histogram instead of gathering all scores"})
+    plan: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Apply this existing plan.json instead of planning"})
+    plan_only: bool = dataclasses.field(default=False, metadata={"help": "Write plan.json and the report only"})
 
     def __post_init__(self):
         if self.plan:
             return
+        if self.rate is None:
+            raise ValueError("--rate is required (a fraction in (0, 1]) unless --plan is given")
         if self.rule not in sampling.RULES:
             raise ValueError(f"unknown rule {self.rule!r}; expected one of {sorted(sampling.RULES)}")
         if not 0 < self.rate <= 1:
@@ -85,7 +91,18 @@ def tokens_of(record: records.Record, feature: Optional[str]) -> int:
     return sampling.approx_token_count(record[records.TEXT])
 
 
-def _exact_plan(rows: list[tuple[str, Optional[float], int]], config: SelectConfig) -> sampling.Plan:
+def absent_score_message(feature: str, present: Any, documents: int) -> str:
+    """Why a plan over `feature` cannot be made, naming the score features the records do have."""
+    have = sorted(present or ())
+    found = f"the score features they have: {', '.join(have)}" if have else "they have no score/... feature at all"
+    return (f"no scored documents to plan over: each of the {documents} documents has no score feature "
+            f"{feature!r}; {found}")
+
+
+def _exact_plan(rows: list[tuple[str, Optional[float], int]], config: SelectConfig,
+                present: Any = ()) -> sampling.Plan:
+    if config.score and all(r[1] is None for r in rows):
+        raise sampling.MissingScoreError(absent_score_message(config.score, present, len(rows)))
     rows = sorted(rows)
     ids = [r[0] for r in rows]
     scores = None if config.score is None else np.array([np.nan if r[1] is None else r[1] for r in rows])
@@ -157,7 +174,9 @@ class _IpsHistogram(beam.CombineFn):
 
 
 def _approximate_plan(config: SelectConfig, summary: dict[str, int], quantiles: list[float],
-                      histogram: Optional[dict[str, Any]]) -> sampling.Plan:
+                      histogram: Optional[dict[str, Any]], present: Any = ()) -> sampling.Plan:
+    if config.score and summary["documents"] == 0:
+        raise sampling.MissingScoreError(absent_score_message(config.score, present, summary["missing"]))
     common = dict(rate=config.rate, seed=config.seed, num_documents=summary["documents"],
                   num_tokens=summary["tokens"], rate_by=config.rate_by, score_feature=config.score,
                   tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS,
@@ -169,17 +188,16 @@ def _approximate_plan(config: SelectConfig, summary: dict[str, int], quantiles: 
 
 
 def _write_file(path: str, data: bytes) -> None:
-    temp = path + f".tmp-{uuid.uuid4().hex}"
-    with FileSystems.create(temp) as out:
-        out.write(data)
-    FileSystems.rename([temp], [path])
+    io.atomic_write(path, data)
 
 
-def _check_missing(row, config: SelectConfig):
+def _check_missing(row, config: SelectConfig, present: Any = ()):
     doc_id, score, _ = row
     if score is None and config.score and config.missing == sampling.MissingScorePolicy.ERROR.value:
+        have = ", ".join(sorted(present or ())) or "none"
         raise sampling.MissingScoreError(
-            f"document {doc_id} has no {config.score!r} feature (use --missing drop|keep to allow it)")
+            f"document {doc_id} has no {config.score!r} feature (use --missing drop|keep to allow it); "
+            f"score features in the records: {have}")
     return row
 
 
@@ -192,13 +210,17 @@ class PlanSelection(beam.PTransform):
 
     def expand(self, docs):
         config = self.config
+        present = beam.pvalue.AsSingleton(
+            docs
+            | "ScoreFeatures" >> beam.FlatMap(lambda r: [k for k in r if k.startswith("score/")])
+            | "PresentFeatures" >> beam.combiners.ToSet())
         rows = docs | "IdScoreTokens" >> beam.Map(
             lambda r: (r[records.ID], score_of(r, config.score), tokens_of(r, config.tokens_feature)))
         if not config.approximate:
             return (rows
                     | "GatherAll" >> beam.combiners.ToList()
-                    | "ExactPlan" >> beam.Map(_exact_plan, config))
-        rows = rows | "CheckMissing" >> beam.Map(_check_missing, config)
+                    | "ExactPlan" >> beam.Map(_exact_plan, config, present))
+        rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, present)
         summary = rows | "Summary" >> beam.CombineGlobally(_Summary(config.score is not None))
         scored = rows | "WithScore" >> beam.Filter(lambda row: row[1] is not None)
         if config.rule == "random":
@@ -216,23 +238,35 @@ class PlanSelection(beam.PTransform):
             histogram = rows.pipeline | "NoHistogram" >> beam.Create([None])
         return (summary
                 | "ApproximatePlan" >> beam.Map(
-                    lambda s, q, h: _approximate_plan(config, s, q, h),
-                    beam.pvalue.AsSingleton(quantiles), beam.pvalue.AsSingleton(histogram)))
+                    lambda s, q, h, p: _approximate_plan(config, s, q, h, p),
+                    beam.pvalue.AsSingleton(quantiles), beam.pvalue.AsSingleton(histogram), present))
 
 
 def load_plan(path: str) -> sampling.Plan:
     """Reads a plan file written by `gristmill select` (local or gs://)."""
-    with FileSystems.open(path) as f:
-        return sampling.Plan.from_json(f.read())
+    return sampling.Plan.from_json(io.read_bytes(path))
+
+
+def decision(record: records.Record, plan: sampling.Plan) -> str:
+    """`selected`, `not_selected` or `missing_score` (dropped for lack of the score) for one record."""
+    score = score_of(record, plan.score_feature)
+    if score is None and plan.score_feature and plan.missing == sampling.MissingScorePolicy.DROP:
+        return MISSING_SCORE
+    return SELECTED if sampling.keep(plan, record[records.ID], score) else NOT_SELECTED
 
 
 def _decide(record, plan: sampling.Plan):
-    score = score_of(record, plan.score_feature)
-    if score is None and plan.score_feature and plan.missing == sampling.MissingScorePolicy.DROP:
-        return beam.pvalue.TaggedOutput("missing_score", record)
-    if sampling.keep(plan, record[records.ID], score):
-        return record
-    return beam.pvalue.TaggedOutput("not_selected", record)
+    outcome = decision(record, plan)
+    return record if outcome == SELECTED else beam.pvalue.TaggedOutput(outcome, record)
+
+
+def _apply(item: kit.Item, plan: sampling.Plan, plan_only: bool) -> kit.Item:
+    if item.kind != kit.RECORD:
+        return item
+    outcome = decision(item.value, plan)
+    if outcome == SELECTED and not plan_only:
+        return item
+    return kit.as_item(item, PLAN_ONLY if outcome == SELECTED else outcome)
 
 
 def histogram_png(before: list[float], after: list[float], feature: str) -> bytes:
@@ -251,7 +285,7 @@ def histogram_png(before: list[float], after: list[float], feature: str) -> byte
     ax.set_ylabel("density")
     ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
+    buffer = _bytes_io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
@@ -268,79 +302,50 @@ def _write_report(_, output_dir, plan, selected, not_selected, missing, before, 
         "rate_by": plan.rate_by,
         "histogram": "histogram.png (a uniform sample of up to %d scores before and after)" % HISTOGRAM_SAMPLE,
     }
-    _write_file(transforms.join(output_dir, REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
+    _write_file(io.join(output_dir, REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
     feature = plan.score_feature or "score"
-    _write_file(transforms.join(output_dir, HISTOGRAM_FILE), histogram_png(before, after, feature))
+    _write_file(io.join(output_dir, HISTOGRAM_FILE), histogram_png(before, after, feature))
     log.info("select: kept %d of %d documents (%.3f; target %.3f by %s)", selected, selected + not_selected,
              report["realised_rate_documents"], plan.rate, plan.rate_by)
     yield report
 
 
-class SelectOptions(PipelineOptions):
-    """Flags of `gristmill select`."""
-
-    @classmethod
-    def _add_argparse_args(cls, parser):
-        parser.add_argument("--score", default=None, help="Score feature, e.g. score/askllm/flan-t5-xl.")
-        parser.add_argument("--rule", default="topk", help="topk, bottomk, ips (keep prob. ~ 1/score) or random.")
-        parser.add_argument("--rate", type=float, default=None, help="Target fraction in (0, 1].")
-        parser.add_argument("--rate_by", default=sampling.DOCUMENTS, help="documents or tokens.")
-        parser.add_argument("--tokens_feature", default=None,
-                            help="tokens/<tokenizer> feature for --rate_by tokens (default: UTF-8 bytes / 4).")
-        parser.add_argument("--missing", default="error",
-                            help="Documents without the score: error (default), drop or keep.")
-        parser.add_argument("--approximate", action="store_true",
-                            help="Plan from approximate quantiles / a histogram instead of gathering all scores.")
-        parser.add_argument("--plan", default=None, help="Apply this existing plan.json instead of planning.")
-        parser.add_argument("--plan_only", action="store_true", help="Write plan.json and the report only.")
-
-
-def select_config(opts: SelectOptions, seed: int) -> SelectConfig:
-    """The SelectConfig the flags describe."""
-    if opts.rate is None and not opts.plan:
-        raise job.UsageError("--rate is required (a fraction in (0, 1]) unless --plan is given")
-    return SelectConfig(rule=opts.rule, score=opts.score, rate=opts.rate if opts.rate is not None else 1.0,
-                        rate_by=opts.rate_by, seed=seed, tokens_feature=opts.tokens_feature,
-                        missing=opts.missing, approximate=opts.approximate, plan=opts.plan,
-                        plan_only=opts.plan_only)
-
-
 def run(argv=None, save_main_session=True, test_pipeline=None):
-    """Builds and runs the job; returns the run manifest."""
-    pipeline_options, corpus, opts = job.parse_options(argv, SelectOptions)
-    config = select_config(opts, corpus.seed)
-    pipeline = job.new_pipeline(pipeline_options, save_main_session, test_pipeline)
-    files, docs, dead = job.read_corpus(pipeline, corpus)
+    """Builds and runs the job; returns the run manifest.
+
+    Pass 1 reads every unit and computes the plan (or loads --plan); pass 2 applies it unit by
+    unit. The plan depends on the whole input, so the input files' identities are part of the
+    units' keys: a resumed run redoes only missing units, a run over more files re-selects all.
+    """
+    options, config, pipeline_options = kit.parse(argv, SelectConfig, __doc__)
+    files = kit.input_files(options)
+    prepared = kit.prepare("select", options, config, pipeline_options,
+                           {"inputs": [f.identity() for f in files]}, files=files)
+    output = options.output
+    pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
+    everything = dataclasses.replace(prepared, work=[units.FileWork(f, options.unit_records, "") for f in files])
+    docs = (kit.read(pipeline, everything, "ReadForPlan")
+            | "Documents" >> beam.Filter(lambda item: item.kind == kit.RECORD)
+            | "Records" >> beam.Map(lambda item: item.value))
     if config.plan:
         plan = pipeline | "LoadPlan" >> beam.Create([load_plan(config.plan)])
     else:
         plan = docs | "Plan" >> PlanSelection(config)
     plan_side = beam.pvalue.AsSingleton(plan)
-    output = corpus.output
-    _ = plan | "WritePlan" >> beam.Map(lambda p: _write_file(transforms.join(output, PLAN_FILE), p.to_json().encode()))
-    decided = docs | "Apply" >> beam.Map(_decide, plan_side).with_outputs("not_selected", "missing_score",
-                                                                         main="selected")
-    selected, not_selected, missing = decided.selected, decided.not_selected, decided.missing_score
-    count = lambda pc, label: pc | label >> beam.combiners.Count.Globally()  # noqa: E731
-    n_selected, n_not, n_missing = count(selected, "CountSelected"), count(not_selected, "CountNot"), count(
-        missing, "CountMissing")
+    plan_written = plan | "WritePlan" >> beam.Map(lambda p: _write_file(io.join(output, PLAN_FILE), p.to_json().encode()))
+    outcomes = docs | "Outcome" >> beam.Map(lambda r, p: (decision(r, p), r), plan_side)
+    count = lambda name: beam.pvalue.AsSingleton(  # noqa: E731
+        outcomes | f"Is{name}" >> beam.Filter(lambda kv, n=name: kv[0] == n) | f"Count{name}" >> beam.combiners.Count.Globally())
     feature = lambda r, p: score_of(r, p.score_feature) or 0.0  # noqa: E731
-    sample = lambda pc, label: (pc  # noqa: E731
-                                | f"{label}Scores" >> beam.Map(feature, plan_side)
-                                | f"{label}Sample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
-    pipeline | "WriteReport" >> beam.Create([None]) | "Report" >> beam.FlatMap(
-        _write_report, output, plan_side, beam.pvalue.AsSingleton(n_selected), beam.pvalue.AsSingleton(n_not),
-        beam.pvalue.AsSingleton(n_missing), beam.pvalue.AsSingleton(sample(docs, "Before")),
-        beam.pvalue.AsSingleton(sample(selected, "After")))
-    excluded = (pipeline
-                | "Exclusions" >> beam.Create([None])
-                | "ExcludedCounts" >> beam.Map(lambda _, a, b: {"not_selected": a, "missing_score": b},
-                                               beam.pvalue.AsSingleton(n_not), beam.pvalue.AsSingleton(n_missing)))
-    to_write = selected
-    if config.plan_only:
-        to_write = selected | "PlanOnly" >> beam.Filter(lambda _: False)
-        excluded = (excluded | "AllExcluded" >> beam.Map(
-            lambda d, s: dict(d, plan_only=s), beam.pvalue.AsSingleton(n_selected)))
-    base = job.manifest_base("select", config, pipeline_options, files)
-    job.write_outputs(pipeline, output, corpus.num_shards, base, docs, to_write, dead, excluded)
-    return job.run_pipeline(pipeline, output, is_test=test_pipeline is not None)
+    before = (docs | "BeforeScores" >> beam.Map(feature, plan_side)
+              | "BeforeSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
+    after = (outcomes | "Kept" >> beam.Filter(lambda kv: kv[0] == SELECTED) | "KeptRecords" >> beam.Map(lambda kv: kv[1])
+             | "AfterScores" >> beam.Map(feature, plan_side)
+             | "AfterSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
+    report = pipeline | "Report" >> beam.Create([None]) | "WriteReport" >> beam.FlatMap(
+        _write_report, output, plan_side, count(SELECTED), count(NOT_SELECTED), count(MISSING_SCORE),
+        beam.pvalue.AsSingleton(before), beam.pvalue.AsSingleton(after))
+    applied = kit.read(pipeline, prepared) | "Apply" >> beam.Map(_apply, plan_side, config.plan_only)
+    kit.write(prepared, applied, files={"plan": PLAN_FILE, "report": REPORT_FILE, "histogram": HISTOGRAM_FILE},
+              after=[plan_written, report])
+    return kit.run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)

@@ -210,19 +210,66 @@ def length_buckets(max_length: int, smallest: int = 64) -> tuple[int, ...]:
     return tuple(buckets) + (max_length,)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class AskLLMConfig:
     """What to score with: `model` is a zoo name or path (see models.zoo.load_model); `model_name`
     names the score in records (`score/askllm/<model_name>`); `prompt_template` is a template file
     (None: the packaged paper prompt); prompts longer than `max_length` tokens get their document
     cut; `batch_size` rows are run per device call (short batches are padded to it)."""
 
-    model: str
-    model_name: str
-    prompt_template: Optional[str] = None
-    max_length: int = 512
-    batch_size: int = 16
-    dtype: str = "float32"
+    model: str = dataclasses.field(default="smollm2-135m-instruct", metadata={
+        "help": "Model name (smollm2-135m-instruct), a .gguf file, or a HF model directory (FLAN-T5, Llama, "
+                "Qwen2), local or gs://"})
+    model_name: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Name of the score feature score/askllm/<model_name> (default: the model's base name)"})
+    prompt_template: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Prompt template file with one {document} placeholder (default: the paper's prompt)"})
+    max_length: int = dataclasses.field(default=512, metadata={"help": "Prompt tokens; longer documents are cut"})
+    batch_size: int = dataclasses.field(default=16, metadata={"help": "Rows per model call"})
+    dtype: str = dataclasses.field(default="float32", metadata={"help": "Compute dtype",
+                                                                "choices": ("float32", "bfloat16")})
+
+    def __post_init__(self):
+        if self.model_name is None:
+            object.__setattr__(self, "model_name", model_name_of(self.model))
+
+
+def model_name_of(model: str) -> str:
+    """The default score name of a model: its known name, or the base name of its path."""
+    base = str(model).rstrip("/").rsplit("/", 1)[-1]
+    return base[: -len(".gguf")] if base.endswith(".gguf") else base
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedPrompt:
+    """A document's model input ids and whether its document was cut to fit."""
+
+    ids: tuple[int, ...]
+    truncated: bool
+
+    @property
+    def length(self) -> int:
+        """Tokens the model reads (for length-aware batching)."""
+        return len(self.ids)
+
+
+class AskLLMEncoder:
+    """The tokenizer-only half of the scorer: prompt ids per document, without loading weights."""
+
+    def __init__(self, config: AskLLMConfig, tokenizer=None, family: Optional[str] = None):
+        from gristmill.models import zoo
+
+        self.config = config
+        self.template = load_template(config.prompt_template)
+        if tokenizer is None:
+            family, tokenizer = zoo.load_tokenizer_only(config.model)
+        self.tokenizer, self.family = tokenizer, family
+
+    def encode(self, document: str) -> EncodedPrompt:
+        """The prompt ids of one document (its document part cut to fit max_length)."""
+        ids, truncated = build_prompt_ids(self.tokenizer, self.family, self.template, prepare_document(document),
+                                          self.config.max_length)
+        return EncodedPrompt(tuple(ids), truncated)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +302,7 @@ class AskLLMScorer:
         self.template = load_template(config.prompt_template)  # before the (slow) model load
         self.loaded = loaded if loaded is not None else zoo.load_model(config.model, config.dtype)
         self.tokenizer = self.loaded.tokenizer
+        self.encoder = AskLLMEncoder(config, self.tokenizer, self.loaded.family)
         self.yes_id, self.no_id = resolve_answer_tokens(self.tokenizer)
         self.buckets = length_buckets(config.max_length)
         log_probs = zoo.log_probs_fn(self.loaded)
@@ -267,14 +315,22 @@ class AskLLMScorer:
 
     def prompt_ids(self, document: str) -> tuple[list[int], bool]:
         """Model input ids for one document and whether it was truncated."""
-        return build_prompt_ids(self.tokenizer, self.loaded.family, self.template, prepare_document(document),
-                                self.config.max_length)
+        encoded = self.encoder.encode(document)
+        return list(encoded.ids), encoded.truncated
+
+    def encode(self, document: str) -> EncodedPrompt:
+        """The prompt of one document, ready for score_encoded."""
+        return self.encoder.encode(document)
 
     def score_batch(self, documents: Sequence[str]) -> list[AskLLMResult]:
         """Ask-LLM results for `documents`, in the same order."""
+        return self.score_encoded([self.encoder.encode(d) for d in documents])
+
+    def score_encoded(self, encoded: Sequence[EncodedPrompt]) -> list[AskLLMResult]:
+        """Ask-LLM results for already-encoded prompts, in the same order."""
         from gristmill.models.batching import pad_batch
 
-        prompts = [self.prompt_ids(d) for d in documents]
+        prompts = [(list(e.ids), e.truncated) for e in encoded]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
         results: list[Optional[AskLLMResult]] = [None] * len(prompts)
         size = self.config.batch_size

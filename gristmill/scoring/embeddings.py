@@ -17,6 +17,7 @@ rounding of differently shaped matmuls).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import json
 import os
@@ -56,6 +57,76 @@ class Embedder(abc.ABC):
         """Embeds ``texts`` in order; float32 [len(texts), dim]."""
 
 
+@dataclasses.dataclass(frozen=True)
+class EncodedText:
+    """A document's embedder input ids (special tokens included, truncated to the model's length)."""
+
+    ids: tuple[int, ...]
+
+    @property
+    def length(self) -> int:
+        """Tokens the embedder reads (for length-aware batching)."""
+        return len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TokenEncoder:
+    """The tokenizer half of an embedder: `prefix + ids[:room] + suffix`, at most max_length ids.
+
+    Built without the weights (`make_encoder`), so documents can be tokenised before batching.
+    """
+
+    tokenizer: Any
+    prefix: tuple[int, ...]
+    suffix: tuple[int, ...]
+    max_length: int
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Model input ids per text, as the HF tokenizer's truncation and template give them."""
+        keep = self.max_length - len(self.prefix) - len(self.suffix)
+        return [list(self.prefix) + ids[:keep] + list(self.suffix) for ids in self.tokenizer.encode_batch(texts)]
+
+    def encode(self, text: str) -> EncodedText:
+        """The input ids of one document."""
+        return EncodedText(tuple(self.token_ids([text])[0]))
+
+
+def minilm_encoder(model_dir: str | None = None) -> TokenEncoder:
+    """``[CLS] + ids[:max_length - 2] + [SEP]`` for a BERT sentence-transformers directory."""
+    model_dir = model_dir or bert.checkpoint_dir("all_minilm_l6_v2")
+    positions = int(checkpoints.read_hf_config(model_dir).get("max_position_embeddings", 512))
+    tokenizer = load_tokenizer(model_dir)
+    ids = {t: tokenizer.token_to_id(t) for t in ("[CLS]", "[SEP]")}
+    if None in ids.values():
+        raise CheckpointError(f"{model_dir}: tokenizer lacks [CLS] or [SEP]")
+    return TokenEncoder(tokenizer, (ids["[CLS]"],), (ids["[SEP]"],),
+                        min(_max_seq_length(model_dir, positions), positions))
+
+
+def st5_encoder(model_dir: str) -> TokenEncoder:
+    """``ids[:max_length - 1] + [</s>]`` for a Sentence-T5 directory."""
+    transformer_dir = _transformer_dir(str(model_dir).rstrip("/"))
+    tokenizer = load_tokenizer(transformer_dir)
+    return TokenEncoder(tokenizer, (), (tokenizer.eos_id,), _max_seq_length(transformer_dir, 512))
+
+
+def _transformer_dir(model_dir: str) -> str:
+    for m in _read_modules(model_dir):
+        if m["type"].rsplit(".", 1)[-1] == "Transformer":
+            return checkpoints.join(model_dir, m["path"]) if m.get("path") else model_dir
+    return model_dir
+
+
+def make_encoder(spec: str) -> TokenEncoder:
+    """The tokenizer-only encoder of an embedder spec (see make_embedder), without loading weights."""
+    kind, _, arg = str(spec).partition(":")
+    if kind == "minilm":
+        return minilm_encoder(arg or None)
+    if kind == "st5" and arg:
+        return st5_encoder(arg)
+    raise ValueError(f"unknown embedder spec {spec!r}; use 'minilm', 'minilm:DIR' or 'st5:DIR'")
+
+
 class _BucketedEmbedder(Embedder):
     """Tokenise, sort by length, pad batches to length buckets, run a jitted pooled encoder, restore order."""
 
@@ -74,15 +145,26 @@ class _BucketedEmbedder(Embedder):
     def _embed_padded(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """[B, L] ids and mask -> [B, dim] float32."""
 
+    def encode(self, text: str) -> EncodedText:
+        """The input ids of one document."""
+        return EncodedText(tuple(self.token_ids([text])[0]))
+
+    def score_encoded(self, encoded: Sequence[EncodedText]) -> list[np.ndarray]:
+        """Embeddings of already-encoded documents, in the same order (the kit's model interface)."""
+        return list(self.embed_ids([list(e.ids) for e in encoded]))
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise EmbeddingError(f"{self.name}: document {i} is {type(text).__name__}, not str")
-        out = np.zeros((len(texts), self.dim), np.float32)
-        if not texts:
+        return self.embed_ids(self.token_ids(texts))
+
+    def embed_ids(self, seqs: Sequence[Sequence[int]]) -> np.ndarray:
+        """[N, dim] embeddings of token id sequences: sorted by length, padded to buckets, order restored."""
+        out = np.zeros((len(seqs), self.dim), np.float32)
+        if not len(seqs):
             return out
-        seqs = self.token_ids(texts)
         order = np.argsort([len(s) for s in seqs], kind="stable")
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]

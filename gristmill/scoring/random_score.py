@@ -18,7 +18,7 @@ SCORER = "random"
 class RandomScoreConfig:
     """seed: changes every score; the same seed reproduces them."""
 
-    seed: int = 0
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the scores: the same seed reproduces them"})
 
     @property
     def feature(self) -> str:

@@ -1,0 +1,644 @@
+"""The job kit: what every gristmill Beam job shares, so a scorer is a pure module plus a few lines.
+
+    work items (files, done chunks) --ReadUnits--> (ref, record) ---scorer---> (ref, scored record)
+                                           \\--> unit infos, reader dead letters      \\--> scorer dead letters
+    all of them ------------------------------------------------------------------> WriteUnits
+        -> DIR/units/<unit>.tfrecord, .dead.jsonl, .json (marker, last)  --Finalize--> dead_letters.jsonl,
+                                                                                      manifest.json (last)
+
+`ref` is (unit key, record number). WriteUnits buffers one unit at a time per bundle and writes it
+when every item of the unit has arrived, so memory per worker is bounded by the unit size, not the
+corpus, and no group holds a shard of the corpus. The reader emits a whole unit from one call,
+and everything from the reader to the writer is element-wise (fused into one stage by every
+runner), so a unit never spans bundles; a bundle that ends with an unfinished unit fails loudly
+and is retried by the runner.
+
+The kit owns option parsing (flags derived from the scorer's config dataclass), reading, units
+(resume and incremental runs, see `units.py`), writing, dead letters, the manifest and `--limit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import sys
+import time
+from typing import Any, Callable, Iterable, NamedTuple, Optional, Type
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
+
+from gristmill import documents, io, records
+from gristmill.pipelines import flags, units
+
+LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+COUNTER_NAMESPACE = "gristmill"
+DEAD_LETTER_NAMESPACE = "gristmill.dead_letters"
+DEAD_LETTER_FILE = "dead_letters.jsonl"
+MANIFEST_FILE = records.MANIFEST_FILE
+INFERENCE_ERROR = "inference_error"
+PROGRESS_SECONDS = 10.0
+log = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """A job was started with missing or contradictory flags."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """Flags every job takes: where it reads and writes, how it parses, how it cuts work into units."""
+
+    input: tuple[str, ...] = dataclasses.field(default=(), metadata={
+        "help": "Input file globs, local or gs://, or a gristmill output directory (read through its manifest)"})
+    output: Optional[str] = dataclasses.field(default=None, metadata={"help": "Output directory, local or gs://"})
+    format: str = dataclasses.field(default="auto", metadata={
+        "help": "Input format: json (C4 / JSON lines, .gz ok), lines, tfrecord, or auto by name",
+        "choices": documents.FORMATS})
+    text_field: str = dataclasses.field(default="text", metadata={"help": "JSON key holding the document text"})
+    keep_fields: tuple[str, ...] = dataclasses.field(default=(), metadata={
+        "help": "JSON fields to carry into the records as features (e.g. label,lang)"})
+    max_document_bytes: int = dataclasses.field(default=1_000_000, metadata={
+        "help": "Documents larger than this (UTF-8 bytes) are dead-lettered as too_large"})
+    unit_records: int = dataclasses.field(default=units.DEFAULT_UNIT_RECORDS, metadata={
+        "help": "Records of an input file per work unit (the unit of resume and of memory)"})
+    resume: bool = dataclasses.field(default=True, metadata={
+        "help": "Reuse finished units of an earlier run of the same configuration (--noresume redoes them)"})
+    overwrite: bool = dataclasses.field(default=False, metadata={
+        "help": "Remove everything in --output first"})
+    limit: int = dataclasses.field(default=0, metadata={
+        "help": "Read only the first N records of the input (files in sorted order); 0 reads everything"})
+    workers: int = dataclasses.field(default=0, metadata={
+        "help": "Local runs: N worker processes (multi-processing FnApiRunner)"})
+    accelerator: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Dataflow accelerator for the model step only, e.g. 'type:nvidia-l4;count:1;install-nvidia-driver'"})
+
+    def reader_config(self) -> documents.ReaderConfig:
+        """How the input is parsed."""
+        kwargs: dict[str, Any] = {"format": self.format, "text_field": self.text_field,
+                                  "max_document_bytes": self.max_document_bytes}
+        if self.keep_fields:
+            kwargs["keep_fields"] = tuple(self.keep_fields)
+        return documents.ReaderConfig(**kwargs)
+
+
+# ------------------------------------------------------------------------------------ options
+
+
+def with_runner_defaults(argv: list[str], workers: int = 0) -> list[str]:
+    """Fills in gristmill's runner defaults around the user's Beam flags.
+
+    - No `--runner`: Beam's in-process FnApiRunner, named explicitly (no Prism download).
+    - workers > 0: that runner in multi-processing mode with that many worker processes.
+    - `--job_endpoint=embed` without `--environment_type`: LOOPBACK, since the embedded job
+      server would otherwise try to start SDK workers in Docker.
+    """
+    args = list(argv)
+    names = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    if "--runner" not in names:
+        args.append(f"--runner={LOCAL_RUNNER}")
+    if workers > 0 and "--direct_running_mode" not in names:
+        args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    if _flag_value(args, "--job_endpoint") == "embed" and "--environment_type" not in names:
+        args.append("--environment_type=LOOPBACK")
+    return args
+
+
+def _flag_value(args: list[str], name: str) -> Optional[str]:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def parse(argv: Optional[list[str]], config_class: Type[Any], description: str,
+          defaults: Optional[dict[str, Any]] = None) -> tuple[JobOptions, Any, PipelineOptions]:
+    """Parses the kit's flags, the job's config flags and pass-through Beam flags.
+
+    Returns (job options, the job's config dataclass, Beam pipeline options with runner defaults).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Any other flag is a Beam pipeline option (--runner, --project, ...).",
+                                     allow_abbrev=False)
+    flags.add_flags(parser, JobOptions)
+    flags.add_flags(parser, config_class, defaults)
+    if "--help" in argv or "-h" in argv:
+        parser.print_help()
+        raise SystemExit(0)
+    try:
+        namespace, rest = parser.parse_known_args(argv)
+    except SystemExit as exit_:
+        raise UsageError("bad flags (see the message above)") from exit_
+    options = flags.from_namespace(namespace, JobOptions)
+    if not options.input:
+        raise UsageError("--input is required (a file glob, local or gs://, or a gristmill output directory)")
+    if not options.output:
+        raise UsageError("--output is required (a directory, local or gs://)")
+    if options.unit_records < 1:
+        raise UsageError(f"--unit_records must be at least 1, got {options.unit_records}")
+    if options.accelerator:
+        from gristmill.pipelines import resources
+        resources.parse_accelerator(options.accelerator)
+    try:
+        config = flags.from_namespace(namespace, config_class)
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from err
+    return options, config, PipelineOptions(with_runner_defaults(rest, options.workers))
+
+
+def model_step_hints(options: JobOptions) -> dict[str, Any]:
+    """Resource hints for the model step (the accelerator), empty without --accelerator."""
+    if not options.accelerator:
+        return {}
+    from gristmill.pipelines import resources
+    return resources.model_step_hints(options.accelerator)
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def input_files(options: JobOptions) -> list[units.InputFile]:
+    """The input files with their identities; with --limit, only the files and records it covers."""
+    paths = documents.expand_patterns(options.input)
+    log.info("input: %d file(s)", len(paths))
+    files = []
+    remaining = options.limit
+    for path in paths:
+        stat = io.stat(path)
+        if options.limit <= 0:
+            files.append(units.InputFile(path, stat.size, stat.mtime))
+            continue
+        if remaining <= 0:
+            break
+        count = _count_records(path, options.reader_config(), remaining)
+        files.append(units.InputFile(path, stat.size, stat.mtime, max_records=remaining))
+        remaining -= count
+    return files
+
+
+def _count_records(path: str, reader: documents.ReaderConfig, cap: int) -> int:
+    """Records of a file up to cap (a --limit trial reads this little twice)."""
+    return sum(1 for _ in documents.read_numbered(path, reader, max_records=cap))
+
+
+# ------------------------------------------------------------------------------------ items
+
+
+class UnitInfo(NamedTuple):
+    """What the reader knows of one unit: how many items (documents + its dead letters) it emitted."""
+
+    key: str
+    file: units.InputFile
+    chunk: int
+    last: bool
+    documents: int
+    unreadable: int
+
+
+class Item(NamedTuple):
+    """What WriteUnits consumes. kind: unit | record | dead | excluded."""
+
+    kind: str
+    unit: str
+    number: int
+    value: Any
+
+
+UNIT, RECORD, DEAD, EXCLUDED = "unit", "record", "dead", "excluded"
+
+
+class Progress:
+    """Logs counts and rate every few seconds while a worker processes elements."""
+
+    def __init__(self, what: str, every_seconds: float = PROGRESS_SECONDS):
+        self.what = what
+        self.every = every_seconds
+        self.count = 0
+        self.start = self.last = time.monotonic()
+
+    def tick(self, n: int = 1) -> None:
+        """Counts n more elements and logs when the interval has passed."""
+        self.count += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info("%s: %d so far (%.1f/s)", self.what, self.count, self.count / max(now - self.start, 1e-9))
+
+
+class _ReadUnitsFn(beam.DoFn):
+    """FileWork -> Items: each document, each dead letter and one UnitInfo per unit not done."""
+
+    def __init__(self, reader: documents.ReaderConfig):
+        self.reader = reader
+        self.read = Metrics.counter(COUNTER_NAMESPACE, "documents_read")
+        self.units = Metrics.counter(COUNTER_NAMESPACE, "units_read")
+
+    def setup(self):
+        self.progress = Progress("documents read")
+        self.dead = {reason: Metrics.counter(DEAD_LETTER_NAMESPACE, reason) for reason in documents.REASONS}
+
+    def process(self, work: units.FileWork):
+        size = work.unit_records
+        done = work.done_chunks
+        skip = (lambda number: units.chunk_of(number, size) in done) if done else None
+        pending: list[tuple[int, Any]] = []
+        chunk = None
+        for number, item in documents.read_numbered(work.file.path, self.reader, skip=skip,
+                                                    max_records=work.file.max_records):
+            number = max(number, 1)
+            item_chunk = units.chunk_of(number, size)
+            if chunk is not None and item_chunk != chunk:
+                yield from self._emit(work, chunk, pending, last=False)
+                pending = []
+            chunk = item_chunk
+            pending.append((number, item))
+        if chunk is None:  # an empty file, or every chunk done but the last marker missing
+            last_chunk = max(done) + 1 if done else 0
+            if last_chunk not in done:
+                yield from self._emit(work, last_chunk, [], last=True)
+        else:
+            yield from self._emit(work, chunk, pending, last=True)
+
+    def _emit(self, work: units.FileWork, chunk: int, pending: list[tuple[int, Any]], last: bool):
+        key = work.unit_key(chunk)
+        n_docs = n_dead = 0
+        for number, item in pending:
+            if isinstance(item, documents.DeadLetter):
+                n_dead += 1
+                self.dead[item.reason].inc()
+                yield Item(DEAD, key, number, item)
+            else:
+                n_docs += 1
+                yield Item(RECORD, key, number, item)
+        self.read.inc(n_docs)
+        self.units.inc()
+        self.progress.tick(n_docs)
+        yield Item(UNIT, key, 0, UnitInfo(key, work.file, chunk, last, n_docs, n_dead))
+
+
+class ReadUnits(beam.PTransform):
+    """FileWork items -> one stream of Items: unit infos, documents (`record`) and dead letters.
+
+    Scorers map `record` Items and pass every other Item through, so a unit's Items stay in one
+    fused stage from the reader to the writer. Example: a two-record JSONL file with
+    `unit_records=1` gives units `f.jsonl.00000.<h>` and `f.jsonl.00001.<h>`, each with a `unit`
+    Item and one `record` Item.
+    """
+
+    def __init__(self, reader: documents.ReaderConfig):
+        super().__init__()
+        self.reader = reader
+
+    def expand(self, work):
+        return (work
+                | "SpreadFiles" >> beam.Reshuffle()
+                | "ReadAndValidate" >> beam.ParDo(_ReadUnitsFn(self.reader)))
+
+
+def map_records(fn: Callable[[records.Record], Any]) -> Callable[[Item], Item]:
+    """Lifts a record -> record function to Items: records are mapped, every other Item passes.
+
+    fn may return a record, or a `documents.DeadLetter` to dead-letter the document, or a
+    string to exclude it with that reason.
+    """
+    def apply(item: Item) -> Item:
+        if item.kind != RECORD:
+            return item
+        return as_item(item, fn(item.value))
+    return apply
+
+
+def as_item(item: Item, result: Any) -> Item:
+    """The Item a scorer's result for a record Item becomes (record, DeadLetter or exclusion reason)."""
+    if isinstance(result, documents.DeadLetter):
+        return Item(DEAD, item.unit, item.number, result)
+    if isinstance(result, str):
+        return Item(EXCLUDED, item.unit, item.number, result)
+    return item._replace(value=result)
+
+
+def dead_letter(item: Item, reason: str, detail: str) -> Item:
+    """The dead-letter Item of a document that failed after reading (a scorer's dead letter)."""
+    record = item.value
+    return Item(DEAD, item.unit, item.number, documents.DeadLetter(
+        record.get(records.SOURCE, ""), item.number, reason, f"document {record.get(records.ID, '?')}: {detail}",
+        str(record.get(records.TEXT, ""))[:documents.EXCERPT_CHARS]))
+
+
+# ------------------------------------------------------------------------------------ writing
+
+
+def write_unit(output_dir: str, info: UnitInfo, items: list[Item],
+               extra_files: Optional[Callable[[str, UnitInfo, list[Item]], dict[str, Any]]] = None) -> dict[str, Any]:
+    """Writes one finished unit (records, dead letters, then its marker) and returns the marker."""
+    items = sorted(items, key=lambda it: (it.number, it.kind))
+    extra = extra_files(output_dir, info, items) if extra_files else None
+    recs = [it.value for it in items if it.kind == RECORD]
+    dead = [it.value for it in items if it.kind == DEAD]
+    excluded: dict[str, int] = {}
+    for it in items:
+        if it.kind == EXCLUDED:
+            excluded[it.value] = excluded.get(it.value, 0) + 1
+    if recs:
+        io.atomic_write(units.unit_path(output_dir, info.key, units.RECORDS_SUFFIX),
+                        b"".join(records.encode_tfrecord(records.serialize(r)) for r in recs))
+    if dead:
+        io.atomic_write(units.unit_path(output_dir, info.key, units.DEAD_SUFFIX),
+                        b"".join(d.to_json().encode("utf-8") + b"\n" for d in dead))
+    by_reason: dict[str, int] = {}
+    for d in dead:
+        by_reason[d.reason] = by_reason.get(d.reason, 0) + 1
+    marker = units.marker(info.key, info.file, info.chunk, info.last, info.documents, info.unreadable,
+                          len(recs), by_reason, excluded, extra)
+    io.write_json(units.unit_path(output_dir, info.key, units.MARKER_SUFFIX), marker)
+    return marker
+
+
+class _WriteUnitsFn(beam.DoFn):
+    """Items -> unit markers: buffers each unit until all its items arrived, then writes it."""
+
+    def __init__(self, output_dir: str, extra_files=None):
+        self.output_dir = output_dir
+        self.extra_files = extra_files
+        self.units_written = Metrics.counter(COUNTER_NAMESPACE, "units_written")
+        self.written = Metrics.counter(COUNTER_NAMESPACE, "documents_written")
+
+    def start_bundle(self):
+        self.buffers: dict[str, list[Item]] = {}
+        self.infos: dict[str, UnitInfo] = {}
+
+    def process(self, item: Item):
+        if item.kind == UNIT:
+            self.infos[item.unit] = item.value
+            self.buffers.setdefault(item.unit, [])
+        else:
+            self.buffers.setdefault(item.unit, []).append(item)
+        info = self.infos.get(item.unit)
+        if info is not None and len(self.buffers[item.unit]) == info.documents + info.unreadable:
+            marker = write_unit(self.output_dir, info, self.buffers.pop(item.unit), self.extra_files)
+            del self.infos[item.unit]
+            self.units_written.inc()
+            self.written.inc(marker["written"])
+            log.info("unit %s: %d written, %d dead-lettered", info.key, marker["written"], marker["dead_lettered"])
+            yield marker
+
+    def finish_bundle(self):
+        unfinished = {k: len(v) for k, v in self.buffers.items() if v or k in self.infos}
+        if unfinished:
+            detail = ", ".join(f"{k} ({n} of {self.infos[k].documents + self.infos[k].unreadable if k in self.infos else '?'})"
+                               for k, n in list(unfinished.items())[:3])
+            raise RuntimeError(f"units left unfinished at the end of a bundle: {detail}; a unit's Items must stay "
+                               f"in one fused read-score-write stage (no Flatten, GroupByKey or Reshuffle between)")
+
+
+class WriteUnits(beam.PTransform):
+    """Items (unit infos, records, dead letters, exclusions) -> one marker dict per unit written."""
+
+    def __init__(self, output_dir: str, extra_files=None):
+        super().__init__()
+        self.output_dir = output_dir
+        self.extra_files = extra_files
+
+    def expand(self, items):
+        return items | "WriteUnit" >> beam.ParDo(_WriteUnitsFn(self.output_dir, self.extra_files))
+
+
+# ------------------------------------------------------------------------------------ manifest
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that shape a run's results, for the manifest."""
+    import importlib.metadata
+    import platform
+    versions = {"python": platform.python_version()}
+    for name in ("gristmill", "apache-beam", "tensorflow-cpu", "tensorflow", "jax", "jaxlib", "flax", "numpy"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def utc_now() -> str:
+    """The current UTC time in ISO 8601, for manifests."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def build_manifest(base: dict[str, Any], markers: Iterable[dict[str, Any]], reused: int,
+                   files: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """The run manifest from the unit markers: counts that reconcile, the units and the output files.
+
+    read = documents + records the reader dead-lettered, and read = written + dead_lettered +
+    excluded, where dead_lettered also holds documents that failed later (a scorer's dead letters)
+    and excluded counts documents a job leaves out on purpose (a selection's not-selected ones).
+    """
+    markers = sorted(markers, key=lambda m: (m["source"], m["chunk"]))
+    dead_by_reason: dict[str, int] = {}
+    excluded: dict[str, int] = {}
+    for m in markers:
+        for reason, n in m["dead_lettered_by_reason"].items():
+            dead_by_reason[reason] = dead_by_reason.get(reason, 0) + n
+        for reason, n in m["excluded"].items():
+            excluded[reason] = excluded.get(reason, 0) + n
+    read = sum(m["read"] for m in markers)
+    written = sum(m["written"] for m in markers)
+    dead = sum(dead_by_reason.values())
+    manifest = dict(base)
+    manifest["finished_at"] = utc_now()
+    manifest["counts"] = {
+        "read": read, "documents": sum(m["documents"] for m in markers), "written": written,
+        "dead_lettered": dead, "dead_lettered_by_reason": dict(sorted(dead_by_reason.items())),
+        "excluded": dict(sorted(excluded.items())), "units_total": len(markers), "units_reused": reused,
+    }
+    manifest["reconciled"] = read == written + dead + sum(excluded.values())
+    manifest["units"] = [{k: m[k] for k in ("key", "source", "chunk", "read", "written", "dead_lettered")}
+                         for m in markers]
+    manifest["outputs"] = {"records": [m["records"] for m in markers if m.get("records")],
+                           "dead_letters": DEAD_LETTER_FILE, **(files or {})}
+    return manifest
+
+
+def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]], reused: int,
+             files: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Writes the merged dead letters and then, last, the manifest; returns the manifest."""
+    dead_lines = []
+    for m in sorted(markers, key=lambda m: (m["source"], m["chunk"])):
+        if m.get("dead_letters"):
+            dead_lines.append(io.read_bytes(io.join(output_dir, m["dead_letters"])))
+    io.atomic_write(io.join(output_dir, DEAD_LETTER_FILE), b"".join(dead_lines))
+    manifest = build_manifest(base, markers, reused, files)
+    io.write_json(io.join(output_dir, MANIFEST_FILE), manifest)
+    counts = manifest["counts"]
+    log.info("manifest %s: read %d, written %d, dead-lettered %d, excluded %d, units %d (%d reused)%s",
+             io.join(output_dir, MANIFEST_FILE), counts["read"], counts["written"], counts["dead_lettered"],
+             sum(counts["excluded"].values()), counts["units_total"], counts["units_reused"],
+             "" if manifest["reconciled"] else " (COUNTS DO NOT RECONCILE)")
+    return manifest
+
+
+class Finalize(beam.PTransform):
+    """New unit markers + reused ones -> the manifest, written after every unit and every `after` output."""
+
+    def __init__(self, output_dir: str, base: dict[str, Any], reused: list[dict[str, Any]],
+                 files: Optional[dict[str, str]] = None, after: Iterable[Any] = (), markers_include_reused: bool = False):
+        super().__init__()
+        self.output_dir, self.base, self.reused, self.files = output_dir, base, reused, files
+        self.after = list(after)
+        self.markers_include_reused = markers_include_reused
+
+    def expand(self, markers):
+        pipeline = markers.pipeline
+        if not self.markers_include_reused:
+            reused = pipeline | "ReusedUnits" >> beam.Create(self.reused)
+            markers = (markers, reused) | "AllUnits" >> beam.Flatten()
+        all_markers = markers | "ListUnits" >> beam.combiners.ToList()
+        waits = [beam.pvalue.AsList(pc) for pc in self.after]
+        output_dir, base, n_reused, files = self.output_dir, self.base, len(self.reused), self.files
+        return all_markers | "WriteManifest" >> beam.Map(
+            lambda ms, *_: finalize(output_dir, base, ms, n_reused, files), *waits)
+
+
+# ------------------------------------------------------------------------------------ a job
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A job ready to build: its options, config, inputs, work, and the manifest's known parts."""
+
+    options: JobOptions
+    config: Any
+    pipeline_options: PipelineOptions
+    files: list[units.InputFile]
+    work: list[units.FileWork]
+    reused: list[dict[str, Any]]
+    base: dict[str, Any]
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """A config dataclass as a JSON-ready dict."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str)) if dataclasses.is_dataclass(config) \
+        else dict(config or {})
+
+
+def prepare(job: str, options: JobOptions, config: Any, pipeline_options: PipelineOptions,
+            fingerprint_extra: Optional[dict[str, Any]] = None,
+            files: Optional[list[units.InputFile]] = None) -> Prepared:
+    """Resolves inputs, checks the output directory and splits the work into units to do and reused ones."""
+    files = input_files(options) if files is None else files
+    described = config_dict(config)
+    shaping = {"scorer": described, "reader": config_dict(options.reader_config()),
+               "unit_records": options.unit_records, **(fingerprint_extra or {})}
+    fp = units.fingerprint(job, shaping)
+    units.check_output(options.output, job, {**described, "unit_records": options.unit_records,
+                                             "text_field": options.text_field, "format": options.format,
+                                             "keep_fields": list(options.keep_fields),
+                                             "max_document_bytes": options.max_document_bytes}, fp, options.overwrite)
+    markers = units.read_markers(options.output) if options.resume else {}
+    work, reused = units.plan_work(files, options.unit_records, fp, markers)
+    log.info("%s: %d file(s), %d to read, %d unit(s) reused", job, len(files), len(work), len(reused))
+    base = {
+        "job": job, "command": " ".join(["gristmill", *job.split()] + sys.argv[1:]) if sys.argv else job,
+        "config": described, "fingerprint": fp,
+        "options": config_dict(options),
+        "pipeline_options": pipeline_options.get_all_options(drop_default=True, retain_unknown_options=True),
+        "inputs": [f.identity() for f in files], "versions": package_versions(), "started_at": utc_now(),
+    }
+    return Prepared(options, config, pipeline_options, files, work, reused, base)
+
+
+def new_pipeline(pipeline_options: PipelineOptions, save_main_session: bool, test_pipeline=None) -> beam.Pipeline:
+    """The pipeline a job builds on: the test pipeline when given, else one from the options."""
+    if test_pipeline is not None:
+        return test_pipeline
+    pipeline_options.view_as(SetupOptions).save_main_session = save_main_session
+    return beam.Pipeline(options=pipeline_options)
+
+
+def read(pipeline: beam.Pipeline, prepared: Prepared, label: str = "Read"):
+    """The Item stream of the units still to do."""
+    work = pipeline | f"{label}Work" >> beam.Create(prepared.work)
+    return work | label >> ReadUnits(prepared.options.reader_config())
+
+
+def write(prepared: Prepared, items, files: Optional[dict[str, str]] = None, after: Iterable[Any] = (),
+          extra_files=None):
+    """Writes the units from their Items and, last, the manifest. Returns the manifest PCollection."""
+    markers = items | "WriteUnits" >> WriteUnits(prepared.options.output, extra_files)
+    return markers | "Finalize" >> Finalize(prepared.options.output, prepared.base, prepared.reused, files, after)
+
+
+def run_pipeline(pipeline: beam.Pipeline, prepared: Prepared, is_test: bool) -> Optional[dict[str, Any]]:
+    """Runs a built pipeline to completion and returns its manifest (None for a test pipeline run elsewhere)."""
+    if is_test:
+        return None
+    start = time.monotonic()
+    result = pipeline.run()
+    if prepared.pipeline_options.get_all_options().get("dry_run"):
+        return None
+    result.wait_until_finish()
+    log.info("pipeline finished in %.1f s", time.monotonic() - start)
+    manifest = records.read_manifest(prepared.options.output)
+    check_not_all_missing_text(manifest, prepared.options)
+    return manifest
+
+
+def check_not_all_missing_text(manifest: dict[str, Any], options: JobOptions) -> None:
+    """Fails a job whose every record lacked the text field, naming the fields the records have."""
+    counts = manifest["counts"]
+    missing = counts["dead_lettered_by_reason"].get(documents.MISSING_TEXT, 0)
+    if counts["read"] and counts["written"] == 0 and missing == counts["read"]:
+        fields = _fields_seen(options.output, manifest)
+        raise documents.InputError(
+            f"every one of the {counts['read']} records lacks the text field {options.text_field!r}"
+            + (f"; the records have the fields {', '.join(fields)}: pass --text_field with one of them"
+               if fields else "; pass --text_field naming the field that holds the text"))
+
+
+def _fields_seen(output_dir: str, manifest: dict[str, Any]) -> list[str]:
+    path = io.join(output_dir, manifest["outputs"]["dead_letters"])
+    seen: set[str] = set()
+    for line in io.read_text(path).splitlines()[:50]:
+        letter = json.loads(line)
+        seen.update(letter.get("fields") or [])
+        try:
+            seen.update(json.loads(letter.get("excerpt", "")).keys())
+        except (ValueError, AttributeError):
+            pass
+    return sorted(seen)
+
+
+# ------------------------------------------------------------------------------------ scorers
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+    """A one-pass scorer: its job name, config class and a PTransform factory.
+
+    transform(config, options) maps the Item stream: record Items get their score (or become
+    dead-letter Items), every other Item passes through unchanged.
+    """
+
+    job: str
+    config_class: type
+    transform: Callable[[Any, JobOptions], beam.PTransform]
+    description: str = ""
+    check: Callable[[Any], None] = lambda config: None
+    fingerprint_extra: Callable[[Any], dict[str, Any]] = lambda config: {}
+
+
+def run_scorer(scorer: Scorer, argv=None, save_main_session=True, test_pipeline=None):
+    """Parses flags, builds read -> score -> write for a one-pass scorer, runs it; returns the manifest."""
+    options, config, pipeline_options = parse(argv, scorer.config_class, scorer.description)
+    scorer.check(config)
+    prepared = prepare(scorer.job, options, config, pipeline_options, scorer.fingerprint_extra(config))
+    pipeline = new_pipeline(pipeline_options, save_main_session, test_pipeline)
+    items = read(pipeline, prepared)
+    write(prepared, items | "Score" >> scorer.transform(config, options))
+    return run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)
