@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Density over a corpus on a Flink cluster through Beam's portable runner.
-# Start a Beam Flink job server next to the cluster first, e.g.
-#   docker run --net=host apache/beam_flink1.18_job_server:2.77.0 --flink-master=FLINK_HOST:8081
-# Workers need gristmill installed (the container of deploy/dataflow works as the SDK harness image).
+# Density through Beam's portable runner on the Flink cluster of deploy/flink/docker-compose.yml
+# (or any Flink cluster with a Beam Flink job server and a gristmill worker pool beside each task manager).
+# The Python SDK workers are external: the worker pool on port 50000 of each task manager starts them.
+# INPUT and OUTPUT must be paths the workers see under the same name (GRISTMILL_DATA, or gs://, s3://).
+#   GRISTMILL_DATA=/srv/corpus deploy/flink/density.sh
 set -euo pipefail
-: "${JOB_ENDPOINT:=localhost:8099}" "${INPUT:?}" "${OUTPUT:?}"
-gristmill score density --input "${INPUT}" --output "${OUTPUT}" --num_shards 256 \
+: "${GRISTMILL_DATA:?absolute path mounted into the worker pool}"
+: "${INPUT:=${GRISTMILL_DATA}/c4/*.json.gz}" "${OUTPUT:=${GRISTMILL_DATA}/scores/density}"
+: "${JOB_ENDPOINT:=localhost:8099}" "${PARALLELISM:=4}"
+gristmill score density --input "${INPUT}" --output "${OUTPUT}" \
   --runner PortableRunner --job_endpoint "${JOB_ENDPOINT}" \
-  --environment_type DOCKER --environment_config "${IMAGE:-gristmill:0.1.0}"
+  --environment_type EXTERNAL --environment_config localhost:50000 \
+  --parallelism "${PARALLELISM}" "$@"
