@@ -17,15 +17,16 @@ import os
 import sys
 import traceback
 
+from gristmill.pipelines.registry import SCORERS
+
 # command words -> (module, function, one-line help). Modules are imported only when used.
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
-    ("score", "random"): ("gristmill.pipelines.score_random", "run", "score documents with the Random baseline"),
-    ("score", "askllm"): ("gristmill.pipelines.score_askllm", "run", "score documents with Ask-LLM (P(yes))"),
-    ("score", "density"): ("gristmill.pipelines.score_density", "run", "score documents with the LSH density sketch"),
+    **{("score", name): (module, "run", summary) for name, (module, summary) in SCORERS.items()},
     ("select",): ("gristmill.pipelines.select", "run", "select a subset by top-k, bottom-k, IPS or random"),
     ("train",): ("gristmill.training.main", "run", "pre-train a T5 on a selection"),
     ("experiment",): ("gristmill.eval.experiment", "run", "run a grid of samplers x rates x sizes"),
     ("report",): ("gristmill.eval.report", "run", "write the HTML report of an experiment"),
+    ("evaluate",): ("gristmill.eval.quality", "run", "measure each scorer's selection quality against labels"),
     ("tokenizer", "train"): ("gristmill.training.vocab", "run", "train a SentencePiece vocabulary (T5 layout)"),
     ("demo",): ("gristmill.demo", "run", "run every stage on the embedded C4 sample"),
 }

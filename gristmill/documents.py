@@ -15,7 +15,7 @@ import gzip
 import hashlib
 import json
 import zlib
-from typing import Any, BinaryIO, Iterable, Iterator, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -59,6 +59,8 @@ class ReaderConfig:
     timestamp_fields: JSON keys tried in order for the timestamp (C4 uses `timestamp`; some
         copies of C4 call it `date`).
     max_document_bytes: documents whose UTF-8 text is longer become `too_large` dead letters.
+    keep_fields: JSON keys carried into the record as features of the same name (e.g. `label`,
+        `lang`), converted by `kept_feature`; a key a line lacks (or holds null) is simply absent.
     """
 
     format: str = "auto"
@@ -66,12 +68,18 @@ class ReaderConfig:
     url_field: str = "url"
     timestamp_fields: tuple[str, ...] = ("timestamp", "date")
     max_document_bytes: int = 1_000_000
+    keep_fields: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"unknown input format {self.format!r}; expected one of {FORMATS}")
         if self.max_document_bytes <= 0:
             raise ValueError(f"max_document_bytes must be positive, got {self.max_document_bytes}")
+        object.__setattr__(self, "keep_fields", tuple(self.keep_fields))
+        clash = sorted(set(self.keep_fields) & {*records.STRING_FEATURES, self.text_field})
+        if clash or not all(self.keep_fields):
+            raise ValueError(f"keep_fields cannot name the record's own features {clash or ['']} "
+                             f"(id, text, url, timestamp, source are always kept)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +127,38 @@ def make_document(text: str, url: str, timestamp: str, source: str, doc_id: str 
     return record
 
 
+_INT64 = (-2**63, 2**63 - 1)
+
+
+def kept_feature(value: Any) -> Any:
+    """A JSON value as a record feature value (see `ReaderConfig.keep_fields`).
+
+    str -> bytes feature (UTF-8), bool / int -> int64 (true = 1), float -> float, and lists of
+    one of those kinds (ints mixed with floats are floats); None (JSON null) -> None, i.e. absent.
+    Anything else (objects, mixed or empty lists, integers beyond int64) becomes its JSON text, a
+    bytes feature, so no value is lost. Examples: "en" -> b"en", true -> 1, [1, 2.5] -> [1.0, 2.5],
+    {"a": 1} -> b'{"a": 1}'.
+    """
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if items and all(isinstance(v, str) for v in items):
+        converted: Any = [v.encode("utf-8") for v in items]
+    elif items and all(isinstance(v, (bool, int)) and _INT64[0] <= v <= _INT64[1] for v in items):
+        converted = [int(v) for v in items]
+    elif items and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items) and any(
+            isinstance(v, float) for v in items):
+        converted = [float(v) for v in items]
+    else:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    return converted if isinstance(value, list) else converted[0]
+
+
+def _kept(obj: dict[str, Any], config: ReaderConfig) -> dict[str, Any]:
+    kept = {name: kept_feature(obj.get(name)) for name in config.keep_fields}
+    return {name: value for name, value in kept.items() if value is not None}
+
+
 def _check_text(text: Any, source: str, number: int, config: ReaderConfig, raw: Any) -> DeadLetter | None:
     if text is None:
         return DeadLetter(source, number, MISSING_TEXT, f"no {config.text_field!r} field", _excerpt(raw))
@@ -155,7 +195,7 @@ def parse_json_line(raw: bytes, source: str, number: int, config: ReaderConfig) 
         return problem
     url = obj.get(config.url_field) or ""
     timestamp = next((obj[k] for k in config.timestamp_fields if obj.get(k)), "")
-    return make_document(text, str(url), str(timestamp), source)
+    return make_document(text, str(url), str(timestamp), source, extra=_kept(obj, config))
 
 
 def parse_text_line(raw: bytes, source: str, number: int, config: ReaderConfig) -> Item:
@@ -223,47 +263,66 @@ def _iter_lines(stream: BinaryIO) -> Iterator[bytes]:
         yield line
 
 
-def read_file(path: str, config: ReaderConfig) -> Iterator[Item]:
-    """Yields every record of one file as a document or a dead letter, in file order.
+def read_file(path: str, config: ReaderConfig, skip: Callable[[int], bool] | None = None,
+              max_records: int = 0) -> Iterator[Item]:
+    """Yields every record of one file as a document or a dead letter, in file order (see read_numbered)."""
+    for _, item in read_numbered(path, config, skip, max_records):
+        yield item
+
+
+def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int], bool] | None = None,
+                  max_records: int = 0) -> Iterator[tuple[int, Item]]:
+    """Yields (record number, document or dead letter) for every record of one file, in file order.
 
     A truncated gzip member or a corrupt TFRecord ends the file with one dead letter for the
-    record at which reading stopped; the records before it are kept.
+    record at which reading stopped; the records before it are kept. skip(number) True leaves a
+    record out unparsed (a resumed job's finished units); max_records > 0 stops after that record.
     """
+    skip = skip or (lambda _: False)
     fmt = resolve_format(path, config)
     number = 0
     try:
         stream = _open(path)
     except Exception as err:  # FileSystems raises various errors for missing/forbidden files
-        yield DeadLetter(path, 0, UNREADABLE_FILE, f"cannot open: {err}")
+        yield 0, DeadLetter(path, 0, UNREADABLE_FILE, f"cannot open: {err}")
         return
     try:
         if fmt == "tfrecord":
             try:
                 for number, data in enumerate(records.iter_tfrecords(stream), start=1):
-                    yield parse_example(data, path, number, config)
+                    if max_records and number > max_records:
+                        return
+                    if not skip(number):
+                        yield number, parse_example(data, path, number, config)
             except records.TFRecordError as err:
-                yield DeadLetter(path, number + 1, CORRUPT_TFRECORD, f"{err}; the rest of the file is unreadable")
+                yield number + 1, DeadLetter(path, number + 1, CORRUPT_TFRECORD, f"{err}; the rest of the file is unreadable")
             return
         parse = parse_text_line if fmt == "lines" else parse_json_line
         for number, line in enumerate(_iter_lines(stream), start=1):
-            if fmt == "json" and not line.strip():
-                yield DeadLetter(path, number, EMPTY_TEXT, "blank line", "")
+            if max_records and number > max_records:
+                return
+            if skip(number):
                 continue
-            yield parse(line, path, number, config)
+            if fmt == "json" and not line.strip():
+                yield number, DeadLetter(path, number, EMPTY_TEXT, "blank line", "")
+                continue
+            yield number, parse(line, path, number, config)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        yield DeadLetter(path, number + 1, TRUNCATED_GZIP,
+        yield number + 1, DeadLetter(path, number + 1, TRUNCATED_GZIP,
                          f"gzip stream ends early or is corrupt after record {number}: {err}")
     except OSError as err:
-        yield DeadLetter(path, number + 1, UNREADABLE_FILE, f"read failed after record {number}: {err}")
+        yield number + 1, DeadLetter(path, number + 1, UNREADABLE_FILE, f"read failed after record {number}: {err}")
     finally:
         stream.close()
 
 
 def expand_patterns(patterns: Iterable[str]) -> list[str]:
-    """Expands comma-separated globs (local or gs://) into a sorted list of files.
+    """Expands comma-separated globs or gristmill output directories (local or gs://) into sorted files.
 
-    Raises InputError naming the pattern when a pattern matches nothing, so a typo fails the
-    job before it starts rather than producing an empty output.
+    A directory is read through its manifest (`records.record_files`): exactly the files of the
+    finished run, never stale or partial ones; a directory without a manifest is an error saying
+    the run did not finish. Raises InputError naming the pattern when a pattern matches nothing,
+    so a typo fails the job before it starts rather than producing an empty output.
     """
     files: list[str] = []
     for pattern in patterns:
@@ -271,10 +330,13 @@ def expand_patterns(patterns: Iterable[str]) -> list[str]:
             if not part:
                 continue
             try:
-                results = FileSystems.match([part])[0].metadata_list
+                matched = records.record_files(part)
+            except records.IncompleteRunError as err:
+                raise InputError(str(err)) from err
+            except FileNotFoundError as err:
+                raise InputError(f"input pattern {part!r} matches no file") from err
             except Exception as err:
                 raise InputError(f"cannot list input {part!r}: {err}") from err
-            matched = sorted(m.path for m in results if not m.path.endswith("/"))
             if not matched:
                 raise InputError(f"input pattern {part!r} matches no file")
             files.extend(matched)
