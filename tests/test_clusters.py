@@ -195,7 +195,7 @@ def test_real_near_duplicates_are_found_and_one_copy_stays():
 
     with open(os.path.join(HERE, "fixtures", "clusters", "near_duplicates.jsonl"), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f]
-    x = embeddings.make_embedder("minilm").embed([r["text"] for r in rows])
+    x = embeddings.make_embedder("minilm", batch_size=48).embed([r["text"] for r in rows])
     ids = [r["id"] for r in rows]
     fit = clusters.fit_kmeans(x, 3, iterations=20, seed=0, ids=ids)
     groups = {}

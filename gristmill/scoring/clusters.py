@@ -142,11 +142,11 @@ class LloydSums:
     counts: np.ndarray
 
     @classmethod
-    def zeros(cls, k: int, d: int) -> "LloydSums":
+    def zeros(cls, k: int, d: int) -> LloydSums:
         """The empty accumulator (a CombineFn's create_accumulator)."""
         return cls(np.zeros((k, d), np.int64), np.zeros(k, np.int64))
 
-    def __add__(self, other: "LloydSums") -> "LloydSums":
+    def __add__(self, other: LloydSums) -> LloydSums:
         if self.sums.shape != other.sums.shape:
             raise ValueError(f"cannot merge Lloyd sums of shapes {self.sums.shape} and {other.sums.shape}")
         return LloydSums(self.sums + other.sums, self.counts + other.counts)
@@ -252,13 +252,11 @@ def fit_kmeans(sample: np.ndarray, k: int, iterations: int = 20, seed: int = 0,
     centroids = kmeans_plus_plus(x, k, seed)
     labels, sims = assign(x, centroids, block_rows)
     done, converged = 0, False
-    for done in range(1, iterations + 1):
+    while done < iterations and not converged:
         centroids = update(partial_sums(x, labels, k), centroids)
         new_labels, sims = assign(x, centroids, block_rows)
         converged = bool(np.array_equal(new_labels, labels))
-        labels = new_labels
-        if converged:
-            break
+        labels, done = new_labels, done + 1
     inverse = np.empty_like(order)
     inverse[order] = np.arange(order.size)
     return KMeansResult(centroids=centroids, assignment=labels[inverse], similarity=sims[inverse],

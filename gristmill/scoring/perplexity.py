@@ -54,6 +54,7 @@ DECODER_ONLY = "decoder_only"
 _CHARS_PER_TOKEN_BOUND = 32
 # Tokens beyond the kept ones a head must have, so its cut edge never reaches the kept part.
 _HEAD_MARGIN = 16
+_MAX_LOG = math.log(np.finfo(np.float64).max)
 
 
 class PerplexityError(ValueError):
@@ -163,6 +164,20 @@ def tokenizer_adds_bos(model: str, bos_id: Optional[int]) -> bool:
     return True
 
 
+def t5_target_logprobs(params: Any, config: Any, ids, mask, targets, target_mask):
+    """log p(targets[:, t] | encoder input, targets[:, :t]) for a T5, [B, T] float32: teacher
+    forcing with the targets shifted right behind `decoder_start_token_id`. Padded entries are junk."""
+    import jax
+    import jax.numpy as jnp
+
+    from gristmill.models import t5
+
+    start = jnp.full((targets.shape[0], 1), config.decoder_start_token_id, targets.dtype)
+    decoder_inputs = jnp.concatenate([start, targets[:, :-1]], axis=1)
+    logits = t5.logits(params, config, ids, mask, decoder_inputs, target_mask)  # [B, T, V]
+    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
+
+
 class PerplexityScorer:
     """Loads the proxy model once and scores documents (see the module docstring).
 
@@ -268,7 +283,7 @@ class PerplexityScorer:
             for row, i in enumerate(group):
                 doc = batch[i]
                 mean = float(nll[row] / count[row])
-                results[i] = PerplexityResult(perplexity=math.exp(min(mean, 700.0)) if mean < 700 else math.inf,
+                results[i] = PerplexityResult(perplexity=math.exp(mean) if mean < _MAX_LOG else math.inf,
                                               nll_mean=mean, n_tokens=doc.n_tokens, truncated=doc.truncated,
                                               n_predicted=int(count[row]))
         return results  # type: ignore[return-value]
@@ -277,16 +292,3 @@ class PerplexityScorer:
         """`score_encoded` of `encode` of each text, in the same order."""
         return self.score_encoded([self.encode(t) for t in texts])
 
-
-def t5_target_logprobs(params: Any, config: Any, ids, mask, targets, target_mask):
-    """log p(targets[:, t] | encoder input, targets[:, :t]) for a T5, [B, T] float32: teacher
-    forcing with the targets shifted right behind `decoder_start_token_id`. Padded entries are junk."""
-    import jax
-    import jax.numpy as jnp
-
-    from gristmill.models import t5
-
-    start = jnp.full((targets.shape[0], 1), config.decoder_start_token_id, targets.dtype)
-    decoder_inputs = jnp.concatenate([start, targets[:, :-1]], axis=1)
-    logits = t5.logits(params, config, ids, mask, decoder_inputs, target_mask)  # [B, T, V]
-    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
