@@ -93,13 +93,13 @@ def dry_run(job_run, argv: list[str]) -> Translation:
     """Builds a gristmill job under DataflowRunner with `--dry_run=True` and returns its translation.
 
     job_run: a job's `run(argv, save_main_session, test_pipeline)`. The job builds onto a pipeline
-    made here, so its runner (and the translation it keeps) can be inspected afterwards.
+    made here and leaves running it to the caller (the kit's contract for test pipelines), so its
+    runner, and the translation the runner keeps, can be inspected afterwards.
     """
     argv = [*argv, *DRY_RUN_FLAGS]
     pipeline = beam.Pipeline(runner=DataflowRunner(), options=PipelineOptions(argv))
-    job_run(argv, test_pipeline=pipeline)
-    if not hasattr(pipeline.runner, "proto_pipeline"):  # the job kit leaves running a test pipeline to its caller
-        pipeline.run().wait_until_finish()
+    assert job_run(argv, test_pipeline=pipeline) is None
+    pipeline.run().wait_until_finish()  # a dry run: translated, not submitted
     return Translation(pipeline.runner.proto_pipeline, pipeline.runner.job)
 
 
