@@ -23,6 +23,7 @@ from gristmill.pipelines.registry import SCORERS
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     **{("score", name): (module, "run", summary) for name, (module, summary) in SCORERS.items()},
     ("select",): ("gristmill.pipelines.select", "run", "select a subset by top-k, bottom-k, IPS or random"),
+    ("curate",): ("gristmill.curate", "run", "run a declared chain of jobs incrementally, publish a selection"),
     ("train",): ("gristmill.training.main", "run", "pre-train a T5 on a selection"),
     ("experiment",): ("gristmill.eval.experiment", "run", "run a grid of samplers x rates x sizes"),
     ("report",): ("gristmill.eval.report", "run", "write the HTML report of an experiment"),
