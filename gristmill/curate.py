@@ -148,7 +148,8 @@ def parse_config(raw: Mapping[str, Any]) -> CurationConfig:
         name = raw_step["name"]
         what = f"step {name!r}"
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise CurationError(f"step {i + 1}: name {name!r} must be letters, digits, '_', '.', '-' (it names a directory)")
+            raise CurationError(f"step {i + 1}: name {name!r} must be letters, digits, '_', '.', '-' "
+                                f"(it names a directory)")
         if any(s.name == name for s in steps):
             raise CurationError(f"{what}: two steps have this name")
         if raw_step["job"] not in JOBS:
@@ -208,8 +209,9 @@ def step_inputs(config: CurationConfig, step: StepConfig) -> tuple[str, ...]:
 def flag_args(flags: Mapping[str, Any]) -> list[str]:
     """Flag name -> value as command-line arguments.
 
-    True is a bare `--x`, False `--x=false`, a list repeats its items comma-joined, None omits the flag:
-    {"rate": 0.2, "share_model": True, "keep_fields": ["a", "b"]} -> ["--rate=0.2", "--share_model", "--keep_fields=a,b"].
+    True is a bare `--x`, False `--x=false`, a list is comma-joined, None omits the flag:
+    {"rate": 0.2, "share_model": True, "keep_fields": ["a", "b"]}
+    -> ["--rate=0.2", "--share_model", "--keep_fields=a,b"].
     """
     args = []
     for name, value in flags.items():
