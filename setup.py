@@ -17,6 +17,7 @@ CORE = [
     "gguf>=0.10",
     "matplotlib>=3.7",
     "jinja2>=3.1",
+    "scipy>=1.10",
 ]
 
 setuptools.setup(
@@ -24,7 +25,7 @@ setuptools.setup(
     version="0.1.0",
     description="Data-efficient LLM pre-training data curation (Ask-LLM, Density) on Apache Beam and JAX.",
     packages=setuptools.find_packages(include=["gristmill", "gristmill.*"]),
-    package_data={"gristmill": ["data/*", "data/*/*", "prompts/*"]},
+    package_data={"gristmill": ["data/*", "data/*/*", "prompts/*", "eval/templates/*"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={

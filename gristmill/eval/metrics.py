@@ -27,6 +27,7 @@ import math
 from typing import Any, Collection, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
+from scipy import stats
 
 FULL = "full"
 
@@ -55,7 +56,7 @@ class Result:
     tokens: Optional[int] = None
 
     @classmethod
-    def from_dict(cls, row: Mapping[str, Any]) -> "Result":
+    def from_dict(cls, row: Mapping[str, Any]) -> Result:
         """A Result from a dict (a results.jsonl line); keys beyond the fields are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         missing = {"model", "sampler", "rate", "metric", "value"} - set(row)
@@ -225,49 +226,14 @@ def speed_up(curve_sampler: Iterable[Sequence[float]], curve_full: Iterable[Sequ
 
 # --- rank correlation ------------------------------------------------------------------------
 
-def _dense_ranks(x: np.ndarray) -> np.ndarray:
-    return np.unique(x, return_inverse=True)[1].astype(np.int64)
-
-
-def _tie_pairs(x: np.ndarray) -> int:
-    counts = np.unique(x, return_counts=True)[1].astype(np.int64)
-    return int((counts * (counts - 1) // 2).sum())
-
-
-def _count_inversions(x: np.ndarray) -> int:
-    """Pairs i < j with x[i] > x[j] (strictly), by a vectorised bottom-up merge sort: O(n log^2 n)."""
-    x = np.asarray(x, dtype=np.int64)
-    n = x.size
-    if n < 2:
-        return 0
-    big = int(x.max()) + 1
-    inversions = 0
-    width = 1
-    while width < n:
-        index = np.arange(n)
-        pair = index // (2 * width)                    # which merged pair each position belongs to
-        is_right = (index % (2 * width)) >= width
-        offset = pair * big                            # keys of different pairs never interleave
-        keyed = x + offset
-        left_keys = keyed[~is_right]                   # each left block is sorted, blocks ascend
-        left_start = np.searchsorted(pair[~is_right], pair[is_right], side="left")
-        left_end = np.searchsorted(pair[~is_right], pair[is_right], side="right")
-        not_greater = np.searchsorted(left_keys, keyed[is_right], side="right") - left_start
-        inversions += int(((left_end - left_start) - not_greater).sum())
-        x = np.sort(keyed) - np.sort(offset)           # merge: sort within each pair
-        width *= 2
-    return inversions
-
-
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's tau-b between two score arrays over the same documents (ties accounted for).
 
         tau_b = (C - D) / sqrt((n0 - n1) * (n0 - n2))
 
-    C, D: concordant and discordant pairs; n0 = n(n-1)/2; n1, n2: pairs tied in a, in b (a pair
-    tied in both counts in n1 and n2 and neither C nor D). Computed in O(n log^2 n) (Knight's
-    method: sort by (a, b), D = inversions of b). NaN when fewer than 2 documents or either
-    array is constant. Figure 7 of the paper is a matrix of these over 500k documents.
+    C, D: concordant and discordant pairs; n0 = n(n-1)/2; n1, n2: pairs tied in a, in b.
+    `scipy.stats.kendalltau` computes it in O(n log n). NaN when fewer than 2 documents or
+    either array is constant. Figure 7 of the paper is a matrix of these over 500k documents.
     """
     x = np.asarray(a, dtype=np.float64).ravel()
     y = np.asarray(b, dtype=np.float64).ravel()
@@ -275,21 +241,9 @@ def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
         raise MetricError(f"kendall_tau needs arrays of the same length, got {x.size} and {y.size}")
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise MetricError("kendall_tau needs finite values (drop missing scores first)")
-    n = x.size
-    if n < 2:
-        return float("nan")
-    rx, ry = _dense_ranks(x), _dense_ranks(y)
-    order = np.lexsort((ry, rx))
-    rx, ry = rx[order], ry[order]
-    n0 = n * (n - 1) // 2
-    n1, n2 = _tie_pairs(rx), _tie_pairs(ry)
-    n3 = _tie_pairs(rx * (int(ry.max()) + 1) + ry)  # tied in both
-    discordant = _count_inversions(ry)
-    concordant = n0 - n1 - n2 + n3 - discordant
-    denominator = math.sqrt(float(n0 - n1) * float(n0 - n2))
-    if denominator == 0:
-        return float("nan")
-    return float((concordant - discordant) / denominator)
+    if x.size < 2 or x.min() == x.max() or y.min() == y.max():
+        return float("nan")  # undefined; scipy would say so with a warning
+    return float(stats.kendalltau(x, y, variant="b").statistic)
 
 
 class CorrelationMatrix(NamedTuple):
