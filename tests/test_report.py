@@ -14,7 +14,6 @@ from scipy import stats
 
 from gristmill import cli, records
 from gristmill.eval import report as R
-from gristmill.pipelines import transforms
 
 ASK, DEN, PPLX = "score/askllm/flan-t5-small", "score/density/minilm", "score/perplexity/t5-small"
 C4, HQ = "perplexity/c4_heldout", "perplexity/high_quality"
@@ -94,7 +93,7 @@ def test_results_table_hand_computed():
 
 
 def test_score_sections_data(scored):
-    table = R.score_table(transforms.iter_scored_records(scored))
+    table = R.score_table(records.iter_scored_records(scored))
     assert list(table.scores) == sorted([ASK, DEN, PPLX]) and len(table.ids) == 30
     assert np.isnan(table.scores[PPLX]).sum() == 10
     ext = R.extremes(table, n=3)
@@ -123,9 +122,9 @@ def test_report_page_is_complete_self_contained_and_escaped(experiment_dir, tmp_
     assert len(sources) == 3 + 1 + 2  # 3 histograms, the tau matrix, 2 learning-curve figures
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert "http://" not in page and "https://" not in page and "href=" not in page and "<link" not in page
-    # document text is escaped, never markup
+    # document text is escaped, never markup (Jinja2 autoescaping: markupsafe writes ' as &#39;)
     assert "<script>" not in page and "<b>bold</b>" not in page
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; Tom &amp; Jerry &lt;b&gt;bold&lt;/b&gt;" in page
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; Tom &amp; Jerry &lt;b&gt;bold&lt;/b&gt;" in page
     # the numbers of the results table and the skipped sampler reach the page
     assert "37.5%" in page and "-10.0%" in page and "16.7%" in page and "no larger model size" in page
     assert "no document of the corpus has the score feature" in page
@@ -138,7 +137,7 @@ def test_kendall_section_matches_scipy(scored):
     data = R.build_report(None, scored)
     m = data.correlation
     i, j = m.names.index(ASK), m.names.index(PPLX)
-    table = R.score_table(transforms.iter_scored_records(scored))
+    table = R.score_table(records.iter_scored_records(scored))
     both = np.isfinite(table.scores[PPLX])
     expected = stats.kendalltau(table.scores[ASK][both], table.scores[PPLX][both]).statistic
     assert m.tau[i, j] == pytest.approx(expected) and m.pairs[i, j] == 20
@@ -150,3 +149,50 @@ def test_kendall_section_matches_scipy(scored):
 def test_report_needs_an_input(tmp_path):
     with pytest.raises(R.ReportError, match="give --experiment"):
         R.write_report(None, str(tmp_path / "r.html"))
+
+
+FIVE = [ASK, DEN, PPLX, "score/semdedup/minilm", "score/prototypes/minilm-k8"]
+
+
+def test_every_score_feature_gets_histogram_tau_and_calibration(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "scored-00000-of-00001.tfrecord"
+    with open(path, "wb") as f:
+        for i in range(40):
+            record = {"id": f"doc{i:02d}", "text": f"Document {i}.", "url": f"u{i}"}
+            record.update({name: float(rng.normal()) for k, name in enumerate(FIVE) if (i + k) % 4})
+            f.write(records.encode_tfrecord(records.serialize(record)))
+    out, cal_out = tmp_path / "r.html", tmp_path / "calibration.json"
+    data = R.write_report(None, str(out), str(path), calibration_output=str(cal_out), documents=["doc03"])
+    assert sorted(data.histograms) == sorted(FIVE) and data.correlation.names == sorted(FIVE)
+    table = R.score_table(records.iter_scored_records(str(path)))
+    i, j = data.correlation.names.index(FIVE[3]), data.correlation.names.index(FIVE[4])
+    both = np.isfinite(table.scores[FIVE[3]]) & np.isfinite(table.scores[FIVE[4]])
+    assert data.correlation.pairs[i, j] == both.sum()
+    assert data.correlation.tau[i, j] == pytest.approx(
+        stats.kendalltau(table.scores[FIVE[3]][both], table.scores[FIVE[4]][both]).statistic)
+    page = out.read_text()
+    assert len(re.findall(r'<img alt="histogram of ', page)) == 5
+    for name in FIVE:
+        assert f"Documents at percentiles of <code>{name}</code>" in page
+    assert "doc03" in page and "chosen as" in page and "asked for" in page
+    cal = json.loads(cal_out.read_text())
+    assert sorted(cal["percentiles"]) == sorted(FIVE) and cal["agreement"]["documents"][i][j] == both.sum()
+    assert any(row["id"] == "doc03" for row in cal["side_by_side"])
+
+
+def test_quality_section_renders_an_evaluate_result(scored, tmp_path):
+    quality = {"scored": scored, "labels": "labels.jsonl", "rates": [0.1, 0.2, 0.4],
+               "join": {"joined": 25, "records": 30, "unmatched_labels": 2},
+               "scores": {DEN: {"n": 25, "positives": 10, "base_rate": 0.4, "auc": 0.3125, "auc_ci": [0.1, 0.52],
+                                "paper_rule": "ips", "precision": {"topk": {"0.1": 0.5, "0.2": 0.25, "0.4": 0.3},
+                                                                   "ips": {"0.1": 0.625, "0.2": None, "0.4": 0.45}},
+                                "kept": {}, "errors": {}}}}
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps(quality))
+    page = R.HtmlWriter().render(R.build_report(None, scored, quality=str(path)))
+    section = page[page.index('<section id="quality">'):]
+    section = section[:section.index("</section>")]
+    assert "25 of 30 scored documents labelled" in section and "2 labels matched no record" in section
+    assert "0.312" in section and "[0.1, 0.52]" in section and "ips (paper)" in section
+    assert "62.5%" in section and "40.0%" in section and "n/a" in section

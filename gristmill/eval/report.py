@@ -1,41 +1,53 @@
-"""`gristmill report --experiment DIR [--scored GLOB] --output report.html [--json report.json]`.
+"""`gristmill report --experiment DIR [--scored SPEC] --output report.html [--json F] [--quality F] [--calibration F]`.
 
 One self-contained HTML page (CSS inline, figures as base64 PNG from matplotlib's Agg backend,
-no external assets) with these sections (their HTML ids):
+no external assets), rendered from the Jinja2 template `templates/report.html.j2`, with these
+sections (their HTML ids):
 
 - `summary`: the experiment's corpus counts, runs and skipped samplers.
 - `histograms`: the histogram of every `score/...` feature of the scored records (Figure 9).
 - `kendall`: Kendall tau-b between every two scorers over the documents having both (Figure 7).
+- `calibration`: per scorer the score at each percentile and the documents at chosen
+  percentiles, and those documents' percentiles under every scorer side by side (App. E).
 - `extremes`: the highest and lowest scored documents of each scorer (text excerpts).
+- `quality`: selection quality against labels, from a `gristmill evaluate` JSON (`--quality`).
 - `curves`: learning curves, held-out perplexity vs training tokens, one line per run.
 - `results`: final values, over-scaling against the next model size of the grid and speed-up
   against the full-data run of the same size (PAPER.md §5.4, §6.3), or n/a with the reason.
 
-The data of every section is computed by pure functions (`score_table`, `histograms`,
-`extremes`, `learning_curves`, `results_table`) into a `ReportData`; writers (`HtmlWriter`,
-`JsonWriter`) only render it (STYLE rule 19).
+Every score feature present in the records gets its histogram, calibration rows and a row and
+column of the tau matrix. The data of every section is computed by pure functions
+(`score_summary`, `histograms`, `extremes`, `calibration.calibration`, `learning_curves`,
+`results_table`) into a `ReportData`; writers (`HtmlWriter`, `JsonWriter`) only render it
+(STYLE rule 19). Inputs and outputs may be local or gs:// paths (`gristmill.io`).
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import html
-import io
-import json
+import io as bytes_io
 import math
-import os
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
+import jinja2
 import numpy as np
 
-from gristmill import flagparse, records
+from gristmill import flagparse, io
+from gristmill.eval import calibration as calibration_lib
 from gristmill.eval import metrics
+from gristmill.eval import scores as scores_lib
 
-SECTIONS = ("summary", "histograms", "kendall", "extremes", "curves", "results")
-SCORE_PREFIX = "score/"
-EXCERPT_CHARS = 300
+# The score table lives in `scores` (shared with calibration and quality); these names stay here too.
+ScoreTable = scores_lib.ScoreTable
+score_table = scores_lib.score_table
+excerpt = scores_lib.excerpt
+EXCERPT_CHARS = scores_lib.EXCERPT_CHARS
+SCORE_PREFIX = scores_lib.SCORE_PREFIX
+
+SECTIONS = ("summary", "histograms", "kendall", "calibration", "extremes", "quality", "curves", "results")
 FULL = metrics.FULL
+TEMPLATE = "report.html.j2"
 
 
 class ReportError(ValueError):
@@ -43,33 +55,6 @@ class ReportError(ValueError):
 
 
 # --- scores ----------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class ScoreTable:
-    """Documents and their scores: scores[name][i] is document i's score (NaN when it has none)."""
-
-    ids: list[str]
-    texts: list[str]
-    scores: dict[str, np.ndarray]
-
-
-def score_table(items: Iterable[Mapping[str, Any]]) -> ScoreTable:
-    """Collects every `score/...` float feature of the records into aligned arrays (sorted names)."""
-    ids, texts, columns = [], [], {}
-    for i, record in enumerate(items):
-        ids.append(str(record.get(records.ID, "")))
-        texts.append(str(record.get(records.TEXT, "")))
-        for key, value in record.items():
-            if key.startswith(SCORE_PREFIX) and isinstance(value, (int, float)) and not isinstance(value, bool):
-                columns.setdefault(key, {})[i] = float(value)
-    n = len(ids)
-    scores = {}
-    for name in sorted(columns):
-        column = np.full(n, np.nan)
-        column[list(columns[name])] = list(columns[name].values())
-        scores[name] = column
-    return ScoreTable(ids, texts, scores)
-
 
 def score_summary(table: ScoreTable) -> dict[str, dict[str, float]]:
     """Per scorer: documents scored, min, median, max."""
@@ -91,12 +76,6 @@ def histograms(table: ScoreTable, bins: int = 30) -> dict[str, tuple[list[int], 
     return out
 
 
-def excerpt(text: str, chars: int = EXCERPT_CHARS) -> str:
-    """The first `chars` characters of a text, whitespace collapsed, with an ellipsis when cut."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= chars else flat[:chars].rstrip() + "\u2026"
-
-
 def extremes(table: ScoreTable, n: int = 5, chars: int = EXCERPT_CHARS) -> dict[str, dict[str, list[dict]]]:
     """Per scorer: the `n` highest and `n` lowest scored documents ({score, id, excerpt}); ties by id."""
     out = {}
@@ -105,7 +84,7 @@ def extremes(table: ScoreTable, n: int = 5, chars: int = EXCERPT_CHARS) -> dict[
         ids = np.asarray(table.ids, dtype=object)[have]
         order = have[np.lexsort((ids.astype(str), values[have]))]  # ascending score, then id
 
-        def rows(indices):
+        def rows(indices, values=values):
             return [{"score": float(values[i]), "id": table.ids[i], "excerpt": excerpt(table.texts[i], chars)}
                     for i in indices]
 
@@ -233,11 +212,15 @@ class ReportData:
     curves: dict[str, list[dict[str, Any]]]
     table: list[dict[str, Any]]
     metrics: list[str]
+    calibration: Optional[calibration_lib.Calibration] = None
+    quality: Optional[dict[str, Any]] = None
 
 
 def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *, bins: int = 30,
-                 top_n: int = 5, chars: int = EXCERPT_CHARS) -> ReportData:
-    """Reads an experiment directory (and a scored-record glob; default: the experiment's) into ReportData."""
+                 top_n: int = 5, chars: int = EXCERPT_CHARS, quality: Optional[str] = None,
+                 documents: Sequence[str] = ()) -> ReportData:
+    """Reads an experiment directory, scored records (default: the experiment's) and an `evaluate`
+    JSON into ReportData; `documents`: ids shown side by side in the calibration section."""
     from gristmill.eval import experiment as experiment_lib
 
     info: dict[str, Any] = {}
@@ -247,20 +230,19 @@ def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *,
         rows = experiment_lib.read_results(experiment_dir)
         if scored is None:
             scored = ",".join(info.get("config", {}).get("scored", ())) or None
-    table = ScoreTable([], [], {})
-    if scored:
-        from gristmill.pipelines import transforms
-
-        table = score_table(r for pattern in scored.split(",") for r in transforms.iter_scored_records(pattern))
+    table = scores_lib.read_score_table(scored) if scored else ScoreTable([], [], {})
     metric_names = sorted({row["metric"] for row in rows})
     lower = info.get("lower_is_better") or [m for m in metric_names if m.startswith("perplexity")]
     declared = info.get("config", {}).get("models", ())
-    correlation = metrics.rank_correlation_matrix(table.scores) if len(table.scores) >= 2 else None
+    cal = calibration_lib.calibration(table, ids=documents) if table.scores else None
+    correlation = cal.agreement if cal is not None and len(table.scores) >= 2 else None
+    name = io.basename(experiment_dir.rstrip("/")) if experiment_dir else scored
     return ReportData(
-        title=f"gristmill report: {os.path.basename(os.path.normpath(experiment_dir)) if experiment_dir else scored}",
-        experiment=info, scored=scored, scorers=score_summary(table), histograms=histograms(table, bins),
-        correlation=correlation, extremes=extremes(table, top_n, chars), curves=learning_curves(rows),
-        table=results_table(rows, lower_is_better=lower, models=declared) if rows else [], metrics=metric_names)
+        title=f"gristmill report: {name}", experiment=info, scored=scored, scorers=score_summary(table),
+        histograms=histograms(table, bins), correlation=correlation, extremes=extremes(table, top_n, chars),
+        curves=learning_curves(rows),
+        table=results_table(rows, lower_is_better=lower, models=declared) if rows else [], metrics=metric_names,
+        calibration=cal, quality=io.read_json(quality) if quality else None)
 
 
 # --- writers ---------------------------------------------------------------------------------
@@ -274,6 +256,8 @@ class Writer(Protocol):
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, metrics.CorrelationMatrix):
         return {"names": obj.names, "tau": _jsonable(obj.tau), "pairs": obj.pairs.tolist()}
+    if isinstance(obj, calibration_lib.Calibration):
+        return _jsonable(calibration_lib.to_json(obj))
     if isinstance(obj, np.ndarray):
         return [_jsonable(x) for x in obj.tolist()]
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -289,223 +273,145 @@ class JsonWriter:
     """The report's data as JSON (NaN -> null)."""
 
     def write(self, report: ReportData, path: str) -> None:
-        data = {f.name: _jsonable(getattr(report, f.name)) for f in dataclasses.fields(report)}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
+        io.write_json(path, {f.name: _jsonable(getattr(report, f.name)) for f in dataclasses.fields(report)})
 
+
+# figures: matplotlib (Agg) -> base64 PNG data URIs, so the page needs no other file
 
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
+    buffer = bytes_io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _img(uri: str, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="{uri}">'
+def histogram_figures(report: ReportData) -> dict[str, str]:
+    """Per score feature, its histogram as a PNG data URI."""
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    for name, (counts, edges) in report.histograms.items():
+        fig, ax = plt.subplots(figsize=(4, 2.8))
+        ax.stairs(counts, edges, fill=True, alpha=.7)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("score")
+        ax.set_ylabel("documents")
+        figures[name] = _png(fig)
+    return figures
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
+def short_name(feature: str) -> str:
+    """A score feature without its `score/` prefix, for axis labels."""
+    return feature.removeprefix(SCORE_PREFIX)
+
+
+def kendall_figure(m: metrics.CorrelationMatrix) -> str:
+    """The tau matrix as a heat map with its values, a PNG data URI."""
+    import matplotlib.pyplot as plt
+
+    k = len(m.names)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.8 * k))
+    ax.imshow(np.nan_to_num(m.tau, nan=0.0), vmin=-1, vmax=1, cmap="RdBu_r")
+    short = [short_name(n) for n in m.names]
+    ax.set_xticks(range(k), short, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), short, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            dark = not np.isnan(m.tau[i, j]) and abs(m.tau[i, j]) > 0.6
+            ax.text(j, i, "n/a" if np.isnan(m.tau[i, j]) else f"{m.tau[i, j]:.2f}", ha="center", va="center",
+                    fontsize=8, color="white" if dark else "black")
+    return _png(fig)
+
+
+def curve_figures(report: ReportData) -> dict[str, str]:
+    """Per metric, the learning curves of every run as a PNG data URI."""
+    import matplotlib.pyplot as plt
+
+    entries = [e for runs in report.curves.values() for e in runs]
+    samplers = sorted({e["sampler"] for e in entries} - {FULL})
+    models = list(dict.fromkeys(e["model"] for e in entries))
+    colours = {name: f"C{i % 10}" for i, name in enumerate(samplers)}
+    colours[FULL] = "black"
+    styles = {model: ("-", "--", ":", "-.")[i % 4] for i, model in enumerate(models)}
+    figures = {}
+    for metric, runs in report.curves.items():
+        fig, ax = plt.subplots(figsize=(5.5, 3.6))
+        for e in runs:
+            t, v = zip(*e["points"])
+            ax.plot(t, v, marker="o", markersize=3, label=e["label"], color=colours[e["sampler"]],
+                    linestyle=styles[e["model"]])
+        ax.set_title(metric, fontsize=10)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(metric.split("/")[0])
+        values = [v for e in runs for _, v in e["points"]]
+        if min(values) > 0 and max(values) / min(values) > 10:  # early checkpoints sit decades higher
+            ax.set_yscale("log")
+        ax.legend(fontsize=7)
+        figures[metric] = _png(fig)
+    return figures
+
+
+def number(x: Any, digits: int = 4) -> str:
+    """A value for the page: floats to `digits` significant digits, None / NaN as n/a."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     if isinstance(x, float):
         return f"{x:.{digits}g}"
-    return html.escape(str(x))
+    return str(x)
 
 
-_CSS = """
-body { font-family: -apple-system, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
-th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: right; vertical-align: top; }
-th { background: #f4f4f4; } td.text { text-align: left; max-width: 700px; }
-.note { color: #777; font-size: .9em; } .figs img { max-width: 32%; margin: .2em; }
-code { background: #f4f4f4; padding: 0 .2em; }
-"""
+def percent(x: Any, digits: int = 1) -> str:
+    """A fraction as a percentage (0.25 -> 25.0%), None as n/a."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
+
+
+def template_environment() -> jinja2.Environment:
+    """The Jinja2 environment of gristmill's templates: HTML autoescaping, undefined names are errors."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("gristmill.eval", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["number"] = number
+    env.filters["percent"] = percent
+    env.filters["short"] = short_name
+    return env
 
 
 class HtmlWriter:
-    """One self-contained HTML page (inline CSS, base64 PNG figures)."""
+    """One self-contained HTML page (inline CSS, base64 PNG figures) from `templates/report.html.j2`."""
 
     def write(self, report: ReportData, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(self.render(report))
+        io.write_text(path, self.render(report))
 
     def render(self, report: ReportData) -> str:
         """The page as a string."""
         import matplotlib
 
         matplotlib.use("Agg")
-        body = [f"<h1>{html.escape(report.title)}</h1>", self.summary(report), self.histograms(report),
-                self.kendall(report), self.extremes(report), self.curves(report), self.results(report)]
-        return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>\n"
-                + "\n".join(body) + "\n</body></html>\n")
-
-    @staticmethod
-    def _section(section_id: str, title: str, content: str) -> str:
-        return f'<section id="{section_id}"><h2>{html.escape(title)}</h2>\n{content}\n</section>'
-
-    def summary(self, report: ReportData) -> str:
-        info = report.experiment
-        parts = []
-        corpus = info.get("corpus", {})
-        if corpus:
-            parts.append(f"<p>{corpus.get('documents')} documents: {corpus.get('train_documents')} to train on, "
-                         f"{corpus.get('heldout_documents')} held out (<code>c4_heldout</code>).</p>")
-        if report.scored:
-            parts.append(f"<p>Scored records: <code>{html.escape(report.scored)}</code>.</p>")
-        sets = info.get("text_sets", {})
-        if sets:
-            parts.append("<p>Held-out text sets: " + ", ".join(
-                f"<code>{html.escape(n)}</code> ({s.get('documents')} documents, {s.get('examples')} examples)"
-                for n, s in sets.items()) + ".</p>")
-        runs = info.get("runs", [])
-        if runs:
-            parts.append(f"<p>{len(runs)} runs: " + ", ".join(f"<code>{html.escape(r)}</code>" for r in runs) + "</p>")
-        skipped = info.get("skipped_samplers", {})
-        if skipped:
-            parts.append("<p>Skipped samplers:</p><ul>" + "".join(
-                f"<li><b>{html.escape(n)}</b>: {html.escape(reason)}</li>" for n, reason in skipped.items()) + "</ul>")
-        if not parts:
-            parts.append('<p class="note">No experiment summary (experiment.json) found.</p>')
-        return self._section("summary", "Summary", "\n".join(parts))
-
-    def histograms(self, report: ReportData) -> str:
-        import matplotlib.pyplot as plt
-
-        if not report.histograms:
-            return self._section("histograms", "Score histograms",
-                                 '<p class="note">No score features (pass --scored with scored records).</p>')
-        figs = []
-        for name, (counts, edges) in report.histograms.items():
-            fig, ax = plt.subplots(figsize=(4, 2.8))
-            ax.stairs(counts, edges, fill=True, alpha=.7)
-            ax.set_title(name, fontsize=9)
-            ax.set_xlabel("score")
-            ax.set_ylabel("documents")
-            figs.append(_img(_png(fig), f"histogram of {name}"))
-        rows = "".join(f"<tr><td class=\"text\"><code>{html.escape(n)}</code></td><td>{s['documents']}</td>"
-                       f"<td>{_fmt(s['min'])}</td><td>{_fmt(s['median'])}</td><td>{_fmt(s['max'])}</td></tr>"
-                       for n, s in report.scorers.items())
-        table = ("<table><tr><th>score</th><th>documents</th><th>min</th><th>median</th><th>max</th></tr>"
-                 f"{rows}</table>")
-        return self._section("histograms", "Score histograms", table + '<div class="figs">' + "".join(figs) + "</div>")
-
-    def kendall(self, report: ReportData) -> str:
-        import matplotlib.pyplot as plt
-
-        m = report.correlation
-        if m is None:
-            return self._section("kendall", "Kendall tau between scorers",
-                                 '<p class="note">Needs at least two score features.</p>')
-        k = len(m.names)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.8 * k))
-        ax.imshow(np.nan_to_num(m.tau, nan=0.0), vmin=-1, vmax=1, cmap="RdBu_r")
-        short = [n.removeprefix(SCORE_PREFIX) for n in m.names]
-        ax.set_xticks(range(k), short, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(k), short, fontsize=8)
-        for i in range(k):
-            for j in range(k):
-                dark = not np.isnan(m.tau[i, j]) and abs(m.tau[i, j]) > 0.6
-                ax.text(j, i, "n/a" if np.isnan(m.tau[i, j]) else f"{m.tau[i, j]:.2f}", ha="center", va="center",
-                        fontsize=8, color="white" if dark else "black")
-        head = "".join(f"<th>{html.escape(s)}</th>" for s in short)
-        rows = "".join("<tr><th>" + html.escape(short[i]) + "</th>" + "".join(
-            f"<td>{_fmt(float(m.tau[i, j]), 3)}<br><span class=\"note\">n={m.pairs[i, j]}</span></td>"
-            for j in range(k)) + "</tr>" for i in range(k))
-        content = (_img(_png(fig), "Kendall tau matrix")
-                   + '<p class="note">Kendall tau-b over the documents having both scores (n), as in Figure 7 '
-                     "of the paper.</p>" + f"<table><tr><th></th>{head}</tr>{rows}</table>")
-        return self._section("kendall", "Kendall tau between scorers", content)
-
-    def extremes(self, report: ReportData) -> str:
-        if not report.extremes:
-            return self._section("extremes", "Highest and lowest scored documents",
-                                 '<p class="note">No score features.</p>')
-        parts = []
-        for name, sides in report.extremes.items():
-            parts.append(f"<h3><code>{html.escape(name)}</code></h3>")
-            for side in ("highest", "lowest"):
-                rows = "".join(f"<tr><td>{_fmt(d['score'])}</td><td class=\"text\">{html.escape(d['excerpt'])}"
-                               f"<br><span class=\"note\">{html.escape(d['id'])}</span></td></tr>" for d in sides[side])
-                parts.append(f"<table><tr><th>{side}</th><th>document</th></tr>{rows}</table>")
-        return self._section("extremes", "Highest and lowest scored documents", "\n".join(parts))
-
-    def curves(self, report: ReportData) -> str:
-        import matplotlib.pyplot as plt
-
-        if not report.curves:
-            return self._section("curves", "Learning curves", '<p class="note">No results with training tokens.</p>')
-        figs = []
-        entries = [e for runs in report.curves.values() for e in runs]
-        samplers = sorted({e["sampler"] for e in entries} - {FULL})
-        models = list(dict.fromkeys(e["model"] for e in entries))
-        colours = {name: f"C{i % 10}" for i, name in enumerate(samplers)}
-        colours[FULL] = "black"
-        styles = {model: ("-", "--", ":", "-.")[i % 4] for i, model in enumerate(models)}
-        for metric, runs in report.curves.items():
-            fig, ax = plt.subplots(figsize=(5.5, 3.6))
-            for e in runs:
-                t, v = zip(*e["points"])
-                ax.plot(t, v, marker="o", markersize=3, label=e["label"], color=colours[e["sampler"]],
-                        linestyle=styles[e["model"]])
-            ax.set_title(metric, fontsize=10)
-            ax.set_xlabel("training tokens")
-            ax.set_ylabel(metric.split("/")[0])
-            values = [v for e in runs for _, v in e["points"]]
-            if min(values) > 0 and max(values) / min(values) > 10:  # early checkpoints sit decades higher
-                ax.set_yscale("log")
-            ax.legend(fontsize=7)
-            figs.append(_img(_png(fig), f"learning curves of {metric}"))
-        return self._section("curves", "Learning curves", '<div class="figs">' + "".join(figs) + "</div>")
-
-    def results(self, report: ReportData) -> str:
-        if not report.table:
-            return self._section("results", "Results", '<p class="note">No results.</p>')
-        metric_heads = "".join(f"<th>{html.escape(m)}</th>" for m in report.metrics)
-        speed_heads = "".join(f"<th>speed-up {html.escape(m)}</th>" for m in report.metrics)
-        rows = []
-        for r in report.table:
-            values = "".join(f"<td>{_fmt(r['values'].get(m))}</td>" for m in report.metrics)
-            over = f"{r['over_scaling']:.1f}%<br>" if r["over_scaling"] is not None else ""
-            documents = "all" if r["sampler"] == FULL else _fmt(r["documents"], 6)
-            speeds = []
-            for m in report.metrics:
-                s = r["speed_up"].get(m)
-                if s is None:
-                    speeds.append("<td>&mdash;</td>")
-                elif s["percent"] is None:
-                    speeds.append(f"<td><span class=\"note\">{html.escape(s['note'])}</span></td>")
-                else:
-                    speeds.append(f"<td>{s['percent']:.1f}%<br><span class=\"note\">{s['tokens_needed']:.3g} "
-                                  "tokens</span></td>")
-            rows.append(f"<tr><td class=\"text\">{html.escape(r['model'])}</td><td>{_fmt(r['steps'])}</td>"
-                        f"<td class=\"text\">{html.escape(r['sampler'])}</td><td>{100 * r['rate']:g}%</td>"
-                        f"<td>{documents}</td>{values}<td>{over}<span class=\"note\">"
-                        f"{html.escape(r['over_scaling_note'])}</span></td>{''.join(speeds)}</tr>")
-        head = (f"<tr><th>model</th><th>steps</th><th>sampler</th><th>rate</th><th>documents</th>{metric_heads}"
-                f"<th>over-scaling</th>{speed_heads}</tr>")
-        note = ('<p class="note">Final checkpoint values. Over-scaling = 100 &times; mean over metrics of the '
-                "sampled run's improvement over the full-data run of its size, divided by the next larger "
-                "size's improvement (perplexities: lower is better). Speed-up = 100 &times; (1 &minus; tokens "
-                "the run needs to reach the full-data run's final value / the full-data run's tokens).</p>")
-        return self._section("results", "Results", note + f"<table>{head}{''.join(rows)}</table>")
+        figures = {"histograms": histogram_figures(report), "curves": curve_figures(report) if report.curves else {},
+                   "kendall": kendall_figure(report.correlation) if report.correlation is not None else None}
+        return template_environment().get_template(TEMPLATE).render(
+            report=report, figures=figures, full=FULL, sections=SECTIONS,
+            calibration_percentiles=[calibration_lib.percentile_key(p) for p in calibration_lib.PERCENTILES])
 
 
 # --- entry point -----------------------------------------------------------------------------
 
 def write_report(experiment_dir: Optional[str], output: str, scored: Optional[str] = None, *,
-                 json_output: Optional[str] = None, bins: int = 30, top_n: int = 5) -> ReportData:
-    """Builds the report and writes the HTML page (and the JSON data when asked)."""
+                 json_output: Optional[str] = None, bins: int = 30, top_n: int = 5, quality: Optional[str] = None,
+                 calibration_output: Optional[str] = None, documents: Sequence[str] = ()) -> ReportData:
+    """Builds the report and writes the HTML page (and the JSON data and calibration.json when asked)."""
     if not experiment_dir and not scored:
         raise ReportError("give --experiment, --scored or both")
-    report = build_report(experiment_dir, scored, bins=bins, top_n=top_n)
+    report = build_report(experiment_dir, scored, bins=bins, top_n=top_n, quality=quality, documents=documents)
     HtmlWriter().write(report, output)
     if json_output:
         JsonWriter().write(report, json_output)
+    if calibration_output:
+        if report.calibration is None:
+            raise ReportError("--calibration needs scored records with score features (--scored)")
+        calibration_lib.write_json(report.calibration, calibration_output)
     return report
 
 
@@ -515,11 +421,17 @@ def run(argv: list[str]) -> ReportData:
 
     fv = flags.FlagValues()
     flags.DEFINE_string("experiment", None, "Experiment directory (results.jsonl, experiment.json).", flag_values=fv)
-    flags.DEFINE_string("scored", None, "Scored TFRecord glob(s), comma-separated; default: the experiment's.",
-                        flag_values=fv)
+    flags.DEFINE_string("scored", None, "Scored records (output directories or globs, comma-separated); "
+                        "default: the experiment's.", flag_values=fv)
     flags.DEFINE_string("output", "report.html", "The HTML page to write.", flag_values=fv)
     flags.DEFINE_string("json", None, "Also write the report's data as JSON here.", flag_values=fv)
+    flags.DEFINE_string("quality", None, "A `gristmill evaluate` JSON to show in the quality section.",
+                        flag_values=fv)
+    flags.DEFINE_string("calibration", None, "Also write the calibration views as JSON here.", flag_values=fv)
+    flags.DEFINE_list("documents", [], "Document ids to show side by side in the calibration section.",
+                      flag_values=fv)
     flags.DEFINE_integer("bins", 30, "Histogram bins.", flag_values=fv)
     flags.DEFINE_integer("top", 5, "Highest / lowest documents shown per scorer.", flag_values=fv)
-    flagparse.parse(fv, argv, "gristmill report --experiment DIR [--scored GLOB] --output report.html")
-    return write_report(fv.experiment, fv.output, fv.scored, json_output=fv.json, bins=fv.bins, top_n=fv.top)
+    flagparse.parse(fv, argv, "gristmill report --experiment DIR [--scored SPEC] --output report.html")
+    return write_report(fv.experiment, fv.output, fv.scored, json_output=fv.json, bins=fv.bins, top_n=fv.top,
+                        quality=fv.quality, calibration_output=fv.calibration, documents=fv.documents)
