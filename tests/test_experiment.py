@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from gristmill import cli, documents, records, sampling
-from gristmill.demo import embedded_corpus
 from gristmill.eval import experiment as E
 from gristmill.eval import metrics
 from gristmill.eval import perplexity as P
-from gristmill.pipelines import transforms
 
 LENGTH = records.score_feature("length", "chars")
 PARTIAL = records.score_feature("askllm", "partial")
@@ -21,7 +19,7 @@ N_DOCS = 200
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    docs = [d for d in documents.read_documents(embedded_corpus()) if not isinstance(d, documents.DeadLetter)]
+    docs = [d for d in documents.read_documents(P.embedded_corpus()) if not isinstance(d, documents.DeadLetter)]
     path = tmp_path_factory.mktemp("scored") / "scored-00000-of-00001.tfrecord"
     with open(path, "wb") as f:
         for i, doc in enumerate(docs[:N_DOCS]):
@@ -74,15 +72,15 @@ def test_tiny_grid_end_to_end(scored, tmp_path):
 
     # held-out documents are exactly the id-hash split and never in the training file
     corpus = summary["corpus"]
-    train_ids = [r["id"] for r in transforms.iter_scored_records(str(out / E.TRAIN_DATA))]
-    all_ids = [r["id"] for r in transforms.iter_scored_records(scored)]
+    train_ids = [r["id"] for r in records.iter_scored_records(str(out / E.TRAIN_DATA))]
+    all_ids = [r["id"] for r in records.iter_scored_records(scored)]
     held = {i for i in all_ids if P.is_heldout(i)}
     assert set(train_ids) == set(all_ids) - held and corpus["heldout_documents"] == len(held) > 0
     assert corpus["train_documents"] + corpus["heldout_documents"] == N_DOCS
 
     # the top-k run's plan keeps the longer half of the training documents
     plan = sampling.Plan.from_json((out / "runs/tiny-s4/longest-0.5/plan.json").read_text())
-    train_records = list(transforms.iter_scored_records(str(out / E.TRAIN_DATA)))
+    train_records = list(records.iter_scored_records(str(out / E.TRAIN_DATA)))
     kept = sampling.keep_mask(plan, [r["id"] for r in train_records], [r[LENGTH] for r in train_records])
     lengths = np.asarray([r[LENGTH] for r in train_records])
     assert kept.sum() == round(len(train_records) * 0.5)

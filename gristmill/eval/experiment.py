@@ -35,6 +35,10 @@ message and listed in experiment.json; `"missing": "drop"` plans over the scored
 Rates apply to the training split; `full` runs once per model and steps, at rate 1. The scored
 corpus is read into memory once (exact plans, `plan_from_records`, need that anyway) to write the
 split; corpora beyond memory should be split and planned with the Beam `select` job instead.
+
+`scored` entries are gristmill output directories (read through their manifest) or globs; they,
+the config file and OUTPUT may be local or gs:// paths (`gristmill.io`); what training reads and
+writes goes through `gristmill.training`.
 """
 
 from __future__ import annotations
@@ -44,9 +48,10 @@ import json
 import logging
 import math
 import os
+import tempfile
 from typing import Any, Mapping, Optional, Sequence
 
-from gristmill import flagparse, records, sampling
+from gristmill import flagparse, io, records, sampling
 from gristmill.eval import metrics
 from gristmill.eval import perplexity as ppl
 
@@ -101,7 +106,7 @@ class SamplerSpec:
         return self.rule is None
 
     @classmethod
-    def parse(cls, name: str, spec: Optional[Mapping[str, Any]]) -> "SamplerSpec":
+    def parse(cls, name: str, spec: Optional[Mapping[str, Any]]) -> SamplerSpec:
         if spec is None:
             return cls(name=name)
         if not isinstance(spec, Mapping):
@@ -160,7 +165,7 @@ class ExperimentConfig:
                                   f"{'unknown TrainConfig fields ' + str(unknown) if unknown else ''}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], output: Optional[str] = None) -> "ExperimentConfig":
+    def from_dict(cls, data: Mapping[str, Any], output: Optional[str] = None) -> ExperimentConfig:
         """Parses the JSON config; `output` (the --output flag) overrides its "output"."""
         data = dict(data)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -190,12 +195,11 @@ class ExperimentConfig:
             raise ExperimentError(f"experiment config: {e}") from e
 
     @classmethod
-    def from_file(cls, path: str, output: Optional[str] = None) -> "ExperimentConfig":
+    def from_file(cls, path: str, output: Optional[str] = None) -> ExperimentConfig:
         """Reads a JSON config file."""
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+            data = io.read_json(path)
+        except (OSError, ValueError) as e:
             raise ExperimentError(f"{path}: cannot read the experiment config ({e})") from e
         return cls.from_dict(data, output)
 
@@ -267,52 +271,49 @@ def usable_samplers(samplers: Sequence[SamplerSpec], coverage: Mapping[str, int]
 
 
 def _write_tfrecords(path: str, items: Sequence[records.Record]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temp = path + ".tmp"
-    with open(temp, "wb") as f:
-        for record in items:
-            f.write(records.encode_tfrecord(records.serialize(record)))
-    os.replace(temp, path)
+    io.atomic_write(path, b"".join(records.encode_tfrecord(records.serialize(record)) for record in items))
 
 
 def prepare_corpus(config: ExperimentConfig) -> dict[str, Any]:
     """Splits the scored corpus into OUTPUT/data/train.tfrecord and the held-out jsonl; returns counts."""
-    from gristmill.pipelines import transforms
-
-    items = [r for pattern in config.scored for r in transforms.iter_scored_records(pattern)]
+    items = [r for spec in config.scored for r in records.iter_scored_records(spec)]
     if not items:
         raise ExperimentError(f"no records in {list(config.scored)}")
     train, held = ppl.split_heldout(items, config.heldout_fraction)
     if not held or not train:
         raise ExperimentError(f"the held-out split of {len(items)} documents leaves {len(train)} to train on and "
                               f"{len(held)} held out: use a larger corpus or another heldout_fraction")
-    _write_tfrecords(os.path.join(config.output, TRAIN_DATA), train)
-    with open(os.path.join(config.output, HELDOUT_DATA), "w", encoding="utf-8") as f:
-        for record in held:
-            f.write(json.dumps({"id": record[records.ID], "text": record[records.TEXT]}, ensure_ascii=False) + "\n")
+    _write_tfrecords(io.join(config.output, TRAIN_DATA), train)
+    io.write_text(io.join(config.output, HELDOUT_DATA), "".join(
+        json.dumps({"id": record[records.ID], "text": record[records.TEXT]}, ensure_ascii=False) + "\n"
+        for record in held))
     return {"documents": len(items), "train_documents": len(train), "heldout_documents": len(held),
             "score_coverage": score_coverage(train)}
 
 
 def heldout_texts(output: str) -> list[str]:
     """The experiment's `c4_heldout` texts (written by `prepare_corpus`)."""
-    with open(os.path.join(output, HELDOUT_DATA), encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
+    return [json.loads(line)["text"] for line in io.read_text(io.join(output, HELDOUT_DATA)).splitlines()
+            if line.strip()]
 
 
 def prepare_vocab(config: ExperimentConfig) -> str:
     """The shared vocabulary: config.vocab, or one trained on the training split (once)."""
     if config.vocab:
         return config.vocab
-    path = os.path.join(config.output, VOCAB_PATH)
-    if not os.path.exists(path):
-        from gristmill.pipelines import transforms
+    path = io.join(config.output, VOCAB_PATH)
+    if not io.exists(path):
         from gristmill.training import vocab
 
-        texts = [r[records.TEXT] for r in transforms.iter_scored_records(os.path.join(config.output, TRAIN_DATA))]
+        texts = [r[records.TEXT] for r in records.iter_scored_records(io.join(config.output, TRAIN_DATA))]
         log.info("training a %d-id SentencePiece vocabulary on %d documents", config.vocab_size, len(texts))
-        vocab.train_sentencepiece(texts, config.vocab_size, path[:-len(".model")],
-                                  input_sentence_size=min(len(texts) * 20, 2_000_000))
+        with tempfile.TemporaryDirectory(prefix="gristmill-vocab-") as tmp:  # SentencePiece writes locally
+            prefix = os.path.join(tmp, "spiece")
+            vocab.train_sentencepiece(texts, config.vocab_size, prefix,
+                                      input_sentence_size=min(len(texts) * 20, 2_000_000), fit_corpus=True)
+            for suffix in (".vocab", ".model"):  # the .model last: its presence means the vocabulary is whole
+                with open(prefix + suffix, "rb") as f:
+                    io.atomic_write(path[:-len(".model")] + suffix, f.read())
     return path
 
 
@@ -322,13 +323,12 @@ def _tokens_by_step(run_dir: str) -> dict[int, int]:
     from gristmill.training import train
 
     tokens = {}
-    path = os.path.join(run_dir, train.METRICS_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    tokens[int(row["step"])] = int(row["tokens_seen"])
+    path = io.join(run_dir, train.METRICS_FILE)
+    if io.exists(path):
+        for line in io.read_text(path).splitlines():
+            if line.strip():
+                row = json.loads(line)
+                tokens[int(row["step"])] = int(row["tokens_seen"])
     return tokens
 
 
@@ -337,29 +337,27 @@ def run_cell(config: ExperimentConfig, cell: Cell, vocab_path: str,
     """Plans, trains and evaluates one cell; returns its result rows (reused from eval.json if unchanged)."""
     from gristmill.training import configs, data, train
 
-    run_dir = os.path.join(config.output, cell.name)
+    run_dir = io.join(config.output, cell.name)
     key = {"cell": {"model": cell.model, "steps": cell.steps, "sampler": dataclasses.asdict(cell.sampler),
                     "rate": cell.rate},
            "train": dict(config.train), "eval": dataclasses.asdict(config.eval), "seed": config.seed,
            "evaluations": config.evaluations, "text_sets": list(config.text_sets), "vocab": vocab_path,
            "heldout_fraction": config.heldout_fraction}
-    eval_path = os.path.join(run_dir, EVAL_FILE)
-    if os.path.exists(eval_path):
-        with open(eval_path) as f:
-            saved = json.load(f)
+    eval_path = io.join(run_dir, EVAL_FILE)
+    if io.exists(eval_path):
+        saved = io.read_json(eval_path)
         if saved.get("key") == key:
             log.info("%s: already evaluated, reusing %s", cell.name, eval_path)
             return saved["rows"]
-    os.makedirs(run_dir, exist_ok=True)
-    train_data = os.path.join(config.output, TRAIN_DATA)
+    io.makedirs(run_dir)
+    train_data = io.join(config.output, TRAIN_DATA)
     plan_path, documents = None, None
     if not cell.sampler.is_full:
         plan = data.plan_from_records(train_data, cell.sampler.rule, rate=cell.rate, seed=config.seed,
                                       score_feature=cell.sampler.score, rate_by=cell.sampler.rate_by,
                                       missing=cell.sampler.missing)
-        plan_path = os.path.join(run_dir, PLAN_FILE)
-        with open(plan_path, "w") as f:
-            f.write(plan.to_json())
+        plan_path = io.join(run_dir, PLAN_FILE)
+        io.write_text(plan_path, plan.to_json())
         documents = plan.expected_documents
         log.info("%s: %s", cell.name, plan.describe())
     every = max(1, cell.steps // config.evaluations)
@@ -381,57 +379,42 @@ def run_cell(config: ExperimentConfig, cell: Cell, vocab_path: str,
             rows.append({**dataclasses.asdict(result), "run": cell.name, "parameters": parameters,
                          "documents": documents, "target_tokens": value.tokens})
             log.info("%s step %d: %s = %.3f", cell.name, step, result.metric, value.perplexity)
-    with open(eval_path, "w") as f:
-        json.dump({"key": key, "rows": rows}, f, indent=1)
+    io.write_json(eval_path, {"key": key, "rows": rows})
     return rows
 
 
 # --- the grid --------------------------------------------------------------------------------
 
-def _write_json(path: str, obj: Any) -> None:
-    temp = path + ".tmp"
-    with open(temp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(temp, path)
-
-
 def write_results(output: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Writes OUTPUT/results.jsonl (all rows so far)."""
-    temp = os.path.join(output, RESULTS_FILE + ".tmp")
-    with open(temp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-    os.replace(temp, os.path.join(output, RESULTS_FILE))
+    """Writes OUTPUT/results.jsonl (all rows so far), atomically."""
+    io.write_text(io.join(output, RESULTS_FILE), "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
 
 
 def read_results(output: str) -> list[dict[str, Any]]:
     """The rows of OUTPUT/results.jsonl."""
-    path = os.path.join(output, RESULTS_FILE)
-    if not os.path.exists(path):
+    path = io.join(output, RESULTS_FILE)
+    if not io.exists(path):
         raise ExperimentError(f"{output}: no {RESULTS_FILE} (not an experiment directory?)")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in io.read_text(path).splitlines() if line.strip()]
 
 
 def read_experiment(output: str) -> dict[str, Any]:
     """OUTPUT/experiment.json ({} when absent)."""
-    path = os.path.join(output, EXPERIMENT_FILE)
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    path = io.join(output, EXPERIMENT_FILE)
+    return io.read_json(path) if io.exists(path) else {}
 
 
 def run_experiment(config: ExperimentConfig) -> list[dict[str, Any]]:
     """Runs the whole grid; returns all result rows (also in OUTPUT/results.jsonl)."""
     from gristmill.training import vocab as vocab_lib
 
-    os.makedirs(config.output, exist_ok=True)
+    io.makedirs(config.output)
     corpus = prepare_corpus(config)
     usable, skipped = usable_samplers(config.samplers, corpus["score_coverage"], corpus["train_documents"])
     cells = grid(config, usable)
     vocab_path = prepare_vocab(config)
-    vocabulary = vocab_lib.T5Vocabulary.from_file(vocab_path)
+    with io.local_copy(vocab_path) as local_vocab:
+        vocabulary = vocab_lib.T5Vocabulary.from_file(local_vocab)
     texts = {name: heldout_texts(config.output) if name == ppl.C4_HELDOUT else ppl.text_set(name)
              for name in config.text_sets}
     examples = {name: ppl.heldout_examples(t, vocabulary, config.eval) for name, t in texts.items()}
@@ -440,7 +423,7 @@ def run_experiment(config: ExperimentConfig) -> list[dict[str, Any]]:
                              for name, t in texts.items()},
                "runs": [c.name for c in cells], "metrics": [metric_name(n) for n in config.text_sets],
                "lower_is_better": [metric_name(n) for n in config.text_sets]}
-    _write_json(os.path.join(config.output, EXPERIMENT_FILE), summary)
+    io.write_json(io.join(config.output, EXPERIMENT_FILE), summary)
     log.info("experiment %s: %d runs (%d samplers skipped), %d training / %d held-out documents", config.output,
              len(cells), len(skipped), corpus["train_documents"], corpus["heldout_documents"])
     rows: list[dict[str, Any]] = []

@@ -40,8 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gristmill import documents, records, sampling
-from gristmill.demo import embedded_corpus
+from gristmill import documents, io, records, sampling
 from gristmill.models import t5
 from gristmill.training import data as training_data
 from gristmill.training import span_corruption
@@ -101,6 +100,11 @@ def high_quality_path() -> str:
     return str(importlib.resources.files("gristmill") / "data" / "heldout" / "high_quality.jsonl")
 
 
+def embedded_corpus() -> str:
+    """The glob of the C4 sample shipped in the package (1,000 real C4 `en` documents)."""
+    return str(importlib.resources.files("gristmill") / "data" / "c4-olmo" / "c4-sample.*.json.gz")
+
+
 def c4_heldout(corpus: Optional[str] = None, fraction: float = HELDOUT_FRACTION) -> list[str]:
     """Texts of the held-out split of a corpus (default: the embedded C4 sample), in corpus order."""
     return [r[records.TEXT] for r in split_heldout(read_corpus(corpus or embedded_corpus()), fraction)[1]]
@@ -108,8 +112,7 @@ def c4_heldout(corpus: Optional[str] = None, fraction: float = HELDOUT_FRACTION)
 
 def high_quality() -> list[str]:
     """Texts of the shipped HQ set (60 documents)."""
-    with open(high_quality_path(), encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
+    return [json.loads(line)["text"] for line in io.read_text(high_quality_path()).splitlines() if line.strip()]
 
 
 def text_set(name: str, corpus: Optional[str] = None) -> list[str]:
