@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from gristmill import documents
+from gristmill import documents, records
 from tests.conftest import MAX_BYTES, good_doc
 
 CONFIG = documents.ReaderConfig(max_document_bytes=MAX_BYTES)
@@ -83,3 +83,32 @@ def test_unreadable_file_and_empty_glob(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="unknown input format"):
         documents.ReaderConfig(format="parquet")
+
+
+def test_keep_fields_become_typed_features(tmp_path):
+    rows = [{"text": "first", "label": 1, "lang": "en", "score": 0.75, "good": True, "tags": ["a", "b"],
+             "grades": [1, 2.5], "ids": [3, 4], "meta": {"k": [1]}, "empty": [], "huge": 2**70, "none": None},
+            {"text": "second", "lang": "fr"}]
+    (tmp_path / "x.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fields = ("label", "lang", "score", "good", "tags", "grades", "ids", "meta", "empty", "huge", "none")
+    docs, dead = _split(documents.read_documents(str(tmp_path / "x.jsonl"), documents.ReaderConfig(keep_fields=fields)))
+    assert not dead
+    first, second = docs
+    assert {k: first[k] for k in fields if k in first} == {
+        "label": 1, "lang": b"en", "score": 0.75, "good": 1, "tags": [b"a", b"b"], "grades": [1.0, 2.5],
+        "ids": [3, 4], "meta": b'{"k": [1]}', "empty": b"[]", "huge": str(2**70).encode()}
+    assert "none" not in first
+    assert second["lang"] == b"fr" and not set(fields) - {"lang"} & set(second)  # missing: simply absent
+    assert second["id"] == documents.document_id("", "second")  # kept fields do not change the id
+    # they survive the scored-record round trip with their types (int64, float, bytes)
+    back = records.deserialize(records.serialize(first))
+    assert back["label"] == 1 and back["lang"] == b"en" and back["score"] == 0.75 and back["grades"] == [1.0, 2.5]
+    plain, _ = _split(documents.read_documents(str(tmp_path / "x.jsonl")))
+    assert "label" not in plain[0]  # nothing is carried unless asked for
+
+
+def test_keep_fields_cannot_shadow_record_features():
+    for name in ("id", "text", "url", "source", "contents"):
+        with pytest.raises(ValueError, match="keep_fields cannot name"):
+            documents.ReaderConfig(text_field="contents", keep_fields=("lang", name))
+    assert documents.ReaderConfig(keep_fields=["lang"]).keep_fields == ("lang",)
