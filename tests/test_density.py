@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 import scipy.integrate
+import scipy.spatial.distance
 import scipy.stats
 
 from gristmill.scoring import density as D
@@ -25,7 +26,7 @@ def gaussian_mixture(seed, dim, sizes, separation, scale=1.0):
 
 def python_universal_hash(mult_hi, mult_lo, keys, buckets):
     """((m_0 + sum_j m_j key_j) mod 2^64) >> 32 mod B with Python integers."""
-    m = [(int(h) << 32) | int(l) for h, l in zip(mult_hi, mult_lo)]
+    m = [(int(hi) << 32) | int(lo) for hi, lo in zip(mult_hi, mult_lo)]
     v = (m[0] + sum(mj * int(k) for mj, k in zip(m[1:], keys))) % 2**64
     return (v >> 32) % buckets
 
@@ -87,7 +88,7 @@ def test_bucket_ids_shape_range_and_batch_independence():
     ids = D.bucket_ids(params, x)
     assert ids.dtype == np.int32 and ids.shape == (2600, 50)
     assert ids.min() >= 0 and ids.max() < 300
-    pieces = np.concatenate([D.bucket_ids(params, x[:5]), D.bucket_ids(params, x[5:1500]), D.bucket_ids(params, x[1500:])])
+    pieces = np.concatenate([D.bucket_ids(params, part) for part in (x[:5], x[5:1500], x[1500:])])
     np.testing.assert_array_equal(ids, pieces)
     assert D.bucket_ids(params, x[:0]).shape == (0, 50)
     np.testing.assert_array_equal(D.row_bucket_ids(params, x), ids.T)
@@ -99,30 +100,33 @@ def test_pstable_kernel_closed_form_equals_datar_integral():
     # Datar et al. 2004: p(c) = int_0^w (1/c) f_2(t/c) (1 - t/w) dt, f_2 the density of |N(0,1)|.
     w = 1.3
     for c in (0.1, 0.5, 1.3, 3.0, 20.0):
-        integral, _ = scipy.integrate.quad(lambda t: (2 / c) * scipy.stats.norm.pdf(t / c) * (1 - t / w), 0, w)
+        integral, _ = scipy.integrate.quad(lambda t, c=c: (2 / c) * scipy.stats.norm.pdf(t / c) * (1 - t / w), 0, w)
         assert D.pstable_collision_probability(c, w) == pytest.approx(integral, rel=1e-9)
     assert D.pstable_collision_probability(0.0, w) == 1.0
     p = D.pstable_collision_probability(np.linspace(0.01, 50, 200), w)
     assert np.all(np.diff(p) < 0)
-    np.testing.assert_allclose(D.pstable_collision_probability([1.0, 2.0], 1.0, 3), p_k := D.pstable_collision_probability([1.0, 2.0], 1.0) ** 3)
+    p_k = D.pstable_collision_probability([1.0, 2.0], 1.0) ** 3
+    np.testing.assert_allclose(D.pstable_collision_probability([1.0, 2.0], 1.0, 3), p_k)
     assert p_k[0] == pytest.approx(0.3687**3, rel=1e-3)
 
 
 def test_collision_rates_match_kernel():
-    """Monte Carlo over 4000 rows: the fraction of rows where a pair shares a bucket is p(c) + (1 - p(c)) / B."""
+    """Monte Carlo over 4000 rows: the fraction of rows where a pair shares a bucket is p(c) + (1 - p(c)) / B,
+    or exactly p(c) when the cosine sign word is the bucket (B = 2^k)."""
     dim = 24
     rng = np.random.default_rng(5)
     base = rng.standard_normal(dim)
     direction = rng.standard_normal(dim)
     direction /= np.linalg.norm(direction)
-    for kernel, k in (("l2", 1), ("l2", 2), ("cosine", 3)):
-        cfg = D.SketchConfig(dim=dim, rows=4000, buckets=50, hashes_per_row=k, bandwidth=1.0, kernel=kernel, seed=11)
+    for kernel, k, buckets in (("l2", 1, 50), ("l2", 2, 50), ("cosine", 3, 50), ("cosine", 3, 8)):
+        cfg = D.SketchConfig(dim=dim, rows=4000, buckets=buckets, hashes_per_row=k,
+                             bandwidth=1.0 if kernel == "l2" else None, kernel=kernel, seed=11)
         params = D.make_hash_params(cfg)
         others = base + np.outer([0.3, 1.0, 2.5], direction)
         ids = D.bucket_ids(params, np.vstack([base, others]))
         rates = (ids[1:] == ids[0]).mean(axis=1)
         p = D.collision_probability(cfg, base[None], others)[0]
-        expected = p + (1 - p) / cfg.buckets
+        expected = p + (1 - p) / cfg.buckets if buckets == 50 else p
         sd = np.sqrt(expected * (1 - expected) / cfg.rows)
         assert np.all(np.abs(rates - expected) < 4.5 * sd + 1e-3), (kernel, k, rates, expected)
 
@@ -159,7 +163,9 @@ def test_error_shrinks_with_more_rows(mixture_scores):
     small_ids = D.bucket_ids(small.params, m["x"])
     np.testing.assert_array_equal(small_ids, m["ids"][:, :50])  # rows are a prefix of the same functions
     small.add(small_ids)
-    err = lambda s: np.mean(np.abs(s - m["expected"]) / m["expected"])
+    def err(s):
+        return np.mean(np.abs(s - m["expected"]) / m["expected"])
+
     err_50, err_1000 = err(small.query(small_ids)), err(full)
     # Lemma A.1: error ~ 1/sqrt(R), so about sqrt(20) = 4.5x smaller.
     assert err_1000 < 0.4 * err_50, (err_50, err_1000)
@@ -179,7 +185,9 @@ def test_ips_on_scores_flattens_cluster_histogram():
     kept = rng.random(x.shape[0]) < keep_p
     random_pick = rng.choice(x.shape[0], kept.sum(), replace=False)
     k = labels.max() + 1
-    tv = lambda picked: 0.5 * np.abs(np.bincount(labels[picked], minlength=k) / len(picked) - 1 / k).sum()
+    def tv(picked):
+        return 0.5 * np.abs(np.bincount(labels[picked], minlength=k) / len(picked) - 1 / k).sum()
+
     tv_ips, tv_random = tv(np.flatnonzero(kept)), tv(random_pick)
     assert tv_ips < 0.75 * tv_random, (tv_ips, tv_random)
     # Every cluster's share rises from its corpus share toward 1/k, the smallest the most.
@@ -196,8 +204,11 @@ def small_sketch_setup(seed=0):
     return cfg, x
 
 
-def test_merge_of_shards_equals_whole_exactly():
+@pytest.mark.parametrize("kernel", ["l2", "cosine"])
+def test_merge_of_shards_equals_whole_exactly(kernel):
     cfg, x = small_sketch_setup()
+    if kernel == "cosine":  # the default kind: sign words as buckets, nothing estimated from the data
+        cfg = D.make_sketch_config(16, rows=64)
     whole = D.build_sketch(cfg, [x])
     a, b, c = (D.build_sketch(cfg, [part]) for part in (x[:100], x[100:550], x[550:]))
     merged = a.merge(b).merge(c)
@@ -323,3 +334,127 @@ def test_accelerator_path_agrees_with_cpu_path():
     device = np.asarray(D._bucket_ids_jit(x, *params.device_arrays, kernel="l2", hashes_per_row=2, buckets=20000,
                                           rows_first=False))
     assert (device == D.bucket_ids(params, x)).mean() > 0.999
+
+
+# --------------------------------------------------------------------------- defaults
+
+def test_make_sketch_config_defaults_and_kernel_specific_fields():
+    cfg = D.make_sketch_config(384)
+    assert (cfg.kernel, cfg.hashes_per_row, cfg.rows, cfg.buckets, cfg.bandwidth) == (
+        D.DEFAULT_KERNEL, D.DEFAULT_BITS, D.DEFAULT_ROWS, D.DEFAULT_BUCKETS, None)
+    assert cfg.buckets == 2 ** cfg.hashes_per_row and cfg.direct_buckets and cfg.bucket_collision_rate == 0.0
+    assert cfg.sketch_bytes == cfg.rows * 2 ** cfg.hashes_per_row * 4
+    assert D.make_sketch_config(8, hashes_per_row=6).buckets == 64  # B follows k
+    hashed = D.make_sketch_config(8, hashes_per_row=20)  # 2^20 buckets a row would be too many: hashed instead
+    assert hashed.buckets == D.L2_BUCKETS and not hashed.direct_buckets and hashed.bucket_collision_rate == 1 / 20000
+    l2 = D.make_sketch_config(8, kernel="l2", bandwidth=1.5)
+    assert (l2.hashes_per_row, l2.buckets, l2.bandwidth) == (D.L2_HASHES_PER_ROW, D.L2_BUCKETS, 1.5)
+    with pytest.raises(D.SketchError, match="needs a bandwidth"):
+        D.make_sketch_config(8, kernel="l2")
+    with pytest.raises(D.SketchError, match="l2' only"):
+        D.make_sketch_config(8, bandwidth=1.0)
+
+
+def test_direct_buckets_are_the_sign_words():
+    cfg = D.make_sketch_config(12, rows=30, hashes_per_row=5, seed=4)
+    assert cfg.buckets == 32 and cfg.direct_buckets
+    params = D.make_hash_params(cfg)
+    x = np.random.default_rng(0).standard_normal((20, 12)).astype(np.float32)
+    got = D.bucket_ids(params, x)
+    z = x.astype(np.float64) @ params.projection.astype(np.float64)
+    checked = 0
+    for i in range(20):
+        for r in range(cfg.rows):
+            zr = z[i, 5 * r:5 * r + 5]
+            if np.abs(zr).min() < 1e-5:
+                continue
+            assert got[i, r] == sum(int(b) << j for j, b in enumerate(zr >= 0))
+            checked += 1
+    assert checked > 0.95 * 20 * cfg.rows
+
+
+def test_gaussian_equivalent_bandwidth_matches_log_slopes():
+    # Cosine at right angles: h = sqrt(pi / 2k).
+    for k in (1, 4, 8, 16):
+        cfg = D.make_sketch_config(4, hashes_per_row=k)
+        assert D.gaussian_equivalent_bandwidth(cfg) == pytest.approx(math.sqrt(math.pi / (2 * k)), rel=1e-12)
+    # Elsewhere: the slope of log p(c) by central differences of the kernels written out independently.
+    eps = 1e-5
+    def srp(c, k):  # log of the k-bit kernel at chord c between unit vectors
+        return k * np.log(1 - np.arccos(1 - c * c / 2) / np.pi)
+
+    def datar(c, w):  # Datar et al. 2004: p(c) = int_0^w (1/c) f_2(t/c) (1 - t/w) dt
+        return scipy.integrate.quad(lambda t: (2 / c) * scipy.stats.norm.pdf(t / c) * (1 - t / w), 0, w)[0]
+
+    for c in (0.5, 1.2, 1.39, 1.8):
+        cfg = D.make_sketch_config(4, hashes_per_row=8)
+        slope = -(srp(c + eps, 8) - srp(c - eps, 8)) / (2 * eps)
+        assert D.log_kernel_slope(cfg, c) == pytest.approx(slope, rel=1e-6)
+        assert D.gaussian_equivalent_bandwidth(cfg, c) == pytest.approx(math.sqrt(c / slope), rel=1e-6)
+        l2 = D.make_sketch_config(4, kernel="l2", hashes_per_row=3, bandwidth=1.26)
+        slope = -3 * (math.log(datar(c + eps, 1.26)) - math.log(datar(c - eps, 1.26))) / (2 * eps)
+        assert D.log_kernel_slope(l2, c) == pytest.approx(slope, rel=1e-5)
+    with pytest.raises(D.SketchError, match=r"\(0, 2\)"):
+        D.log_kernel_slope(D.make_sketch_config(4), 2.5)
+
+
+def test_v1_sketch_files_load_unless_their_buckets_changed_meaning(tmp_path):
+    def as_v1(sketch, path):
+        sketch.save(path)
+        with np.load(path) as z:
+            arrays = {name: z[name] for name in z.files}
+        arrays["format"] = np.array("gristmill-density-sketch-v1")
+        np.savez(path, **arrays)
+
+    cfg, x = small_sketch_setup()
+    l2 = D.build_sketch(cfg, [x])
+    as_v1(l2, tmp_path / "l2.npz")
+    np.testing.assert_array_equal(D.Sketch.load(tmp_path / "l2.npz").counts, l2.counts)
+    hashed = D.build_sketch(D.make_sketch_config(16, rows=8, buckets=500), [x])
+    as_v1(hashed, tmp_path / "hashed.npz")
+    np.testing.assert_array_equal(D.Sketch.load(tmp_path / "hashed.npz").query_embeddings(x),
+                                  hashed.query_embeddings(x))
+    as_v1(D.build_sketch(D.make_sketch_config(16, rows=8), [x]), tmp_path / "direct.npz")
+    with pytest.raises(D.SketchError, match="direct.npz.*rebuild"):
+        D.Sketch.load(tmp_path / "direct.npz")
+
+
+# --------------------------------------------------------------------------- defaults on real documents
+
+TEST_DOCS, TEST_CHARS, TEST_TOKENS = 250, 300, 64
+
+
+@pytest.fixture(scope="module")
+def c4_embeddings():
+    """MiniLM embeddings of 250 documents of the embedded C4 sample, cut to 300 characters; those that
+    still exceed 64 tokens are skipped, so the test embeds short batches only (a few seconds)."""
+    from gristmill import documents, records
+    from gristmill.scoring.embeddings import make_embedder
+    from tests.conftest import EMBEDDED_C4
+    embedder = make_embedder("minilm")
+    texts = [d[records.TEXT][:TEST_CHARS] for d in documents.read_documents(EMBEDDED_C4)
+             if not isinstance(d, documents.DeadLetter)]
+    texts = [t for t, ids in zip(texts, embedder.token_ids(texts)) if len(ids) <= TEST_TOKENS][:TEST_DOCS]
+    assert len(texts) == TEST_DOCS
+    return embedder.embed(texts)
+
+
+def test_default_sketch_ranks_like_exact_gaussian_kde_on_real_documents(c4_embeddings):
+    """The defaults' scores against a brute-force Gaussian KDE over the same embeddings, at the bandwidth the
+    k-bit cosine kernel is equivalent to, h = sqrt(pi / 2k) (0.44 for 8 bits; BENCHMARKS.md has the sweep)."""
+    x = c4_embeddings
+    sq = scipy.spatial.distance.squareform(scipy.spatial.distance.pdist(x.astype(np.float64), "sqeuclidean"))
+    h = math.sqrt(math.pi / (2 * D.DEFAULT_BITS))
+    kde = np.exp(-sq / (2 * h * h)).sum(axis=1)
+    assert kde.max() > 1.2 * kde.min()  # the KDE itself spreads the documents out
+
+    def scores(cfg):
+        sketch = D.Sketch.empty(cfg)
+        ids = D.bucket_ids(sketch.params, x)
+        return sketch.add(ids).query(ids)
+
+    rho = scipy.stats.spearmanr(scores(D.make_sketch_config(x.shape[1])), kde).statistic
+    assert rho >= 0.9, rho
+    # The former job default (p-stable l2, k = 2, w = 5% distance quantile) ranks further from it.
+    former = D.make_sketch_config(x.shape[1], kernel="l2", hashes_per_row=2, bandwidth=D.estimate_bandwidth(x))
+    assert scipy.stats.spearmanr(scores(former), kde).statistic < rho - 0.05
