@@ -29,7 +29,7 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={
-        "dev": ["pytest>=7", "scipy>=1.10", "regex>=2023"],
+        "dev": ["pytest>=7", "scipy>=1.10", "regex>=2023", "ruff>=0.5"],
         "gpu": ["jax[cuda12]>=0.4.30"],
         "ref": ["torch==2.13.0", "transformers>=4.40", "sentence-transformers>=3"],
         "dataflow": ["apache-beam[gcp]>=2.60,<3"],
