@@ -1,11 +1,17 @@
-"""Evaluation: held-out perplexity, the paper's over-scaling and speed-up, the experiment grid, the report.
+"""Evaluation: held-out perplexity, the paper's over-scaling and speed-up, selection quality, calibration, the report.
 
 - `metrics`: pure functions over result tables and score arrays (over-scaling, speed-up,
   Kendall tau-b, histograms), with the paper's definitions (PAPER.md §5.4, §6.2, §6.3).
+- `scores`: scored records as aligned columns, one per `score/...` feature present.
+- `quality`: `gristmill evaluate`, each scorer against labelled documents: ROC-AUC with a
+  bootstrap interval, and the precision of top-k and of its paper rule at 10/20/40%.
+- `calibration`: what a score means: the score at each percentile, the documents at chosen
+  percentiles, their percentiles under every scorer, the scorers' Kendall agreement.
 - `perplexity`: span-corruption perplexity of a trained T5 on a held-out text set
   (`c4_heldout`, `high_quality`).
 - `experiment`: `gristmill experiment`, a grid of samplers x rates x model sizes x steps over a
   scored corpus: plan, train, evaluate learning curves, write `results.jsonl`.
-- `report`: `gristmill report`, one self-contained HTML page of score histograms, the Kendall
-  tau matrix (Figure 7), extreme documents, learning curves and the results table.
+- `report`: `gristmill report`, one self-contained HTML page (a Jinja2 template) of score
+  histograms, the Kendall tau matrix (Figure 7), calibration, extreme documents, selection
+  quality, learning curves and the results table.
 """
