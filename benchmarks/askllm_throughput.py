@@ -135,6 +135,7 @@ def torch_worker(workdir: str) -> None:
 def _time_jax(params, config, ids: np.ndarray, mask: np.ndarray, warmup: int) -> tuple[list[float], np.ndarray]:
     """Seconds per batch of ``t5.first_step_logprobs`` (compiled beforehand) and the first batch's output."""
     import jax
+
     from gristmill.models import t5
     ids_d, mask_d = jax.device_put(ids), jax.device_put(mask)
     for b in range(max(warmup, 1)):  # the first call compiles
@@ -153,6 +154,7 @@ def _xla_flops(config, batch_size: int, seq_len: int) -> Optional[float]:
     loop body once, not once per layer); compiled from shapes only."""
     import jax
     import jax.numpy as jnp
+
     from gristmill.models import t5
     unrolled = config.replace(scan_layers=False)
     ids = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
@@ -168,8 +170,9 @@ def _xla_flops(config, batch_size: int, seq_len: int) -> Optional[float]:
 def compare_with_torch(bench: BenchConfig) -> dict:
     """JAX vs PyTorch eager on ``bench.batches`` random full-length batches; returns rows for the table."""
     import jax
-    from gristmill.models import t5
     import safetensors.numpy
+
+    from gristmill.models import t5
 
     config = t5.preset(bench.preset, dtype=bench.dtype)
     n_params = t5.count_params(config)
@@ -246,6 +249,7 @@ def effective_buckets(bench: BenchConfig) -> tuple[int, ...]:
 def bucketing_gain(bench: BenchConfig) -> dict:
     """Padded tokens / FLOPs for each policy over the whole corpus, and measured docs/s on a subset."""
     import jax
+
     from gristmill.models import t5
     from gristmill.models.batching import pad_batch
 

@@ -62,6 +62,7 @@ def part_embed_jax(args) -> dict:
 
 def part_embed_torch(args) -> dict:
     import importlib.resources
+
     import torch
     from sentence_transformers import SentenceTransformer
     texts = c4_texts(args.docs)
@@ -102,6 +103,7 @@ def part_sketch(args) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
+
     from gristmill.scoring import density as D
 
     rng = np.random.default_rng(0)

@@ -194,7 +194,8 @@ def _flag_values() -> flags.FlagValues:
     flags.DEFINE_integer("workers", defaults.workers, "Beam worker processes (0: in-process).", flag_values=fv)
     flags.DEFINE_integer("seed", defaults.seed, "Seed for scores and selections.", flag_values=fv)
     flags.DEFINE_string("askllm_model", defaults.askllm_model, "Ask-LLM model name or path.", flag_values=fv)
-    flags.DEFINE_integer("documents", defaults.documents, "Documents of the corpus every stage runs on.", flag_values=fv)
+    flags.DEFINE_integer("documents", defaults.documents, "Documents of the corpus every stage runs on.",
+                         flag_values=fv)
     flags.DEFINE_integer("askllm_max_length", defaults.askllm_max_length, "Ask-LLM prompt tokens.", flag_values=fv)
     flags.DEFINE_integer("train_steps", defaults.train_steps, "Training steps per run (0: no training).",
                          flag_values=fv)

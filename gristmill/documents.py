@@ -295,7 +295,8 @@ def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int], bool] |
                     if not skip(number):
                         yield number, parse_example(data, path, number, config)
             except records.TFRecordError as err:
-                yield number + 1, DeadLetter(path, number + 1, CORRUPT_TFRECORD, f"{err}; the rest of the file is unreadable")
+                yield number + 1, DeadLetter(path, number + 1, CORRUPT_TFRECORD,
+                                             f"{err}; the rest of the file is unreadable")
             return
         parse = parse_text_line if fmt == "lines" else parse_json_line
         for number, line in enumerate(_iter_lines(stream), start=1):

@@ -164,7 +164,7 @@ class Rule(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def fit(cls, scores: np.ndarray, u: np.ndarray, weights: np.ndarray, target: float) -> "Rule":
+    def fit(cls, scores: np.ndarray, u: np.ndarray, weights: np.ndarray, target: float) -> Rule:
         """The rule whose expected kept weight is closest to `target` on this whole corpus.
 
         Inputs are in canonical order (sorted by score, u, id) so sums do not depend on the
@@ -424,7 +424,7 @@ class Plan:
         return json.dumps({"version": PLAN_VERSION, **fields}, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: Union[str, bytes]) -> "Plan":
+    def from_json(cls, text: Union[str, bytes]) -> Plan:
         """Reads a plan written by `to_json`; SamplingError names what is wrong."""
         try:
             data = json.loads(text)

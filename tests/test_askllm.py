@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import EMBEDDED_C4
 from gristmill.models import llama, tokenizers, zoo
 from gristmill.scoring import askllm
+from tests.conftest import EMBEDDED_C4
 
 HERE = os.path.dirname(__file__)
 C4 = EMBEDDED_C4

@@ -17,11 +17,11 @@ import pytest
 import regex
 from safetensors.numpy import load_file
 
-from tests.conftest import EMBEDDED_C4
 from gristmill.models import gguf as gguf_loader
 from gristmill.models import llama, zoo
 from gristmill.models.checkpoints import CheckpointError
 from gristmill.scoring.askllm import render_chat
+from tests.conftest import EMBEDDED_C4
 
 gguf = pytest.importorskip("gguf")
 

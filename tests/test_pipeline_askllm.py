@@ -6,9 +6,8 @@ import os
 import pytest
 
 from gristmill import records as gm_records
-
 from gristmill.models.checkpoints import CheckpointError
-from gristmill.pipelines import score_askllm, kit
+from gristmill.pipelines import score_askllm
 from gristmill.scoring.askllm import PromptTemplateError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from gristmill import records as gm_records
-from gristmill.pipelines import kit, score_density
+from gristmill.pipelines import score_density
 from gristmill.scoring import density
 
 FEATURE = "score/density/minilm"

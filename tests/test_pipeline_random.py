@@ -5,12 +5,11 @@ import json
 import os
 
 import pytest
-
-from gristmill import records as gm_records
 import tensorflow as tf
 
 from gristmill import cli, documents
-from gristmill.pipelines import score_random, kit
+from gristmill import records as gm_records
+from gristmill.pipelines import kit, score_random
 from gristmill.scoring.random_score import random_score
 from tests.conftest import MAX_BYTES
 

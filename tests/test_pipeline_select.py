@@ -6,8 +6,7 @@ import os
 import pytest
 
 from gristmill import records as gm_records
-
-from gristmill.pipelines import score_random, select, kit
+from gristmill.pipelines import score_random, select
 from gristmill.training import data as training_data
 
 FEATURE = "score/random/seed-0"

@@ -23,10 +23,11 @@ import pytest
 
 from gristmill import cli, flagparse, io, records
 from gristmill.models import t5
-from gristmill.training import checkpointing, configs, data, main, model_io, optim, stream, train as T
+from gristmill.training import checkpointing, configs, data, main, model_io, optim, stream
 from gristmill.training import metrics as MX
 from gristmill.training import model as M
 from gristmill.training import step as S
+from gristmill.training import train as T
 from gristmill.training import vocab as V
 
 C4 = importlib.resources.files("gristmill") / "data/c4-olmo/c4-sample.00000-of-00001.json.gz"

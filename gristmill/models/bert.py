@@ -65,11 +65,11 @@ class BertConfig:
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
 
-    def replace(self, **changes) -> "BertConfig":
+    def replace(self, **changes) -> BertConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf(cls, config: Mapping[str, Any], **overrides) -> "BertConfig":
+    def from_hf(cls, config: Mapping[str, Any], **overrides) -> BertConfig:
         """Builds a config from a HF ``config.json`` dict of a ``bert`` model with absolute positions and GELU."""
         if config.get("model_type") != "bert":
             raise CheckpointError(f"config.json: model_type {config.get('model_type')!r} is not 'bert'")

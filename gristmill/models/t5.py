@@ -108,12 +108,12 @@ class T5Config:
     def compute_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.dtype)
 
-    def replace(self, **changes) -> "T5Config":
+    def replace(self, **changes) -> T5Config:
         """A copy with some fields changed, e.g. ``cfg.replace(dtype="bfloat16")``."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf(cls, config: Mapping[str, Any], **overrides) -> "T5Config":
+    def from_hf(cls, config: Mapping[str, Any], **overrides) -> T5Config:
         """Builds a config from a HF ``config.json`` dict (T5 v1.1, FLAN-T5, T5 1.0, mT5)."""
         model_type = config.get("model_type", "t5")
         if model_type not in ("t5", "mt5"):

@@ -79,13 +79,13 @@ class Tokenizer:
     @classmethod
     def from_hf_tokenizer(cls, tok, *, pad_id: int, eos_id: int, bos_id: Optional[int] = None,
                           unk_id: Optional[int] = None, chat_template: Optional[str] = None,
-                          name: str = "") -> "Tokenizer":
+                          name: str = "") -> Tokenizer:
         """Wraps an in-memory ``tokenizers.Tokenizer`` (e.g. a BPE rebuilt from GGUF vocab and merges)."""
         return cls(hf=tok, pad_id=pad_id, eos_id=eos_id, bos_id=bos_id, unk_id=unk_id,
                    chat_template=chat_template, name=name)
 
     @classmethod
-    def from_file(cls, path: str, *, name: Optional[str] = None) -> "Tokenizer":
+    def from_file(cls, path: str, *, name: Optional[str] = None) -> Tokenizer:
         """Loads ``tokenizer.json`` (HF tokenizers) or a SentencePiece ``.model`` (local or gs://).
 
         Special tokens and the chat template are read from ``tokenizer_config.json`` and
@@ -115,7 +115,7 @@ class Tokenizer:
         return cls._from_sp_settings(sp, settings, template, name, path)
 
     @classmethod
-    def _from_hf_settings(cls, tok, spec: dict, settings: dict, template, name: str, path: str) -> "Tokenizer":
+    def _from_hf_settings(cls, tok, spec: dict, settings: dict, template, name: str, path: str) -> Tokenizer:
         def lookup(*keys: str) -> Optional[int]:
             for key in keys:
                 content = _token_content(settings.get(key))
@@ -147,7 +147,7 @@ class Tokenizer:
                    unk_id=unk, chat_template=template, name=name)
 
     @classmethod
-    def _from_sp_settings(cls, sp, settings: dict, template, name: str, path: str) -> "Tokenizer":
+    def _from_sp_settings(cls, sp, settings: dict, template, name: str, path: str) -> Tokenizer:
         extra = int(settings.get("extra_ids", 0) or 0)
 
         def special(key: str, default: int) -> Optional[int]:

@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Type, TypeVar
+from typing import Any, TypeVar
 
 C = TypeVar("C")
 _TRUE = ("1", "true", "yes", "on")
@@ -92,7 +92,7 @@ def add_flags(parser: argparse.ArgumentParser, config_class: type, defaults: dic
         del optional
 
 
-def from_namespace(namespace: argparse.Namespace | dict[str, Any], config_class: Type[C], **overrides) -> C:
+def from_namespace(namespace: argparse.Namespace | dict[str, Any], config_class: type[C], **overrides) -> C:
     """Builds the config dataclass from parsed flags (fields without a flag keep their default)."""
     values = vars(namespace) if isinstance(namespace, argparse.Namespace) else dict(namespace)
     kwargs = {f.name: values[f.name] for f, _ in _fields(config_class) if f.name in values}

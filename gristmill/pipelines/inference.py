@@ -84,8 +84,8 @@ class JaxModelHandler(ModelHandler[tuple, PredictionResult, Any]):
         return [PredictionResult(element, result, model_id=self.spec.name) for element, result in zip(batch, results)]
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"min_batch_size": 1, "max_batch_size": self.spec.batch_size * self.spec.batches_per_call,
-                                  "length_fn": _length}
+        kwargs: dict[str, Any] = {"min_batch_size": 1, "length_fn": _length,
+                                  "max_batch_size": self.spec.batch_size * self.spec.batches_per_call}
         if self.spec.length_boundaries:
             kwargs["bucket_boundaries"] = list(self.spec.length_boundaries)
         return kwargs

@@ -26,7 +26,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any, Callable, Iterable, NamedTuple, Optional, Type
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -117,7 +117,7 @@ def _flag_value(args: list[str], name: str) -> Optional[str]:
     return None
 
 
-def parse(argv: Optional[list[str]], config_class: Type[Any], description: str,
+def parse(argv: Optional[list[str]], config_class: type[Any], description: str,
           defaults: Optional[dict[str, Any]] = None) -> tuple[JobOptions, Any, PipelineOptions]:
     """Parses the kit's flags, the job's config flags and pass-through Beam flags.
 
@@ -392,8 +392,8 @@ class _WriteUnitsFn(beam.DoFn):
     def finish_bundle(self):
         unfinished = {k: len(v) for k, v in self.buffers.items() if v or k in self.infos}
         if unfinished:
-            detail = ", ".join(f"{k} ({n} of {self.infos[k].documents + self.infos[k].unreadable if k in self.infos else '?'})"
-                               for k, n in list(unfinished.items())[:3])
+            expected = {k: info.documents + info.unreadable for k, info in self.infos.items()}
+            detail = ", ".join(f"{k} ({n} of {expected.get(k, '?')})" for k, n in list(unfinished.items())[:3])
             raise RuntimeError(f"units left unfinished at the end of a bundle: {detail}; a unit's Items must stay "
                                f"in one fused read-score-write stage (no Flatten, GroupByKey or Reshuffle between)")
 
@@ -487,7 +487,8 @@ class Finalize(beam.PTransform):
     """New unit markers + reused ones -> the manifest, written after every unit and every `after` output."""
 
     def __init__(self, output_dir: str, base: dict[str, Any], reused: list[dict[str, Any]],
-                 files: Optional[dict[str, str]] = None, after: Iterable[Any] = (), markers_include_reused: bool = False):
+                 files: Optional[dict[str, str]] = None, after: Iterable[Any] = (),
+                 markers_include_reused: bool = False):
         super().__init__()
         self.output_dir, self.base, self.reused, self.files = output_dir, base, reused, files
         self.after = list(after)

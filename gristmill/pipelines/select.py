@@ -300,7 +300,7 @@ def _write_report(_, output_dir, plan, selected, not_selected, missing, before, 
         "realised_rate_documents": selected / max(1, selected + not_selected),
         "target_rate": plan.rate,
         "rate_by": plan.rate_by,
-        "histogram": "histogram.png (a uniform sample of up to %d scores before and after)" % HISTOGRAM_SAMPLE,
+        "histogram": f"histogram.png (a uniform sample of up to {HISTOGRAM_SAMPLE} scores before and after)",
     }
     _write_file(io.join(output_dir, REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
     feature = plan.score_feature or "score"
@@ -332,14 +332,19 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     else:
         plan = docs | "Plan" >> PlanSelection(config)
     plan_side = beam.pvalue.AsSingleton(plan)
-    plan_written = plan | "WritePlan" >> beam.Map(lambda p: _write_file(io.join(output, PLAN_FILE), p.to_json().encode()))
+    plan_written = plan | "WritePlan" >> beam.Map(
+        lambda p: _write_file(io.join(output, PLAN_FILE), p.to_json().encode()))
     outcomes = docs | "Outcome" >> beam.Map(lambda r, p: (decision(r, p), r), plan_side)
     count = lambda name: beam.pvalue.AsSingleton(  # noqa: E731
-        outcomes | f"Is{name}" >> beam.Filter(lambda kv, n=name: kv[0] == n) | f"Count{name}" >> beam.combiners.Count.Globally())
+        outcomes
+        | f"Is{name}" >> beam.Filter(lambda kv, n=name: kv[0] == n)
+        | f"Count{name}" >> beam.combiners.Count.Globally())
     feature = lambda r, p: score_of(r, p.score_feature) or 0.0  # noqa: E731
     before = (docs | "BeforeScores" >> beam.Map(feature, plan_side)
               | "BeforeSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
-    after = (outcomes | "Kept" >> beam.Filter(lambda kv: kv[0] == SELECTED) | "KeptRecords" >> beam.Map(lambda kv: kv[1])
+    after = (outcomes
+             | "Kept" >> beam.Filter(lambda kv: kv[0] == SELECTED)
+             | "KeptRecords" >> beam.Map(lambda kv: kv[1])
              | "AfterScores" >> beam.Map(feature, plan_side)
              | "AfterSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
     report = pipeline | "Report" >> beam.Create([None]) | "WriteReport" >> beam.FlatMap(

@@ -28,7 +28,7 @@ class RandomScoreConfig:
 
 def random_score(doc_id: str, seed: int) -> float:
     """A uniform number in [0, 1) determined by (doc_id, seed): 53 bits of a BLAKE2b hash."""
-    digest = hashlib.blake2b(f"{seed}\x00{doc_id}".encode("utf-8"), digest_size=8,
+    digest = hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=8,
                              person=b"gm-random").digest()
     return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
 

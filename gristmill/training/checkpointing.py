@@ -38,7 +38,7 @@ def checkpoint_manager(directory: str, keep: int, read_only: bool = False):
     return ocp.CheckpointManager(absolute(directory), options=options)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _data_args():
     """Orbax handler + args for a `BatchStream` (built lazily so orbax is imported only when used)."""
     import orbax.checkpoint as ocp

@@ -213,7 +213,7 @@ class TrainConfig:
         return out
 
     @classmethod
-    def from_dict(cls, fields: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, fields: Mapping[str, Any]) -> TrainConfig:
         """Inverse of `to_dict` (unknown keys are an error)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(fields) - known)
@@ -221,7 +221,7 @@ class TrainConfig:
             raise ConfigError(f"unknown TrainConfig fields {unknown}")
         return cls(**fields)
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 from absl import flags
 
 from gristmill import flagparse
-
 from gristmill.training import configs, optim
 from gristmill.training.configs import TrainConfig
 

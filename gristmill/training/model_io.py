@@ -19,7 +19,9 @@ import jax
 
 from gristmill import io
 from gristmill.models import t5
-from gristmill.training import checkpointing, configs, model as model_lib, optim, step as step_lib
+from gristmill.training import checkpointing, configs, optim
+from gristmill.training import model as model_lib
+from gristmill.training import step as step_lib
 from gristmill.training.configs import TrainError
 
 CONFIG_FILE = "config.json"

@@ -88,7 +88,7 @@ class OptimizerConfig:
             return self.warmup_steps ** -0.5
         return 1e-3
 
-    def replace(self, **changes) -> "OptimizerConfig":
+    def replace(self, **changes) -> OptimizerConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gristmill.training import model as model_lib, optim
+from gristmill.training import model as model_lib
+from gristmill.training import optim
 
 
 @flax.struct.dataclass

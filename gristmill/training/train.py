@@ -30,15 +30,34 @@ import jax
 
 from gristmill import io, sampling
 from gristmill.models import t5
-from gristmill.training import (checkpointing, configs, data, metrics as metrics_lib, model as model_lib,
-                                model_io, optim, step as step_lib, stream as stream_lib)
+from gristmill.training import checkpointing, configs, data, model_io, optim
+from gristmill.training import metrics as metrics_lib
+from gristmill.training import model as model_lib
+from gristmill.training import step as step_lib
+from gristmill.training import stream as stream_lib
 from gristmill.training.checkpointing import CHECKPOINTS_DIR, checkpoint_steps
 from gristmill.training.configs import TrainConfig, TrainError
 from gristmill.training.metrics import METRICS_FILE, PEAK_TFLOPS, peak_flops_per_device
-from gristmill.training.model_io import (CONFIG_FILE, MODEL_CONFIG_FILE, MODEL_DIR, VOCAB_FILE, TrainedModel,
-                                         load_trained, read_run, save_model)
-from gristmill.training.step import (TrainState, batch_sharding, compiled_functions, default_dtype, init_state,
-                                     make_mesh, make_train_step, replicated)
+from gristmill.training.model_io import (
+    CONFIG_FILE,
+    MODEL_CONFIG_FILE,
+    MODEL_DIR,
+    VOCAB_FILE,
+    TrainedModel,
+    load_trained,
+    read_run,
+    save_model,
+)
+from gristmill.training.step import (
+    TrainState,
+    batch_sharding,
+    compiled_functions,
+    default_dtype,
+    init_state,
+    make_mesh,
+    make_train_step,
+    replicated,
+)
 from gristmill.training.stream import BatchStream, epoch_seed
 
 # The run-directory API callers know as `train.X` (experiment, benchmarks), kept from before the split.

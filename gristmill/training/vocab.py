@@ -74,7 +74,7 @@ class T5Vocabulary:
             raise VocabularyError(f"tokenizer {tokenizer.name!r} does not have T5's layout: " + "; ".join(problems))
 
     @classmethod
-    def from_file(cls, path: Union[str, PathLike], *, num_extra_ids: int = NUM_EXTRA_IDS) -> "T5Vocabulary":
+    def from_file(cls, path: Union[str, PathLike], *, num_extra_ids: int = NUM_EXTRA_IDS) -> T5Vocabulary:
         """Loads a SentencePiece `.model` (local or gs://) and appends `num_extra_ids` sentinels."""
         import sentencepiece
 
