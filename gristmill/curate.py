@@ -228,11 +228,11 @@ def flag_args(flags: Mapping[str, Any]) -> list[str]:
     return args
 
 
-def step_argv(config: CurationConfig, step: StepConfig) -> list[str]:
-    """The argv curate passes to a step's `run`: input, output, shared flags, then the step's flags."""
+def step_argv(config: CurationConfig, step: StepConfig, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """The argv curate passes to a step's `run`: input, output, shared flags, the step's flags, extra_args."""
     argv = [f"--input={path}" for path in step_inputs(config, step)]
     argv.append(f"--output={step_dir(config, step)}")
-    return argv + flag_args({**config.flags, **step.flags})
+    return argv + flag_args({**config.flags, **step.flags}) + list(extra_args)
 
 
 def default_run_id() -> str:
@@ -243,14 +243,14 @@ def default_run_id() -> str:
 # ------------------------------------------------------------------------------------ running
 
 
-def run_step(config: CurationConfig, step: StepConfig) -> dict[str, Any]:
+def run_step(config: CurationConfig, step: StepConfig, extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Runs one step's job into its stable output directory; returns the job's manifest.
 
     A replanning job (select) whose output holds a run over other inputs is refused by the kit; it
     is then run again with --overwrite, since its plan depends on the whole input anyway.
     """
     run = importlib.import_module(JOBS[step.job]).run
-    argv = step_argv(config, step)
+    argv = step_argv(config, step, extra_args)
     log.info("curate step %s: gristmill %s %s", step.name, step.job, " ".join(argv))
     try:
         manifest = run(argv)
@@ -308,8 +308,12 @@ def publish(config: CurationConfig, raw: Mapping[str, Any], run_id: str, started
     return manifest
 
 
-def curate(config: CurationConfig, raw: Mapping[str, Any], run_id: Optional[str] = None) -> dict[str, Any]:
-    """Runs every step in order, incrementally, and publishes the selection; returns its manifest."""
+def curate(config: CurationConfig, raw: Mapping[str, Any], run_id: Optional[str] = None,
+           extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Runs every step in order, incrementally, and publishes the selection; returns its manifest.
+
+    extra_args go to every step after its flags (command-line flags of `gristmill curate`).
+    """
     run_id = run_id or default_run_id()
     if not NAME_PATTERN.match(run_id):
         raise CurationError(f"--run_id {run_id!r} must be letters, digits, '_', '.', '-' (it names a directory)")
@@ -321,8 +325,9 @@ def curate(config: CurationConfig, raw: Mapping[str, Any], run_id: Optional[str]
     summaries = []
     for step in config.steps:
         start = time.monotonic()
-        manifest = run_step(config, step)
-        summaries.append(step_summary(config, step, step_argv(config, step), manifest, time.monotonic() - start))
+        manifest = run_step(config, step, extra_args)
+        summaries.append(step_summary(config, step, step_argv(config, step, extra_args), manifest,
+                                      time.monotonic() - start))
         counts = manifest["counts"]
         log.info("curate step %s: read %d, written %d, units %d (%d reused)", step.name, counts["read"],
                  counts["written"], counts["units_total"], counts["units_reused"])
@@ -338,11 +343,19 @@ def latest(workdir: str) -> str:
 
 
 def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
-    """`gristmill curate --config FILE [--run_id ID]`: runs the chain and returns the selection manifest."""
+    """`gristmill curate --config FILE [--run_id ID] [flags]`: runs the chain, returns the selection manifest.
+
+    Any other flag goes to every step after the config's flags, so it wins: e.g. `--runner=DataflowRunner
+    --project=P --region=R --temp_location=gs://...` (what the flex template launcher adds).
+    """
     parser = argparse.ArgumentParser(prog="gristmill curate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+                                     epilog="Any other flag is passed to every step (Beam options such as --runner).")
     parser.add_argument("--config", required=True, help="Curation config, JSON or YAML (.yaml/.yml), local or gs://")
     parser.add_argument("--run_id", default=None, help="Name of the published selection (default: a UTC timestamp)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    owned = sorted({a.split("=", 1)[0].lstrip("-") for a in rest if a.startswith("--")} & OWNED_FLAGS)
+    if owned:
+        raise CurationError(f"flag(s) {', '.join(owned)} are set by curate for each step; remove them")
     config, raw = load_config(args.config)
-    return curate(config, raw, args.run_id)
+    return curate(config, raw, args.run_id, extra_args=tuple(rest))

@@ -36,6 +36,13 @@ def test_parse_config_types_and_defaults(tmp_path):
     assert curate.step_argv(config, config.steps[1]) == [
         f"--input={tmp_path / 'work' / 'steps' / 'random'}", f"--output={tmp_path / 'work' / 'steps' / 'top30'}",
         "--unit_records=20", "--score=score/random/seed-3", "--rule=topk", "--rate=0.3"]
+    assert curate.step_argv(config, config.steps[0], ("--unit_records=5", "--runner=DirectRunner"))[-3:] == [
+        "--seed=3", "--unit_records=5", "--runner=DirectRunner"]  # command-line flags come last, so they win
+
+
+def test_command_line_flags_that_curate_owns_are_refused(tmp_path):
+    with pytest.raises(curate.CurationError, match="output are set by curate"):
+        curate.run(["--config", str(tmp_path / "none.json"), "--output=x", "--runner=DirectRunner"])
 
 
 @pytest.mark.parametrize("mutate, message", [
