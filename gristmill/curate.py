@@ -177,6 +177,8 @@ def parse_config(raw: Mapping[str, Any]) -> CurationConfig:
 
 def load_config(path: str) -> tuple[CurationConfig, dict[str, Any]]:
     """Reads and validates a curation config file (JSON, or YAML by name); returns it and the raw object."""
+    if not io.exists(path):
+        raise CurationError(f"curation config {path} does not exist")
     text = io.read_text(path)
     is_yaml = path.endswith((".yaml", ".yml"))
     if is_yaml:
