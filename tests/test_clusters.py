@@ -68,6 +68,7 @@ def test_partial_sums_merge_exactly_and_update_is_the_normalised_mean():
     np.testing.assert_array_equal(merged.sums, whole.sums)
     np.testing.assert_array_equal(merged.counts, whole.counts)
     np.testing.assert_array_equal(whole.counts, np.bincount(labels, minlength=k))
+    np.testing.assert_array_equal(clusters.partial_sums(x, labels, k, block_rows=7).sums, whole.sums)
     old = _unit(rng.standard_normal((k, 16)))
     new = clusters.update(merged, old)
     for j in range(k - 1):
