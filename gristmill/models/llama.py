@@ -503,3 +503,48 @@ def next_token_logprobs(params: Params, config: LlamaConfig, ids: jax.Array, mas
 
     out = jax.lax.map(one_chunk, (h, targets))  # [N, B, c]
     return out.swapaxes(0, 1).reshape(b, -1)[:, :n]
+
+
+def to_hf_tensors(params: Params, config: LlamaConfig) -> dict[str, np.ndarray]:
+    """Inverse of `load_hf`'s table: HF `LlamaForCausalLM` tensor names -> float32 numpy arrays.
+
+    Exports a model (e.g. SmolLM2 read from GGUF) for transformers, so benchmarks and checks can
+    run the reference implementation on exactly these weights. Tied models carry no lm_head.
+    """
+    flat = {k: np.asarray(v, np.float32) for k, v in ckpt.flatten_tree(params).items()}
+    out = {}
+    for rule in hf_rules(config):
+        value = flat[rule.target]
+        if rule.target.endswith(("query/kernel", "key/kernel", "value/kernel")):
+            undo = lambda w: w.reshape(w.shape[0], -1).T  # [D, N, Dh] -> [N*Dh, D]
+        elif rule.target.endswith("out/kernel"):
+            undo = lambda w: w.reshape(-1, w.shape[-1]).T  # [H, Dh, D] -> [D, H*Dh]
+        elif rule.target.endswith("/bias"):
+            undo = lambda b: b.reshape(-1)
+        elif rule.hooks:
+            undo = lambda w: w.T
+        else:
+            undo = lambda w: w
+        if "{i}" not in rule.source:
+            out[rule.source] = np.ascontiguousarray(undo(value))
+            continue
+        for i in range(config.num_layers):
+            out[rule.source.format(i=i)] = np.ascontiguousarray(undo(value[i]))
+    return out
+
+
+def to_hf_config(config: LlamaConfig) -> dict:
+    """A HF `config.json` dict of a `llama` model with `config`'s shapes (`LlamaConfig.from_hf`
+    reads it back to the same shapes); Qwen2 biases export as `attention_bias`."""
+    if config.sliding_window is not None:
+        raise ValueError("sliding-window configs have no plain llama config.json")
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim, "hidden_act": "silu",
+        "rope_theta": config.rope_theta, "rms_norm_eps": config.rms_norm_eps,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "max_position_embeddings": config.max_position_embeddings, "attention_bias": config.attention_bias,
+        "mlp_bias": False,
+    }

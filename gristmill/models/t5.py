@@ -62,7 +62,8 @@ class T5Config:
     or ``"[gated-]{relu,gelu,gelu_new,silu}"``. ``dtype`` is the compute dtype (params stay
     float32). ``scan_layers`` stacks each stack's layers on a leading axis (production); False
     unrolls them as ``layers_{i}`` (debugging). ``remat_policy``: ``"none"``, ``"full"``,
-    ``"dots"`` or ``"dots_with_no_batch_dims"``.
+    ``"dots"`` or ``"dots_with_no_batch_dims"``. ``attention_impl``: ``"xla"`` (any device) or
+    ``"cudnn"`` (GPU: fused attention with the position bias, used where dropout is off).
     """
     vocab_size: int = 32128
     d_model: int = 512
@@ -80,6 +81,7 @@ class T5Config:
     dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
+    attention_impl: str = "xla"
     decoder_start_token_id: int = 0
     pad_id: int = 0
     eos_id: int = 1
@@ -87,6 +89,8 @@ class T5Config:
     def __post_init__(self):
         self.activation  # validates feed_forward_proj
         jnp.dtype(self.dtype)
+        if self.attention_impl not in ("xla", "cudnn"):
+            raise ValueError(f"unknown attention_impl {self.attention_impl!r}; choose xla or cudnn")
         if self.remat_policy != "none" and self.remat_policy not in _REMAT_POLICIES:
             raise ValueError(f"unknown remat_policy {self.remat_policy!r}; "
                              f"choose none or one of {sorted(_REMAT_POLICIES)}")
@@ -207,21 +211,46 @@ def relative_position_bucket(relative_position: np.ndarray, *, bidirectional: bo
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array],
-                          mask: jax.Array, dropout: Callable[[jax.Array], jax.Array]) -> jax.Array:
+                          mask: jax.Array, dropout: Callable[[jax.Array], jax.Array],
+                          implementation: str = "xla") -> jax.Array:
     """Softmax attention as T5 does it: no 1/sqrt(d) scaling, additive position bias, fp32 softmax.
 
     q [B, Q, H, K], k and v [B, S, H, K], bias [1|B, H, Q, S] or None, mask bool broadcastable
     to [B, H, Q, S] (True = may attend). Returns [B, Q, H, K] in q's dtype.
+
+    ``implementation="xla"``: scores and softmax in float32, the softmax normalised after the
+    weighted sum (dropout of the unnormalised weights then division equals dropout of the
+    softmax), values laid out [B, H, S, K] first (the layout XLA:CPU's matmul runs fastest).
+    ``"cudnn"``: one fused kernel (``jax.nn.dot_product_attention``, GPU only, bias and mask
+    folded into one additive bias, float32 softmax statistics); no dropout, so callers use it
+    only when deterministic.
     """
     assert q.ndim == k.ndim == v.ndim == 4, (q.shape, k.shape, v.shape)
     assert q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:] and k.shape == v.shape, (q.shape, k.shape)
     assert mask.ndim == 4, mask.shape
-    scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32)  # [B, H, Q, S]
+    if implementation == "cudnn":
+        return fused_attention(q, k, v, bias, mask, "cudnn")
+    if implementation != "xla":
+        raise ValueError(f"unknown attention implementation {implementation!r} (xla, cudnn)")
+    scores = jnp.einsum("bqhk,bshk->bhqs", q, k, preferred_element_type=jnp.float32)  # [B, H, Q, S]
     if bias is not None:
         scores = scores + bias.astype(jnp.float32)
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    weights = dropout(jax.nn.softmax(scores, axis=-1).astype(q.dtype))
-    return jnp.einsum("bhqs,bshk->bqhk", weights, v)
+    weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    total = jnp.sum(weights, axis=-1, keepdims=True)  # [B, H, Q, 1]
+    weights = dropout(weights.astype(q.dtype))
+    out = jnp.einsum("bhqs,bhsk->bhqk", weights, jnp.transpose(v, (0, 2, 1, 3)),
+                     preferred_element_type=jnp.float32) / total
+    return jnp.transpose(out, (0, 2, 1, 3)).astype(q.dtype)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array], mask: jax.Array,
+                    backend: str = "cudnn") -> jax.Array:
+    """T5 attention through ``jax.nn.dot_product_attention`` (unscaled logits, the position bias
+    in q's dtype, the bool mask); ``backend="cudnn"`` is the fused GPU kernel, ``"xla"`` the same
+    call on any device (tests check the argument mapping with it)."""
+    fused_bias = None if bias is None else bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=fused_bias, mask=mask, scale=1.0, implementation=backend)
 
 
 def encoder_self_mask(segment_ids: jax.Array) -> jax.Array:
@@ -287,6 +316,16 @@ class RelativePositionBias(nn.Module):
         return jnp.transpose(bias, (2, 0, 1))[None]
 
 
+class _Dense(nn.Dense):
+    """``nn.Dense`` accumulating in float32 and returning the compute dtype: XLA:CPU's fast
+    bfloat16 matmul needs a float32 result type (for float32 nothing changes)."""
+    dot_general: Callable = functools.partial(jax.lax.dot_general, preferred_element_type=_f32)
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        return super().__call__(inputs).astype(self.dtype or inputs.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention with T5X init: q ~ N(0, (d_model*d_kv)^-1), k,v ~ N(0, d_model^-1),
     o ~ N(0, (H*d_kv)^-1). Kernels are ``[in, out]`` with heads flattened (``H*d_kv``)."""
@@ -297,13 +336,14 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, memory: jax.Array, bias: Optional[jax.Array], mask: jax.Array) -> jax.Array:
         cfg = self.config
         inner, normal = cfg.num_heads * cfg.d_kv, nn.initializers.normal
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32)
+        dense = functools.partial(_Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32)
         split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv))  # [B, L, H*K] -> [B, L, H, K]
         q = split(dense(inner, kernel_init=normal((cfg.d_model * cfg.d_kv) ** -0.5), name="query")(x))
         k = split(dense(inner, kernel_init=normal(cfg.d_model ** -0.5), name="key")(memory))
         v = split(dense(inner, kernel_init=normal(cfg.d_model ** -0.5), name="value")(memory))
         dropout = nn.Dropout(cfg.dropout_rate, deterministic=self.deterministic)
-        y = dot_product_attention(q, k, v, bias, mask, dropout)  # [B, Q, H, K]
+        fused = cfg.attention_impl if self.deterministic or cfg.dropout_rate == 0 else "xla"
+        y = dot_product_attention(q, k, v, bias, mask, dropout, fused)  # [B, Q, H, K]
         y = y.reshape(y.shape[:2] + (inner,))
         return dense(cfg.d_model, kernel_init=normal(inner ** -0.5), name="out")(y)
 
@@ -317,7 +357,7 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        dense = functools.partial(nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32,
+        dense = functools.partial(_Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32,
                                   kernel_init=init)
         if cfg.is_gated:
             h = cfg.activation(dense(cfg.d_ff, name="wi_0")(x)) * dense(cfg.d_ff, name="wi_1")(x)
