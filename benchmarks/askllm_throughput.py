@@ -52,6 +52,7 @@ class BenchConfig:
     batches: int = 4
     warmup: int = 1
     dtype: str = "float32"
+    attention_impl: str = "xla"  # "cudnn": fused attention with the position bias (GPU)
     seed: int = 0
     peer_python: str = sys.executable
     torch_device: str = "cpu"
@@ -99,7 +100,8 @@ def torch_worker(workdir: str) -> None:
         model = T5ForConditionalGeneration.from_pretrained(model_dir, dtype=dtype, attn_implementation="eager")
     else:
         from transformers import T5Config
-        model = T5ForConditionalGeneration(T5Config.from_pretrained(model_dir)).to(dtype)
+        with device:  # initialise on the device: a 3B-parameter init on the host takes minutes
+            model = T5ForConditionalGeneration(T5Config.from_pretrained(model_dir)).to(dtype)
     model = model.to(device).eval()
     inputs = np.load(os.path.join(workdir, "inputs.npz"))
     ids = torch.as_tensor(inputs["ids"], dtype=torch.long, device=device)
@@ -174,7 +176,7 @@ def compare_with_torch(bench: BenchConfig) -> dict:
 
     from gristmill.models import t5
 
-    config = t5.preset(bench.preset, dtype=bench.dtype)
+    config = t5.preset(bench.preset, dtype=bench.dtype, attention_impl=bench.attention_impl)
     n_params = t5.count_params(config)
     copy = bench.copy_weights if bench.copy_weights is not None else n_params < 1e9
     params = t5.init_params(config, jax.random.key(bench.seed))
@@ -185,7 +187,9 @@ def compare_with_torch(bench: BenchConfig) -> dict:
     mask = np.ones(shape, np.int32)
     rows = {"config": config, "params": n_params, "copied_weights": copy}
 
-    jax_times, jax_first = _time_jax(params, config, ids, mask, bench.warmup)
+    # Inference keeps the weights in the compute dtype (half the memory traffic in bfloat16).
+    jax_times, jax_first = _time_jax(jax.tree.map(lambda a: a.astype(config.dtype), params), config, ids, mask,
+                                     bench.warmup)
     rows["jax"] = {"times": jax_times, "backend": jax.default_backend(), "version": jax.__version__}
     rows["xla_flops_per_doc"] = (_xla_flops(config, bench.batch_size, bench.seq_len) or float("nan")) / bench.batch_size
     if bench.skip_torch:
@@ -253,7 +257,7 @@ def bucketing_gain(bench: BenchConfig) -> dict:
     from gristmill.models import t5
     from gristmill.models.batching import pad_batch
 
-    config = t5.preset(bench.preset, dtype=bench.dtype)
+    config = t5.preset(bench.preset, dtype=bench.dtype, attention_impl=bench.attention_impl)
     bench = dataclasses.replace(bench, buckets=effective_buckets(bench))
     lengths = prompt_lengths(bench.corpus, bench.seq_len)
     result = {"distribution": {}, "policies": {}}
@@ -271,7 +275,7 @@ def bucketing_gain(bench: BenchConfig) -> dict:
     lens = lengths["chars/4"][:bench.bucket_docs]
     rng = np.random.default_rng(bench.seed)
     docs = [list(rng.integers(3, 32000, n - 1)) + [config.eos_id] for n in lens]
-    params = t5.init_params(config, jax.random.key(bench.seed))
+    params = jax.tree.map(lambda a: a.astype(config.dtype), t5.init_params(config, jax.random.key(bench.seed)))
     measured = {}
     for policy in ("max", "arrival", "grouped"):
         order = sorted(range(len(docs)), key=lambda i: lens[i]) if policy == "grouped" else range(len(docs))
@@ -344,6 +348,27 @@ def report(bench: BenchConfig, cmp: dict, buckets: Optional[dict]) -> str:
     return "\n".join(lines)
 
 
+def summarize(bench: BenchConfig, cmp: dict, buckets: Optional[dict]) -> dict:
+    """The JSON-able numbers of one run: docs/s and TFLOP/s per side (median batch), the ratio,
+    and the bucketing measurement."""
+    flops = first_step_flops(cmp["config"], bench.seq_len) * bench.batch_size
+    out = {"benchmark": "askllm_throughput", "preset": bench.preset, "dtype": bench.dtype,
+           "attention_impl": bench.attention_impl, "seq_len": bench.seq_len, "batch_size": bench.batch_size,
+           "params": cmp["params"], "gflop_per_doc": flops / bench.batch_size / 1e9}
+    for key in ("jax", "torch"):
+        if key in cmp:
+            med = float(np.median(cmp[key]["times"]))
+            out[key] = {"docs_per_s": bench.batch_size / med, "tflops": flops / med / 1e12,
+                        **{k: v for k, v in cmp[key].items() if k != "times"}}
+    if "jax" in out and "torch" in out:
+        out["ratio"] = out["jax"]["docs_per_s"] / out["torch"]["docs_per_s"]
+    if "max_abs_logprob_diff" in cmp:
+        out["max_abs_logprob_diff"] = cmp["max_abs_logprob_diff"]
+    if buckets:
+        out["buckets_measured"] = buckets["measured"]
+    return out
+
+
 def run(bench: BenchConfig, *, with_buckets: bool = True) -> str:
     """Runs both measurements and returns the printed report."""
     cmp = compare_with_torch(bench)
@@ -360,6 +385,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--batches", type=int, default=d.batches, help="timed batches (after warm-up)")
     parser.add_argument("--warmup", type=int, default=d.warmup)
     parser.add_argument("--dtype", default=d.dtype, choices=("float32", "bfloat16"))
+    parser.add_argument("--attention-impl", default=d.attention_impl, choices=("xla", "cudnn"))
+    parser.add_argument("--json", help="also write the measurements here")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--peer-python", default=d.peer_python, help="interpreter with torch + transformers")
     parser.add_argument("--torch-device", default=d.torch_device)
@@ -375,11 +402,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
     sys.path.insert(0, REPO)
     bench = BenchConfig(preset=args.preset, seq_len=args.seq_len, batch_size=args.batch_size, batches=args.batches,
-                        warmup=args.warmup, dtype=args.dtype, seed=args.seed, peer_python=args.peer_python,
+                        warmup=args.warmup, dtype=args.dtype, attention_impl=args.attention_impl, seed=args.seed,
+                        peer_python=args.peer_python,
                         torch_device=args.torch_device, torch_threads=args.torch_threads,
                         copy_weights={"auto": None, "yes": True, "no": False}[args.copy_weights],
                         skip_torch=args.skip_torch, bucket_docs=args.bucket_docs, corpus=args.corpus)
-    print(run(bench, with_buckets=not args.no_buckets), flush=True)
+    cmp = compare_with_torch(bench)
+    buckets = None if args.no_buckets else bucketing_gain(bench)
+    print(report(bench, cmp, buckets), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summarize(bench, cmp, buckets), f, indent=1)
 
 
 if __name__ == "__main__":
