@@ -36,7 +36,6 @@ sys.path.insert(0, HERE)
 import sidebyside  # noqa: E402
 from askllm_cpu import c4_documents  # noqa: E402
 
-
 FIXTURE_SPM = os.path.join(os.path.dirname(HERE), "tests", "fixtures", "t5", "tiny_v1_1", "spiece.model")
 
 

@@ -19,6 +19,7 @@ import tables  # noqa: E402
 def test_random_st5_directory_embeds_like_sentence_transformers(tmp_path):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     import embedding_throughput
+
     from gristmill.scoring.embeddings import SentenceT5Embedder
 
     model_dir = embedding_throughput.build_random_st5(str(tmp_path), preset="tiny", max_seq_length=24)

@@ -1,7 +1,10 @@
 """`gristmill demo` end to end on a shrunk configuration: every stage runs and every count reconciles."""
 
 import gzip
+import json
 import os
+
+import pytest
 
 from gristmill import cli, documents
 from gristmill import records as gm_records
@@ -22,8 +25,12 @@ def test_demo_runs_every_stage(tmp_path, capsys, embedded_glob):
     for stage in ("random", "density", "askllm", "select-askllm-top20", "select-density-ips20"):
         manifest = gm_records.read_manifest(str(out / stage))
         assert manifest["reconciled"] and manifest["counts"]["read"] == 40, stage
-        if stage.startswith("select"):  # every 20% selection holds 20% of what its scorer scored
-            assert manifest["counts"]["written"] == 8, stage
+        if stage.startswith("select"):  # every 20% selection is 20% of what its scorer scored
+            with open(out / stage / "plan.json") as f:
+                plan = json.load(f)
+            assert plan["num_documents"] == 40 and plan["expected_documents"] == pytest.approx(8), stage
+            if "top" in stage:  # top-k is exact; IPS keeps each document independently, 8 in expectation
+                assert manifest["counts"]["written"] == 8, stage
     askllm = list(gm_records.iter_scored_records(str(out / "askllm")))
     assert sum("score/askllm/smollm2-135m-instruct" in r for r in askllm) == 40
     assert all({"score/random/seed-0", "score/density/minilm"} <= r.keys() for r in askllm)
