@@ -14,7 +14,7 @@ Each step runs its job's `run(argv)` with `--input` (the chain input, or the out
 the step named by `input_from`, read through its manifest) and `--output WORKDIR/steps/<name>`.
 The output directory is stable across batches, so every batch resumes a crashed one and scores only
 the input units it has not scored yet. A selection plans over its whole input, so when its input
-grew since the last batch the select step is rerun from scratch (`--overwrite`), and only then.
+grew since the last batch the select job replaces its own earlier run (the kit does that).
 
 Then the selection is published, versioned:
 
@@ -50,7 +50,6 @@ SELECT_JOB = "select"
 JOBS: dict[str, str] = {**{f"score {name}": module for name, (module, _) in SCORERS.items()},
                         SELECT_JOB: "gristmill.pipelines.select"}
 # Jobs that plan over their whole input: rerun from scratch when their input changed.
-REPLANNING_JOBS = frozenset({SELECT_JOB})
 OWNED_FLAGS = frozenset({"input", "output", "overwrite"})
 STEPS_DIR = "steps"
 SELECTIONS_DIR = "selections"
@@ -246,23 +245,16 @@ def default_run_id() -> str:
 
 
 def run_step(config: CurationConfig, step: StepConfig, extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Runs one step's job into its stable output directory; returns the job's manifest.
-
-    A replanning job (select) whose output holds a run over other inputs is refused by the kit; it
-    is then run again with --overwrite, since its plan depends on the whole input anyway.
-    """
+    """Runs one step's job into its stable output directory; returns the job's manifest."""
     run = importlib.import_module(JOBS[step.job]).run
     argv = step_argv(config, step, extra_args)
     log.info("curate step %s: gristmill %s %s", step.name, step.job, " ".join(argv))
     try:
         manifest = run(argv)
     except units.OutputConflictError as err:
-        if step.job not in REPLANNING_JOBS:
-            raise CurationError(
-                f"step {step.name!r}: {err}. Its configuration changed since the last batch; give the step a "
-                f"new name (a new directory) to score from scratch, or remove {step_dir(config, step)}") from err
-        log.info("curate step %s: its input changed since the last batch, selecting again from scratch", step.name)
-        manifest = run(argv + ["--overwrite"])
+        raise CurationError(
+            f"step {step.name!r}: {err}. Its configuration changed since the last batch; give the step a "
+            f"new name (a new directory) to score from scratch, or remove {step_dir(config, step)}") from err
     if manifest is None:
         raise CurationError(f"step {step.name!r}: the job returned no manifest (a --dry_run flag?); "
                             f"curate needs every step to finish")

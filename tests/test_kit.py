@@ -260,3 +260,21 @@ def test_incremental_density_scores_only_new_units_and_sums_to_the_one_shot_sket
     np.testing.assert_array_equal(grown.counts, one_shot.counts)
     scores = lambda d: {r["id"]: r["score/density/minilm"] for r in records.iter_scored_records(d)}  # noqa: E731
     assert scores(grow) == scores(once)
+
+
+def test_select_replaces_its_own_run_when_its_input_grew(tmp_path):
+    from gristmill.pipelines import select
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for n in range(2):
+        _write_corpus(str(inputs / f"f{n}.jsonl"), n * 10, 10)
+    scored = str(tmp_path / "scored")
+    flags_ = ["--output", str(tmp_path / "sel"), "--rule=topk", "--rate=0.5", "--score=score/random/seed-0"]
+    score_random.run(["--input", str(inputs / "f0.jsonl"), "--output", scored])
+    assert select.run(["--input", scored, *flags_])["counts"]["read"] == 10
+    score_random.run(["--input", str(inputs / "f*.jsonl"), "--output", scored])  # incremental: one more file
+    grown = select.run(["--input", scored, *flags_])
+    assert grown["counts"]["read"] == 20 and grown["counts"]["written"] == 10
+    assert grown["counts"]["units_reused"] == 0
+    with pytest.raises(units.OutputConflictError, match="rate: 0.5 -> 0.4"):
+        select.run(["--input", scored, *flags_[:-2], "--rate=0.4", "--score=score/random/seed-0"])

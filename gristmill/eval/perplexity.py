@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import importlib.resources
 import json
 import math
@@ -42,6 +41,7 @@ import numpy as np
 
 from gristmill import documents, io, records, sampling
 from gristmill.models import t5
+from gristmill.scoring.perplexity import text_key
 from gristmill.training import data as training_data
 from gristmill.training import span_corruption
 
@@ -155,10 +155,6 @@ class PerplexityConfig:
                                                    mean_noise_span_length=self.mean_noise_span_length)
 
 
-def _text_key(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-
-
 def heldout_examples(texts: Sequence[str], vocabulary: training_data.Vocabulary,
                      config: PerplexityConfig = PerplexityConfig()) -> dict[str, np.ndarray]:
     """Span-corrupted, padded examples of the texts: `encoder_input_tokens` [N, inputs_length],
@@ -170,7 +166,7 @@ def heldout_examples(texts: Sequence[str], vocabulary: training_data.Vocabulary,
     encode = getattr(vocabulary, "encode_batch", None) or (lambda ts: [vocabulary.encode(t) for t in ts])
     examples, owners = [], []
     for index, (text, ids) in enumerate(zip(texts, encode(texts))):
-        key = _text_key(text)
+        key = text_key(text)
         for c, chunk in enumerate(training_data.split_chunks([ids], tokens_length)):
             if chunk.size == 0:
                 continue

@@ -530,8 +530,11 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 def prepare(job: str, options: JobOptions, config: Any, pipeline_options: PipelineOptions,
             fingerprint_extra: Optional[dict[str, Any]] = None,
-            files: Optional[list[units.InputFile]] = None) -> Prepared:
-    """Resolves inputs, checks the output directory and splits the work into units to do and reused ones."""
+            files: Optional[list[units.InputFile]] = None, replans: bool = False) -> Prepared:
+    """Resolves inputs, checks the output directory and splits the work into units to do and reused ones.
+
+    replans: the job's records depend on its whole input (see units.check_output).
+    """
     files = input_files(options) if files is None else files
     described = config_dict(config)
     shaping = {"scorer": described, "reader": config_dict(options.reader_config()),
@@ -540,7 +543,8 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
     units.check_output(options.output, job, {**described, "unit_records": options.unit_records,
                                              "text_field": options.text_field, "format": options.format,
                                              "keep_fields": list(options.keep_fields),
-                                             "max_document_bytes": options.max_document_bytes}, fp, options.overwrite)
+                                             "max_document_bytes": options.max_document_bytes}, fp, options.overwrite,
+                       replans)
     markers = units.read_markers(options.output) if options.resume else {}
     work, reused = units.plan_work(files, options.unit_records, fp, markers)
     log.info("%s: %d file(s), %d to read, %d unit(s) reused", job, len(files), len(work), len(reused))

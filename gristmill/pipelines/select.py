@@ -320,7 +320,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     options, config, pipeline_options = kit.parse(argv, SelectConfig, __doc__)
     files = kit.input_files(options)
     prepared = kit.prepare("select", options, config, pipeline_options,
-                           {"inputs": [f.identity() for f in files]}, files=files)
+                           {"inputs": [f.identity() for f in files]}, files=files, replans=True)
     output = options.output
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     everything = dataclasses.replace(prepared, work=[units.FileWork(f, options.unit_records, "") for f in files])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 from typing import Any, Iterable, Optional
 
@@ -29,6 +30,7 @@ DEFAULT_UNIT_RECORDS = 10_000
 RECORDS_SUFFIX = ".tfrecord"
 DEAD_SUFFIX = ".dead.jsonl"
 MARKER_SUFFIX = ".json"
+log = logging.getLogger(__name__)
 
 
 class OutputConflictError(ValueError):
@@ -127,15 +129,23 @@ def plan_work(files: Iterable[InputFile], unit_records: int, config_fingerprint:
 
 
 def check_output(output_dir: str, job: str, config: dict[str, Any], config_fingerprint: str,
-                 overwrite: bool) -> None:
+                 overwrite: bool, replans: bool = False) -> None:
     """Prepares output_dir: refuses outputs of another configuration, or removes them with overwrite.
 
     The job file (`job.json`) records which job and configuration own the directory; a rerun with
-    the same configuration resumes, any other is refused with the differences named.
+    the same configuration resumes, any other is refused with the differences named. A replanning
+    job (one whose every record depends on the whole input, like select) replaces its own earlier
+    run when only its inputs changed: that run is out of date, not foreign.
     """
+    job_path = io.join(output_dir, JOB_FILE)
+    if not overwrite and replans and io.exists(job_path):
+        owner = io.read_json(job_path)
+        overwrite = (owner.get("fingerprint") != config_fingerprint and owner.get("job") == job
+                     and owner.get("config") == json.loads(json.dumps(config, default=str)))
+        if overwrite:
+            log.info("%s: the input changed since the run in %s; replacing that run", job, output_dir)
     if overwrite and io.is_dir(output_dir):
         io.delete_tree(output_dir)
-    job_path = io.join(output_dir, JOB_FILE)
     if io.exists(job_path):
         owner = io.read_json(job_path)
         if owner.get("fingerprint") == config_fingerprint:

@@ -7,9 +7,8 @@ count and runner: the same document gets the same score wherever it is processed
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
-from gristmill import records
+from gristmill import records, sampling
 
 SCORER = "random"
 
@@ -27,10 +26,12 @@ class RandomScoreConfig:
 
 
 def random_score(doc_id: str, seed: int) -> float:
-    """A uniform number in [0, 1) determined by (doc_id, seed): 53 bits of a BLAKE2b hash."""
-    digest = hashlib.blake2b(f"{seed}\x00{doc_id}".encode(), digest_size=8,
-                             person=b"gm-random").digest()
-    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
+    """A uniform number in [0, 1) determined by (doc_id, seed): the project's one hash-to-uniform.
+
+    It is `sampling.uniform_from_id`, the same number the selection rules draw for the document,
+    so there is one keying convention wherever gristmill turns an id into a uniform.
+    """
+    return sampling.uniform_from_id(doc_id, seed)
 
 
 def add_random_score(record: records.Record, config: RandomScoreConfig) -> records.Record:
