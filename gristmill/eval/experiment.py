@@ -1,4 +1,4 @@
-"""`gristmill experiment --config FILE.json`: samplers x rates x model sizes x steps over a scored corpus.
+"""`gristmill experiment --grid GRID.json --scored SPEC`: samplers x rates x model sizes x steps x seeds.
 
 A thin orchestration layer over the library (STYLE rule 9): for every cell of the grid it plans
 a selection (`training.data.plan_from_records` -> `sampling.plan_from_scores`), trains
@@ -12,9 +12,11 @@ each saved checkpoint on the held-out text sets, giving learning curves (value v
     OUTPUT/runs/<model>-s<steps>/<sampler>[-<rate>]/   a `gristmill train` run directory + plan.json
         eval.json                     this run's results (reused when the experiment is rerun unchanged)
     OUTPUT/results.jsonl              one row per (run, checkpoint, metric): `metrics.Result` fields
-                                      plus run, parameters, documents
+                                      plus run, parameters, documents; with several seeds the value is
+                                      the mean over seeds, with `std`, `min`, `max`, `values`, `seeds`
+    OUTPUT/results_by_seed.jsonl      the same rows per seed (column `seed`), before averaging
 
-Config (JSON), with defaults:
+Config (JSON), with defaults (keys starting with "_" are comments):
 
     {"scored": "scored/*.tfrecord",                  # glob(s) of scored TFRecords (required)
      "output": "experiments/demo",                   # or --output
@@ -23,11 +25,20 @@ Config (JSON), with defaults:
                   "askllm": {"rule": "topk", "score": "score/askllm/smollm2-135m-instruct"},
                   "density": {"rule": "ips", "score": "score/density/minilm", "missing": "error"}},
      "rates": [0.2], "models": ["small"], "steps": [1000],
+     "seeds": [],                                    # training + plan seeds; [] means [seed]
      "evaluations": 4,                               # checkpoints evaluated per run (learning curve)
      "text_sets": ["c4_heldout", "high_quality"], "heldout_fraction": 0.1, "seed": 0,
      "vocab": null, "vocab_size": 32100,             # null: train one on the training split
      "train": {"batch_size": 64},                    # any other TrainConfig field
      "eval": {"inputs_length": 512, "batch_size": 16, "max_documents": null}}
+
+A grid file (`--grid`, e.g. the repository's `experiments/paper.json` and `experiments/demo.json`)
+holds the same keys as a config, usually without "scored" and "output" (`--scored`, `--output`);
+`--config` keys override the grid's. A sampler's "score" may be an `fnmatch` pattern such as
+`score/askllm/*`: it becomes one sampler per matching feature of the corpus (Ask-LLM top-k per
+proxy), named `<name>-<matched part>` (`askllm-flan-t5-xl`), and a pattern that matches nothing is
+skipped with its reason, so one grid runs every sampler that has a scorer present. A sampler may
+carry its own "rates" (the paper runs SemDeDup and Prototypes at 25%).
 
 A sampler whose score feature is absent from the corpus, or present on only some documents
 while its `missing` policy is `error` (Ask-LLM often scores a subset), is skipped with a logged
@@ -44,12 +55,15 @@ writes goes through `gristmill.training`.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import logging
 import math
 import os
 import tempfile
 from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
 
 from gristmill import flagparse, io, records, sampling
 from gristmill.eval import metrics
@@ -59,6 +73,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT_FILE = "experiment.json"
 RESULTS_FILE = "results.jsonl"
+SEED_RESULTS_FILE = "results_by_seed.jsonl"
 EVAL_FILE = "eval.json"
 PLAN_FILE = "plan.json"
 TRAIN_DATA = os.path.join("data", "train.tfrecord")
@@ -87,11 +102,16 @@ class SamplerSpec:
     score: Optional[str] = None
     missing: str = "error"
     rate_by: str = sampling.DOCUMENTS
+    rates: Optional[tuple[float, ...]] = None  # None: the experiment's rates
 
     def __post_init__(self):
+        if self.rates is not None:
+            object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
+            if not self.rates or any(not 0 < r <= 1 for r in self.rates):
+                raise ExperimentError(f"sampler {self.name!r}: rates must be in (0, 1], got {self.rates}")
         if self.rule is None:
-            if self.score is not None:
-                raise ExperimentError(f"sampler {self.name!r}: a score needs a rule")
+            if self.score is not None or self.rates is not None:
+                raise ExperimentError(f"sampler {self.name!r}: a score or rates need a rule")
             return
         if self.rule not in sampling.RULES:
             raise ExperimentError(f"sampler {self.name!r}: unknown rule {self.rule!r}; known: {sorted(sampling.RULES)}")
@@ -105,15 +125,23 @@ class SamplerSpec:
     def is_full(self) -> bool:
         return self.rule is None
 
+    @property
+    def is_pattern(self) -> bool:
+        """True when `score` is an fnmatch pattern standing for every matching feature."""
+        return self.score is not None and any(c in self.score for c in "*?[")
+
     @classmethod
     def parse(cls, name: str, spec: Optional[Mapping[str, Any]]) -> SamplerSpec:
         if spec is None:
             return cls(name=name)
         if not isinstance(spec, Mapping):
             raise ExperimentError(f"sampler {name!r}: expected null or an object, got {spec!r}")
-        unknown = set(spec) - {"rule", "score", "missing", "rate_by"}
+        unknown = set(spec) - {"rule", "score", "missing", "rate_by", "rates"}
         if unknown:
             raise ExperimentError(f"sampler {name!r}: unknown keys {sorted(unknown)}")
+        spec = dict(spec)
+        if spec.get("rates") is not None:
+            spec["rates"] = tuple(spec["rates"])
         return cls(name=name, **spec)
 
 
@@ -131,6 +159,7 @@ class ExperimentConfig:
     text_sets: tuple[str, ...] = ppl.TEXT_SETS
     heldout_fraction: float = ppl.HELDOUT_FRACTION
     seed: int = 0
+    seeds: tuple[int, ...] = ()
     vocab: Optional[str] = None
     vocab_size: int = 32100
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -152,6 +181,8 @@ class ExperimentConfig:
         for model in self.models:
             if model not in configs.SIZES:
                 raise ExperimentError(f"unknown model size {model!r}; known: {sorted(configs.SIZES)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ExperimentError(f"seeds repeat: {list(self.seeds)}")
         if any(s < 1 for s in self.steps) or self.evaluations < 1:
             raise ExperimentError(f"steps and evaluations must be >= 1, got {self.steps}, {self.evaluations}")
         for name in self.text_sets:
@@ -167,7 +198,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], output: Optional[str] = None) -> ExperimentConfig:
         """Parses the JSON config; `output` (the --output flag) overrides its "output"."""
-        data = dict(data)
+        data = {k: v for k, v in data.items() if not k.startswith("_")}  # "_comment" keys document a file
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -203,38 +234,80 @@ class ExperimentConfig:
             raise ExperimentError(f"{path}: cannot read the experiment config ({e})") from e
         return cls.from_dict(data, output)
 
+    @property
+    def run_seeds(self) -> tuple[int, ...]:
+        """The seeds every cell is trained (and planned) with."""
+        return self.seeds or (self.seed,)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["samplers"] = {s.name: None if s.is_full else {k: v for k, v in dataclasses.asdict(s).items()
-                                                           if k != "name"} for s in self.samplers}
+                                                           if k != "name" and v is not None} for s in self.samplers}
         out["train"] = dict(self.train)
         return out
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One training run of the grid."""
+    """One training run of the grid; `seeded`: the run directory names its seed (several seeds)."""
 
     model: str
     steps: int
     sampler: SamplerSpec
     rate: float
+    seed: int = 0
+    seeded: bool = False
 
     @property
-    def name(self) -> str:
+    def group(self) -> str:
+        """The run's name without its seed: what the seeds of one grid cell share."""
         tail = self.sampler.name if self.sampler.is_full else f"{self.sampler.name}-{self.rate:g}"
         return os.path.join("runs", f"{self.model}-s{self.steps}", tail)
 
+    @property
+    def name(self) -> str:
+        return os.path.join(self.group, f"seed-{self.seed}") if self.seeded else self.group
+
 
 def grid(config: ExperimentConfig, samplers: Sequence[SamplerSpec]) -> list[Cell]:
-    """The runs: every model x steps x (full once at rate 1, other samplers at every rate)."""
+    """The runs: every model x steps x (full once at rate 1, other samplers at every rate) x seed."""
+    seeds = config.run_seeds
     cells = []
     for model in config.models:
         for steps in config.steps:
             for sampler in samplers:
-                for rate in ((1.0,) if sampler.is_full else config.rates):
-                    cells.append(Cell(model, steps, sampler, float(rate)))
+                rates = (1.0,) if sampler.is_full else (sampler.rates or config.rates)
+                for rate in rates:
+                    for seed in seeds:
+                        cells.append(Cell(model, steps, sampler, float(rate), seed, len(seeds) > 1))
     return cells
+
+
+def expand_samplers(samplers: Sequence[SamplerSpec], features: Sequence[str]
+                    ) -> tuple[list[SamplerSpec], dict[str, str]]:
+    """Replaces each pattern sampler by one sampler per matching score feature (sorted).
+
+    `askllm` with score `score/askllm/*` over features `score/askllm/flan-t5-xl` and
+    `score/askllm/flan-t5-small` gives `askllm-flan-t5-small` and `askllm-flan-t5-xl`; a
+    pattern matching nothing is returned in the second value, {name: reason}.
+    """
+    expanded, skipped = [], {}
+    for sampler in samplers:
+        if not sampler.is_pattern:
+            expanded.append(sampler)
+            continue
+        matches = sorted(f for f in features if fnmatch.fnmatchcase(f, sampler.score))
+        if not matches:
+            skipped[sampler.name] = f"no score feature of the corpus matches {sampler.score!r}"
+            continue
+        prefix = sampler.score[:min(i for i in (sampler.score.find(c) for c in "*?[") if i >= 0)]
+        for feature in matches:
+            suffix = feature[len(prefix):].strip("/").replace("/", "-") or feature.replace("/", "-")
+            expanded.append(dataclasses.replace(sampler, name=f"{sampler.name}-{suffix}", score=feature))
+    names = [s.name for s in expanded]
+    if len(set(names)) != len(names):
+        raise ExperimentError(f"sampler names repeat after expanding patterns: {names}")
+    return expanded, skipped
 
 
 # --- corpus preparation ----------------------------------------------------------------------
@@ -340,9 +413,10 @@ def run_cell(config: ExperimentConfig, cell: Cell, vocab_path: str,
     run_dir = io.join(config.output, cell.name)
     key = {"cell": {"model": cell.model, "steps": cell.steps, "sampler": dataclasses.asdict(cell.sampler),
                     "rate": cell.rate},
-           "train": dict(config.train), "eval": dataclasses.asdict(config.eval), "seed": config.seed,
+           "train": dict(config.train), "eval": dataclasses.asdict(config.eval), "seed": cell.seed,
            "evaluations": config.evaluations, "text_sets": list(config.text_sets), "vocab": vocab_path,
            "heldout_fraction": config.heldout_fraction}
+    key = json.loads(json.dumps(key))  # as eval.json holds it (tuples become lists)
     eval_path = io.join(run_dir, EVAL_FILE)
     if io.exists(eval_path):
         saved = io.read_json(eval_path)
@@ -353,7 +427,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, vocab_path: str,
     train_data = io.join(config.output, TRAIN_DATA)
     plan_path, documents = None, None
     if not cell.sampler.is_full:
-        plan = data.plan_from_records(train_data, cell.sampler.rule, rate=cell.rate, seed=config.seed,
+        plan = data.plan_from_records(train_data, cell.sampler.rule, rate=cell.rate, seed=cell.seed,
                                       score_feature=cell.sampler.score, rate_by=cell.sampler.rate_by,
                                       missing=cell.sampler.missing)
         plan_path = io.join(run_dir, PLAN_FILE)
@@ -363,7 +437,7 @@ def run_cell(config: ExperimentConfig, cell: Cell, vocab_path: str,
     every = max(1, cell.steps // config.evaluations)
     train_config = configs.TrainConfig(
         data=(train_data,), output=run_dir, steps=cell.steps, model_size=cell.model, plan=plan_path,
-        vocab=vocab_path, seed=config.seed, checkpoint_every=every, keep_checkpoints=config.evaluations + 2,
+        vocab=vocab_path, seed=cell.seed, checkpoint_every=every, keep_checkpoints=config.evaluations + 2,
         **dict(config.train))
     train.train(train_config)
     parameters = train.read_run(run_dir)["parameters"]
@@ -376,8 +450,8 @@ def run_cell(config: ExperimentConfig, cell: Cell, vocab_path: str,
             result = metrics.Result(model=cell.model, sampler=cell.sampler.name, rate=cell.rate,
                                     metric=metric_name(name), value=value.perplexity, steps=cell.steps, step=step,
                                     tokens=tokens.get(step))
-            rows.append({**dataclasses.asdict(result), "run": cell.name, "parameters": parameters,
-                         "documents": documents, "target_tokens": value.tokens})
+            rows.append({**dataclasses.asdict(result), "run": cell.name, "seed": cell.seed,
+                         "parameters": parameters, "documents": documents, "target_tokens": value.tokens})
             log.info("%s step %d: %s = %.3f", cell.name, step, result.metric, value.perplexity)
     io.write_json(eval_path, {"key": key, "rows": rows})
     return rows
@@ -385,9 +459,82 @@ def run_cell(config: ExperimentConfig, cell: Cell, vocab_path: str,
 
 # --- the grid --------------------------------------------------------------------------------
 
-def write_results(output: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Writes OUTPUT/results.jsonl (all rows so far), atomically."""
-    io.write_text(io.join(output, RESULTS_FILE), "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+def write_results(output: str, rows: Sequence[Mapping[str, Any]], name: str = RESULTS_FILE) -> None:
+    """Writes OUTPUT/results.jsonl (or `name`) with all rows so far, atomically."""
+    io.write_text(io.join(output, name), "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows))
+
+
+def _group_of(run: str, seed: Any) -> str:
+    tail = os.sep + f"seed-{seed}"
+    return run[:-len(tail)] if run.endswith(tail) else run
+
+
+def mean_over_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (run without its seed, checkpoint, metric): value = mean over the seeds.
+
+    Adds `std` (sample standard deviation, ddof=1; 0 for one seed), `min`, `max`, `values` and
+    `seeds` (in seed order); `documents` is the mean too (IPS and random plans differ by seed).
+    Rows of one seed pass through with std 0, so every consumer of results.jsonl reads one shape.
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        run = _group_of(row["run"], row.get("seed"))
+        groups.setdefault((run, row.get("step"), row["metric"]), []).append(row)
+    out = []
+    for (run, _, _), members in groups.items():
+        members = sorted(members, key=lambda r: r.get("seed") or 0)
+        values = np.asarray([float(r["value"]) for r in members])
+        docs = [r["documents"] for r in members if r.get("documents") is not None]
+        merged = {k: v for k, v in members[0].items() if k != "seed"}
+        merged.update(run=run, value=float(values.mean()), std=float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                      min=float(values.min()), max=float(values.max()), values=values.tolist(),
+                      seeds=[r.get("seed") for r in members],
+                      documents=float(np.mean(docs)) if docs else None)
+        out.append(merged)
+    return out
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SeedComparison:
+    """A sampler's final value against full data's, over seeds: is the difference beyond the spread?"""
+
+    model: str
+    steps: int
+    sampler: str
+    rate: float
+    metric: str
+    mean: float
+    std: float
+    full_mean: float
+    full_std: float
+    seeds: int
+
+    @property
+    def difference(self) -> float:
+        return self.mean - self.full_mean
+
+    @property
+    def within_spread(self) -> bool:
+        """True when |mean - full mean| <= std + full std: the seeds cannot tell the two apart."""
+        return abs(self.difference) <= self.std + self.full_std
+
+
+def compare_to_full(rows: Sequence[Mapping[str, Any]]) -> list[SeedComparison]:
+    """Each non-full run's final mean (rows of `mean_over_seeds`) against the full run of its size and steps."""
+    finals = {}
+    for row in rows:
+        key = (row["model"], row.get("steps"), row["sampler"], float(row["rate"]), row["metric"])
+        if key not in finals or (row.get("step") or 0) > (finals[key].get("step") or 0):
+            finals[key] = row
+    out = []
+    for (model, steps, sampler, rate, metric), row in sorted(finals.items(), key=lambda kv: str(kv[0])):
+        full = finals.get((model, steps, metrics.FULL, 1.0, metric))
+        if sampler == metrics.FULL or full is None:
+            continue
+        out.append(SeedComparison(model=model, steps=steps, sampler=sampler, rate=rate, metric=metric,
+                                  mean=row["value"], std=row.get("std", 0.0), full_mean=full["value"],
+                                  full_std=full.get("std", 0.0), seeds=len(row.get("seeds") or [row.get("seed")])))
+    return out
 
 
 def read_results(output: str) -> list[dict[str, Any]]:
@@ -410,7 +557,9 @@ def run_experiment(config: ExperimentConfig) -> list[dict[str, Any]]:
 
     io.makedirs(config.output)
     corpus = prepare_corpus(config)
-    usable, skipped = usable_samplers(config.samplers, corpus["score_coverage"], corpus["train_documents"])
+    expanded, skipped = expand_samplers(config.samplers, sorted(corpus["score_coverage"]))
+    usable, unusable = usable_samplers(expanded, corpus["score_coverage"], corpus["train_documents"])
+    skipped.update(unusable)
     cells = grid(config, usable)
     vocab_path = prepare_vocab(config)
     with io.local_copy(vocab_path) as local_vocab:
@@ -421,6 +570,7 @@ def run_experiment(config: ExperimentConfig) -> list[dict[str, Any]]:
     summary = {"config": config.to_dict(), "corpus": corpus, "skipped_samplers": skipped, "vocab": vocab_path,
                "text_sets": {name: {"documents": len(t), "examples": int(examples[name]["document"].size)}
                              for name, t in texts.items()},
+               "samplers": [s.name for s in usable], "seeds": list(config.run_seeds),
                "runs": [c.name for c in cells], "metrics": [metric_name(n) for n in config.text_sets],
                "lower_is_better": [metric_name(n) for n in config.text_sets]}
     io.write_json(io.join(config.output, EXPERIMENT_FILE), summary)
@@ -430,19 +580,43 @@ def run_experiment(config: ExperimentConfig) -> list[dict[str, Any]]:
     for i, cell in enumerate(cells, start=1):
         log.info("run %d/%d: %s", i, len(cells), cell.name)
         rows.extend(run_cell(config, cell, vocab_path, examples))
-        write_results(config.output, rows)
-    return rows
+        write_results(config.output, rows, SEED_RESULTS_FILE)
+        write_results(config.output, mean_over_seeds(rows))
+    means = mean_over_seeds(rows)
+    summary["seed_comparison"] = [{**dataclasses.asdict(c), "difference": c.difference,
+                                   "within_spread": c.within_spread} for c in compare_to_full(means)]
+    io.write_json(io.join(config.output, EXPERIMENT_FILE), summary)
+    return means
 
 
 # --- entry point -----------------------------------------------------------------------------
 
+def load_config(*, grid_file: Optional[str] = None, config_file: Optional[str] = None,
+                scored: Sequence[str] = (), output: Optional[str] = None) -> ExperimentConfig:
+    """The experiment from a grid file, a config file (its keys win) and the --scored/--output flags (win last)."""
+    if not grid_file and not config_file:
+        raise ExperimentError("give --grid GRID.json (e.g. experiments/paper.json) and/or --config FILE.json")
+    data: dict[str, Any] = {}
+    for path in (grid_file, config_file):
+        if path:
+            try:
+                data.update(io.read_json(path))
+            except (OSError, ValueError) as e:
+                raise ExperimentError(f"{path}: cannot read the experiment config ({e})") from e
+    if scored:
+        data["scored"] = list(scored)
+    return ExperimentConfig.from_dict(data, output)
+
+
 def run(argv: list[str]) -> list[dict[str, Any]]:
-    """Entry point of `gristmill experiment --config FILE.json [--output DIR]`."""
+    """Entry point of `gristmill experiment --grid GRID.json --scored SPEC --output DIR` (or --config FILE.json)."""
     from absl import flags
 
     fv = flags.FlagValues()
-    flags.DEFINE_string("config", None, "Experiment config (JSON).", flag_values=fv)
+    flags.DEFINE_string("grid", None, "Grid file (JSON): samplers, rates, models, steps, seeds...", flag_values=fv)
+    flags.DEFINE_string("config", None, "Experiment config (JSON); its keys override the grid's.", flag_values=fv)
+    flags.DEFINE_list("scored", [], "Scored records (output directories or globs); overrides \"scored\".",
+                      flag_values=fv)
     flags.DEFINE_string("output", None, "Experiment directory (overrides the config's \"output\").", flag_values=fv)
-    flags.mark_flag_as_required("config", flag_values=fv)
-    flagparse.parse(fv, argv, "gristmill experiment --config FILE.json [--output DIR]")
-    return run_experiment(ExperimentConfig.from_file(fv.config, fv.output))
+    flagparse.parse(fv, argv, "gristmill experiment --grid GRID.json --scored SPEC --output DIR [--config FILE.json]")
+    return run_experiment(load_config(grid_file=fv.grid, config_file=fv.config, scored=fv.scored, output=fv.output))
