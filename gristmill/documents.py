@@ -190,6 +190,10 @@ def parse_json_line(raw: bytes, source: str, number: int, config: ReaderConfig) 
         return DeadLetter(source, number, NOT_AN_OBJECT, f"JSON value is {type(obj).__name__}, not an object",
                           _excerpt(line))
     text = obj.get(config.text_field)
+    if text is None:
+        return DeadLetter(source, number, MISSING_TEXT,
+                          f"no {config.text_field!r} field (fields: {', '.join(sorted(obj)) or 'none'})",
+                          _excerpt(line))
     problem = _check_text(text, source, number, config, line)
     if problem:
         return problem
@@ -217,7 +221,8 @@ def parse_example(data: bytes, source: str, number: int, config: ReaderConfig) -
     features = example.features.feature
     text_feature = features.get(config.text_field)
     if text_feature is None:
-        return DeadLetter(source, number, MISSING_TEXT, f"no {config.text_field!r} feature", "")
+        return DeadLetter(source, number, MISSING_TEXT,
+                          f"no {config.text_field!r} feature (features: {', '.join(sorted(features)) or 'none'})", "")
     if text_feature.WhichOneof("kind") != "bytes_list" or len(text_feature.bytes_list.value) != 1:
         return DeadLetter(source, number, NON_STRING_TEXT,
                           f"{config.text_field!r} is not a single bytes value", "")

@@ -595,28 +595,15 @@ def run_pipeline(pipeline: beam.Pipeline, prepared: Prepared, is_test: bool) -> 
 
 
 def check_not_all_missing_text(manifest: dict[str, Any], options: JobOptions) -> None:
-    """Fails a job whose every record lacked the text field, naming the fields the records have."""
+    """Fails a job whose every record lacked the text field, quoting a dead letter that names the fields."""
     counts = manifest["counts"]
     missing = counts["dead_lettered_by_reason"].get(documents.MISSING_TEXT, 0)
     if counts["read"] and counts["written"] == 0 and missing == counts["read"]:
-        fields = _fields_seen(options.output, manifest)
+        first = json.loads(io.read_text(io.join(options.output, manifest["outputs"]["dead_letters"])).splitlines()[0])
         raise documents.InputError(
-            f"every one of the {counts['read']} records lacks the text field {options.text_field!r}"
-            + (f"; the records have the fields {', '.join(fields)}: pass --text_field with one of them"
-               if fields else "; pass --text_field naming the field that holds the text"))
-
-
-def _fields_seen(output_dir: str, manifest: dict[str, Any]) -> list[str]:
-    path = io.join(output_dir, manifest["outputs"]["dead_letters"])
-    seen: set[str] = set()
-    for line in io.read_text(path).splitlines()[:50]:
-        letter = json.loads(line)
-        seen.update(letter.get("fields") or [])
-        try:
-            seen.update(json.loads(letter.get("excerpt", "")).keys())
-        except (ValueError, AttributeError):
-            pass
-    return sorted(seen)
+            f"every one of the {counts['read']} records lacks the text field {options.text_field!r} "
+            f"({first['source']} record {first['record']}: {first['detail']}); pass --text_field naming the "
+            f"field that holds the text")
 
 
 # ------------------------------------------------------------------------------------ scorers

@@ -75,7 +75,9 @@ def unit_key(file: InputFile, chunk: int, unit_records: int, config_fingerprint:
     """`<base name>.<chunk>.<hash>`: readable, and unique for (file identity, chunk, unit size, config)."""
     payload = json.dumps([file.identity(), chunk, unit_records, config_fingerprint], sort_keys=True)
     digest = hashlib.blake2b(payload.encode("utf-8"), digest_size=8).hexdigest()
-    base = re.sub(r"[^A-Za-z0-9_.-]", "_", io.basename(file.path))[:80]
+    # a unit file of an earlier job (`<base>.<chunk>.<hash>.tfrecord`) keeps its base and chunk
+    base = re.sub(r"\.[0-9a-f]{16}\.tfrecord$", "", io.basename(file.path))
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", base)[:80]
     return f"{base}.{chunk:05d}.{digest}"
 
 
@@ -98,12 +100,10 @@ def read_markers(output_dir: str, suffix: str = MARKER_SUFFIX) -> dict[str, dict
     """Every unit marker in output_dir, by unit key."""
     markers = {}
     for path in io.glob(io.join(output_dir, UNITS_DIR, "*" + suffix), allow_empty=True):
-        name = io.basename(path)[: -len(suffix)]
-        if "." in name and name.count(".") >= 2 and not name.endswith((".dead", ".emb")):
-            try:
-                markers[name] = io.read_json(path)
-            except ValueError:
-                continue  # a marker is written atomically; an unparseable one is not ours
+        try:
+            markers[io.basename(path)[: -len(suffix)]] = io.read_json(path)
+        except ValueError:
+            continue  # a marker is written atomically; an unparseable one is not ours
     return markers
 
 
