@@ -9,4 +9,5 @@ SCORERS: dict[str, tuple[str, str]] = {
     "random": ("gristmill.pipelines.score_random", "score documents with the Random baseline"),
     "askllm": ("gristmill.pipelines.score_askllm", "score documents with Ask-LLM (P(yes))"),
     "density": ("gristmill.pipelines.score_density", "score documents with the LSH density sketch"),
+    "perplexity": ("gristmill.pipelines.score_perplexity", "score documents with a proxy LM's perplexity"),
 }
