@@ -9,5 +9,6 @@ SCORERS: dict[str, tuple[str, str]] = {
     "random": ("gristmill.pipelines.score_random", "score documents with the Random baseline"),
     "askllm": ("gristmill.pipelines.score_askllm", "score documents with Ask-LLM (P(yes))"),
     "density": ("gristmill.pipelines.score_density", "score documents with the LSH density sketch"),
+    "clusters": ("gristmill.pipelines.score_clusters", "k-means clusters: SemDeDup and SSL Prototypes scores"),
     "perplexity": ("gristmill.pipelines.score_perplexity", "score documents with a proxy LM's perplexity"),
 }

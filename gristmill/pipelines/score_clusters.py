@@ -1,0 +1,374 @@
+"""`gristmill score clusters`: the SemDeDup and SSL Prototypes baselines (PAPER.md 3.1 rows 3-4).
+
+    gristmill score clusters --input out/density --output out/clusters --k 10000 \\
+        [--sample 200000] [--iterations 20] [--eps 0.05] [--name NAME] [--embedder minilm|st5:DIR]
+
+    units --read--> embeddings (the input's cache units/<u>.emb.npy, else the embedder)
+          --> units/<u>.tfrecord + units/<u>.emb.npy + marker                     (per unit, resumable)
+    every unit --(hash(id), doc)--> Top.Smallest(N) --fit k-means, one worker--> centroids.npy
+    every unit --assign (centroids side input)--> (cluster, block pair) -> members  (GroupByKey)
+          --exact SemDeDup maxima per block pair--> max over pairs per document      (CombinePerKey)
+          --> (unit -> per-document results) joined with the markers (CoGroupByKey)
+          --> units/<u>.tfrecord rewritten with the features (atomic), marker      --> manifest
+
+Embeddings: an input that is a `score density` output (or an earlier `score clusters` output) has
+each unit's embeddings cached beside its records (`units/<u>.emb.npy`, rows in record order); they
+are used as they are, with no second embedding pass. A file without a cache is embedded with the
+density job's embedder spec. Either way this job keeps a copy beside its own units, so its output
+is again an input with cached embeddings (re-cluster at another k without embedding).
+
+Design and memory bound (C4: 364M documents, k = 10,000):
+- The fit is k-means++ and Lloyd rounds (`gristmill.scoring.clusters.fit_kmeans`) on a bounded,
+  deterministic sample in ONE worker: the N documents with the smallest BLAKE2b hash of their id
+  (ties by id, source, unit, row), taken with a combine whose accumulators hold N small tuples.
+  Worker memory: `clusters.fit_memory_bytes(N, d, k)` (N = 1M, d = 768, k = 10,000: about 3.6 GB).
+- Assignment is per unit (`clusters.assign`, exact and independent of batching), so it scales
+  with the workers; memory: one unit's embeddings plus block_rows x k similarities.
+- SemDeDup is exact within a cluster, which needs a cluster's members together. A cluster of S
+  members is cut into b = ceil(S / block_members) blocks by member hash, and each of the
+  b (b + 1) / 2 block pairs is one group of at most 2 x block_members embeddings (so at most
+  2 x block_members x d x 4 bytes plus block_size^2 similarities in a worker, never the whole
+  cluster). Each group computes its members' maximum similarity to any other member
+  (`semdedup_scores`) and to any EARLIER member in SemDeDup's order (`semdedup_earlier_max`;
+  the order is by distance to the centroid, then a unique member key, so it is the same in every
+  group); maxima over the groups a member is in combine by max, which gives the exact
+  whole-cluster values. No cluster is ever dropped or truncated.
+- The keep decision is SemDeDup's (`semdedup_keep`): removed when the maximum similarity to an
+  earlier member exceeds 1 - eps; with `--keep hard` (their default) the member farthest from
+  the centroid of each near-duplicate group stays.
+- The last pass groups the small per-document results by unit (a unit's size) and rewrites each unit.
+
+Outputs are identical in-process and on any number of workers, and across reshardings of the
+input (another --unit_records): nothing depends on the order documents arrive in.
+
+Features (`records` names): `cluster/<name>` (int), `dist/<name>` (1 - cos to its centroid),
+`score/prototypes/<embedder>` = -cos to the centroid, `score/semdedup/<embedder>` = -max cos to
+another member of the cluster (+1 alone in its cluster), `keep/semdedup/<embedder>` (int 1 = kept).
+Select SemDeDup's subset with `gristmill select --rule flag --score keep/semdedup/<embedder>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+from typing import Any, Optional
+
+import apache_beam as beam
+import numpy as np
+
+from gristmill import io, records
+from gristmill.pipelines import inference, kit, units
+from gristmill.pipelines import score_density as density_job
+from gristmill.scoring import clusters
+
+JOB = "score clusters"
+CENTROIDS_FILE = "centroids.npy"
+PROTOTYPES, SEMDEDUP = "prototypes", "semdedup"
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClustersConfig:
+    """One clustering of the embeddings and the two baselines' parameters."""
+
+    k: Optional[int] = dataclasses.field(default=None, metadata={"help": "Number of k-means centroids (required)"})
+    sample: int = dataclasses.field(default=200_000, metadata={
+        "help": "Documents the k-means fit uses (those with the smallest id hash), in one worker"})
+    iterations: int = dataclasses.field(default=20, metadata={"help": "Lloyd rounds at most"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the k-means++ initialisation"})
+    eps: float = dataclasses.field(default=0.05, metadata={
+        "help": "SemDeDup: a document more similar than 1 - eps to an earlier one of its cluster is removed"})
+    keep: str = dataclasses.field(default=clusters.KEEP_HARD, metadata={
+        "help": "SemDeDup: which member of a near-duplicate group stays: hard (farthest from the centroid) "
+                "or easy (closest)", "choices": (clusters.KEEP_HARD, clusters.KEEP_EASY)})
+    name: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Name of the cluster/ and dist/ features (default <embedder>-k<k>)"})
+    embedder: str = dataclasses.field(default="minilm", metadata={
+        "help": "The embeddings' embedder (names the scores; embeds files without a cache): minilm, "
+                "minilm:DIR or st5:DIR"})
+    block_members: int = dataclasses.field(default=20_000, metadata={
+        "help": "SemDeDup: clusters larger than this are split into blocks of about this many members"})
+    share_model: bool = dataclasses.field(default=False, metadata={
+        "help": "Share one embedder copy across a worker's processes (GPU workers)"})
+
+    def __post_init__(self):
+        if self.k is None or self.k < 1:
+            raise ValueError("--k is required (the number of centroids, at least 1)")
+        if self.sample < self.k or self.iterations < 0 or self.block_members < 1:
+            raise ValueError(f"need --sample >= --k, --iterations >= 0, --block_members >= 1; got {self}")
+        if not 0 <= self.eps <= 2:
+            raise ValueError(f"--eps must be in [0, 2], got {self.eps}")
+
+    @property
+    def density(self) -> density_job.DensityConfig:
+        """The density job's config for the same embedder (its model name and embedder spec)."""
+        return density_job.DensityConfig(embedder=self.embedder, share_model=self.share_model)
+
+    @property
+    def model_name(self) -> str:
+        """The embedder's name in the score features, e.g. `minilm`."""
+        return self.density.model_name
+
+    @property
+    def features(self) -> dict[str, str]:
+        """Feature names this job writes: cluster, dist, prototypes, semdedup, keep."""
+        name = self.name or f"{self.model_name}-k{self.k}"
+        return {"cluster": records.cluster_feature(name), "dist": records.dist_feature(name),
+                "prototypes": records.score_feature(PROTOTYPES, self.model_name),
+                "semdedup": records.score_feature(SEMDEDUP, self.model_name),
+                "keep": keep_feature(SEMDEDUP, self.model_name)}
+
+
+def keep_feature(scorer: str, model: str) -> str:
+    """Name of a de-duplication keep decision (int 1 kept, 0 removed), e.g. `keep/semdedup/minilm`."""
+    return f"keep/{scorer}/{model}"
+
+
+def cache_path(records_path: str) -> str:
+    """The embedding cache beside a unit's records: `units/<u>.tfrecord` -> `units/<u>.emb.npy`."""
+    stem = records_path[: -len(units.RECORDS_SUFFIX)] if records_path.endswith(units.RECORDS_SUFFIX) else records_path
+    return stem + density_job.EMBEDDINGS_SUFFIX
+
+
+def id_hash(doc_id: str) -> int:
+    """The sample order of a document: the first 8 bytes of BLAKE2b(id) as an unsigned integer."""
+    return int.from_bytes(hashlib.blake2b(str(doc_id).encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def member_key(doc_id: str, source: str, unit: str, row: int) -> str:
+    """A document's unique, order-giving key inside a cluster (id first: the same under any resharding
+    except between copies of one document, which are identical)."""
+    return f"{doc_id}\x00{source}\x00{unit}\x00{row:012d}"
+
+
+# ------------------------------------------------------------------------------------ embeddings
+
+
+def _cached_embeddings(output_dir: str, info: kit.UnitInfo, items: list) -> dict[str, Any]:
+    """WriteUnits hook for inputs with a cache: copies the unit's rows (record number - 1) of it."""
+    rows = [item.number - 1 for item in items if item.kind == kit.RECORD]
+    if not rows:
+        return {"embeddings": None, "embedded": False}
+    cache = density_job.load_array(cache_path(info.file.path))
+    if max(rows) >= cache.shape[0]:
+        raise ValueError(f"{cache_path(info.file.path)} has {cache.shape[0]} rows, but record {max(rows) + 1} "
+                         f"of {info.file.path} needs one: the cache does not belong to these records")
+    density_job.save_array(density_job.embedding_path(output_dir, info.key), cache[rows].astype(np.float32))
+    return {"embeddings": units.relative_unit_path(info.key, density_job.EMBEDDINGS_SUFFIX), "embedded": False}
+
+
+def _new_embeddings(output_dir: str, info: kit.UnitInfo, items: list) -> dict[str, Any]:
+    """WriteUnits hook after the embedder: moves each record's embedding into the unit's cache."""
+    vectors = [np.asarray(item.value.pop(density_job.EMBEDDING), np.float32)
+               for item in items if item.kind == kit.RECORD]
+    if not vectors:
+        return {"embeddings": None, "embedded": True}
+    density_job.save_array(density_job.embedding_path(output_dir, info.key), np.stack(vectors))
+    return {"embeddings": units.relative_unit_path(info.key, density_job.EMBEDDINGS_SUFFIX), "embedded": True}
+
+
+def _unit_documents(output_dir: str, marker: dict) -> tuple[list[records.Record], np.ndarray]:
+    """A written unit's records and embeddings (record order)."""
+    if not marker.get("records"):
+        return [], np.zeros((0, 0), np.float32)
+    with io.open_read(io.join(output_dir, marker["records"])) as f:
+        recs = [records.deserialize(data) for data in records.iter_tfrecords(f)]
+    x = density_job.load_array(io.join(output_dir, marker["embeddings"]))
+    if x.shape[0] != len(recs):
+        raise ValueError(f"unit {marker['key']}: {len(recs)} records but {x.shape[0]} cached embeddings")
+    return recs, x
+
+
+def _keys(marker: dict, recs: list[records.Record]) -> list[str]:
+    return [member_key(r[records.ID], r.get(records.SOURCE, ""), marker["key"], row) for row, r in enumerate(recs)]
+
+
+# ------------------------------------------------------------------------------------ the fit
+
+
+def _sample_candidates(marker: dict, output_dir: str):
+    """A unit -> (id hash, member key, unit, row) for each of its documents."""
+    recs, _ = _unit_documents(output_dir, marker)
+    for row, key in enumerate(_keys(marker, recs)):
+        yield id_hash(recs[row][records.ID]), key, marker["key"], row
+
+
+def fit_centroids(chosen: list[tuple], output_dir: str, config: ClustersConfig) -> np.ndarray:
+    """The sample's rows loaded unit by unit -> k-means centroids (k x d float32, unit norm)."""
+    if len(chosen) < config.k:
+        raise ValueError(f"--k {config.k} needs at least {config.k} documents; the input has {len(chosen)}")
+    by_unit: dict[str, list[int]] = {}
+    for _, _, unit, row in chosen:
+        by_unit.setdefault(unit, []).append(row)
+    parts, keys = [], []
+    for unit in sorted(by_unit):
+        rows = sorted(by_unit[unit])
+        x = density_job.load_array(density_job.embedding_path(output_dir, unit))
+        parts.append(x[rows])
+        keys.extend((unit, row) for row in rows)
+    key_of = {(unit, row): key for _, key, unit, row in chosen}
+    sample = np.concatenate(parts).astype(np.float32)
+    fit = clusters.fit_kmeans(sample, config.k, config.iterations, config.seed,
+                              ids=[key_of[k] for k in keys])
+    log.info("clusters: k-means on %d documents (d = %d, k = %d): %d Lloyd rounds, %s", sample.shape[0],
+             sample.shape[1], config.k, fit.iterations, "converged" if fit.converged else "not converged")
+    return fit.centroids
+
+
+def save_centroids(centroids: np.ndarray, path: str) -> str:
+    """Writes centroids.npy (atomic); returns the path."""
+    density_job.save_array(path, np.asarray(centroids, np.float32))
+    return path
+
+
+# ------------------------------------------------------------------------------------ SemDeDup
+
+
+def blocks_of(size: int, block_members: int) -> int:
+    """How many blocks a cluster of `size` members is cut into."""
+    return max(1, math.ceil(size / block_members))
+
+
+def block_of(key: str, n_blocks: int) -> int:
+    """A member's block: a hash of its key, so a block's content does not depend on arrival order."""
+    return id_hash(key) % n_blocks
+
+
+def assign_unit(marker: dict, output_dir: str, centroids: np.ndarray):
+    """A unit marker -> (cluster, member) for each of its documents, member = (key, unit, row,
+    embedding float32 [d], cos to the centroid float64)."""
+    recs, x = _unit_documents(output_dir, marker)
+    if not recs:
+        return
+    labels, _ = clusters.assign(x, centroids)
+    cos = -clusters.prototypes_score(x, centroids, labels)
+    for row, key in enumerate(_keys(marker, recs)):
+        yield int(labels[row]), (key, marker["key"], row, x[row], float(cos[row]))
+
+
+def to_block_pairs(assigned: tuple, sizes: dict, block_members: int):
+    """(cluster, member) -> ((cluster, i, j), member) for every block pair i <= j its block joins."""
+    c, member = assigned
+    n_blocks = blocks_of(sizes[c], block_members)
+    b = block_of(member[0], n_blocks)
+    for other in range(n_blocks):
+        yield (c, min(b, other), max(b, other)), member
+
+
+def pair_maxima(group: tuple, centroids: np.ndarray, keep: str) -> list[tuple]:
+    """One block pair of one cluster -> ((unit, row), (cluster, cos, max sim, max sim to an earlier member)).
+
+    Exact over the pair's members; the maxima over all pairs a member is in are its cluster's.
+    """
+    (c, _, _), members = group
+    unique = sorted(members, key=lambda m: m[0])  # each member reaches a pair once
+    keys = [m[0] for m in unique]
+    x = np.stack([m[3] for m in unique]).astype(np.float32)
+    nearest = -clusters.semdedup_scores(x)
+    earlier = clusters.semdedup_earlier_max(x, centroids[c], keys, keep)
+    return [((m[1], m[2]), (c, m[4], float(nearest[i]), float(earlier[i]))) for i, m in enumerate(unique)]
+
+
+def _max_result(results):
+    results = list(results)
+    c, cos = results[0][0], results[0][1]
+    return c, cos, max(r[2] for r in results), max(r[3] for r in results)
+
+
+# ------------------------------------------------------------------------------------ rewrite
+
+
+class _RewriteUnitFn(beam.DoFn):
+    """(unit, {marker, results}) -> the unit's records rewritten with the features; yields its marker."""
+
+    def __init__(self, output_dir: str, config: ClustersConfig):
+        self.output_dir = output_dir
+        self.features = config.features
+        self.eps = config.eps
+
+    def setup(self):
+        self.progress = kit.Progress("documents written by clusters")
+
+    def process(self, element):
+        _, joined = element
+        (marker,) = joined["marker"]
+        results = {}
+        for by_row in joined["results"]:
+            results.update(by_row)
+        recs, _ = _unit_documents(self.output_dir, marker)
+        if recs:
+            if len(results) != len(recs):
+                raise ValueError(f"unit {marker['key']}: {len(recs)} records but {len(results)} cluster results")
+            f = self.features
+            for row, record in enumerate(recs):
+                c, cos, nearest, earlier = results[row]
+                record[f["cluster"]] = int(c)
+                record[f["dist"]] = float(1.0 - cos)
+                record[f["prototypes"]] = float(-cos)
+                record[f["semdedup"]] = float(-nearest)
+                record[f["keep"]] = int(earlier <= 1.0 - self.eps)  # clusters.semdedup_keep's rule
+            io.atomic_write(io.join(self.output_dir, marker["records"]),
+                            b"".join(records.encode_tfrecord(records.serialize(r)) for r in recs))
+            self.progress.tick(len(recs))
+        yield marker
+
+
+def check_embedder(options: kit.JobOptions, config: ClustersConfig) -> None:
+    """Refuses an input directory whose embeddings came from another embedder than --embedder."""
+    for spec in options.input:
+        for part in (p.strip() for p in spec.split(",")):
+            if part and io.is_dir(part) and io.exists(io.join(part, records.MANIFEST_FILE)):
+                theirs = records.read_manifest(part).get("config", {}).get("embedder")
+                if theirs and theirs != config.embedder:
+                    raise kit.UsageError(f"{part} holds embeddings of {theirs!r}, not --embedder {config.embedder!r}; "
+                                         f"pass --embedder {theirs}")
+
+
+def run(argv=None, save_main_session=True, test_pipeline=None):
+    """Builds and runs the job; returns the run manifest."""
+    options, config, pipeline_options = kit.parse(argv, ClustersConfig, __doc__)
+    check_embedder(options, config)
+    prepared = kit.prepare(JOB, options, config, pipeline_options)
+    output = options.output
+    cached = [w for w in prepared.work if io.exists(cache_path(w.file.path))]
+    uncached = [w for w in prepared.work if w not in cached]
+    log.info("clusters: %d file(s) with cached embeddings, %d to embed", len(cached), len(uncached))
+    pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
+
+    written = [pipeline | "ReusedUnits" >> beam.Create(prepared.reused)]
+    if cached:
+        written.append(kit.read(pipeline, dataclasses.replace(prepared, work=cached), label="ReadCached")
+                       | "WriteCachedUnits" >> kit.WriteUnits(output, _cached_embeddings))
+    if uncached:  # the embedder loads only when some file has no cache
+        written.append(kit.read(pipeline, dataclasses.replace(prepared, work=uncached), label="ReadToEmbed")
+                       | "Embed" >> inference.RunModel(density_job.embed_spec(config.density, options))
+                       | "WriteEmbeddedUnits" >> kit.WriteUnits(output, _new_embeddings))
+    listed = tuple(written) | "EveryUnit" >> beam.Flatten() | "ListUnits" >> beam.combiners.ToList()
+    every_unit = listed | "Units" >> beam.FlatMap(lambda ms: ms) | "SpreadUnits" >> beam.Reshuffle()
+
+    chosen = (every_unit
+              | "SampleCandidates" >> beam.FlatMap(_sample_candidates, output)
+              | "Sample" >> beam.combiners.Top.Smallest(config.sample))
+    centroids = chosen | "FitKMeans" >> beam.Map(fit_centroids, output, config)
+    saved = centroids | "SaveCentroids" >> beam.Map(save_centroids, io.join(output, CENTROIDS_FILE))
+    centroids_side = beam.pvalue.AsSingleton(centroids)
+
+    assigned = every_unit | "Assign" >> beam.FlatMap(assign_unit, output, centroids_side)
+    sizes = (assigned
+             | "ClusterOf" >> beam.Map(lambda kv: kv[0])
+             | "ClusterSizes" >> beam.combiners.Count.PerElement())
+    by_unit = (assigned
+               | "BlockPairs" >> beam.FlatMap(to_block_pairs, beam.pvalue.AsDict(sizes), config.block_members)
+               | "GroupBlockPairs" >> beam.GroupByKey()
+               | "SemDeDup" >> beam.FlatMap(pair_maxima, centroids_side, config.keep)
+               | "MaxOverPairs" >> beam.CombinePerKey(_max_result)
+               | "ByUnit" >> beam.Map(lambda kv: (kv[0][0], {kv[0][1]: kv[1]})))
+    markers = every_unit | "KeyUnits" >> beam.Map(lambda m: (m["key"], m))
+    rewritten = ({"marker": markers, "results": by_unit}
+                 | "JoinUnits" >> beam.CoGroupByKey()
+                 | "Rewrite" >> beam.ParDo(_RewriteUnitFn(output, config)))
+    _ = rewritten | "Finalize" >> kit.Finalize(output, prepared.base, prepared.reused, {"centroids": CENTROIDS_FILE},
+                                               after=[saved], markers_include_reused=True)
+    return kit.run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)
