@@ -11,4 +11,6 @@ SCORERS: dict[str, tuple[str, str]] = {
     "density": ("gristmill.pipelines.score_density", "score documents with the LSH density sketch"),
     "clusters": ("gristmill.pipelines.score_clusters", "k-means clusters: SemDeDup and SSL Prototypes scores"),
     "perplexity": ("gristmill.pipelines.score_perplexity", "score documents with a proxy LM's perplexity"),
+    "askllm-head": ("gristmill.pipelines.score_askllm_head",
+                    "distilled Ask-LLM: a head on cached embeddings fitted to the LLM on a sample"),
 }
