@@ -137,10 +137,12 @@ def id_hash(doc_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(str(doc_id).encode("utf-8"), digest_size=8).digest(), "big")
 
 
-def member_key(doc_id: str, source: str, unit: str, row: int) -> str:
-    """A document's unique, order-giving key inside a cluster (id first: the same under any resharding
-    except between copies of one document, which are identical)."""
-    return f"{doc_id}\x00{source}\x00{unit}\x00{row:012d}"
+def member_key(doc_id: str, embedding: np.ndarray, source: str, unit: str, row: int) -> str:
+    """A document's unique, order-giving key inside a cluster: its id, then a digest of its embedding,
+    so the order is the same under any resharding (only byte-identical copies of one document fall
+    back to unit and row, and they are interchangeable)."""
+    digest = hashlib.blake2b(np.ascontiguousarray(embedding, np.float32).tobytes(), digest_size=8).hexdigest()
+    return f"{doc_id}\x00{digest}\x00{source}\x00{unit}\x00{row:012d}"
 
 
 # ------------------------------------------------------------------------------------ embeddings
@@ -181,8 +183,9 @@ def _unit_documents(output_dir: str, marker: dict) -> tuple[list[records.Record]
     return recs, x
 
 
-def _keys(marker: dict, recs: list[records.Record]) -> list[str]:
-    return [member_key(r[records.ID], r.get(records.SOURCE, ""), marker["key"], row) for row, r in enumerate(recs)]
+def _keys(marker: dict, recs: list[records.Record], x: np.ndarray) -> list[str]:
+    return [member_key(r[records.ID], x[row], r.get(records.SOURCE, ""), marker["key"], row)
+            for row, r in enumerate(recs)]
 
 
 # ------------------------------------------------------------------------------------ the fit
@@ -190,8 +193,8 @@ def _keys(marker: dict, recs: list[records.Record]) -> list[str]:
 
 def _sample_candidates(marker: dict, output_dir: str):
     """A unit -> (id hash, member key, unit, row) for each of its documents."""
-    recs, _ = _unit_documents(output_dir, marker)
-    for row, key in enumerate(_keys(marker, recs)):
+    recs, x = _unit_documents(output_dir, marker)
+    for row, key in enumerate(_keys(marker, recs, x)):
         yield id_hash(recs[row][records.ID]), key, marker["key"], row
 
 
@@ -244,7 +247,7 @@ def assign_unit(marker: dict, output_dir: str, centroids: np.ndarray):
         return
     labels, _ = clusters.assign(x, centroids)
     cos = -clusters.prototypes_score(x, centroids, labels)
-    for row, key in enumerate(_keys(marker, recs)):
+    for row, key in enumerate(_keys(marker, recs, x)):
         yield int(labels[row]), (key, marker["key"], row, x[row], float(cos[row]))
 
 
@@ -275,6 +278,31 @@ def _max_result(results):
     results = list(results)
     c, cos = results[0][0], results[0][1]
     return c, cos, max(r[2] for r in results), max(r[3] for r in results)
+
+
+class SemDeDup(beam.PTransform):
+    """(cluster, member) -> ((unit, row), (cluster, cos to centroid, max cos to another member,
+    max cos to an earlier member in SemDeDup's order)), exact over each whole cluster.
+
+    member = (key, unit, row, embedding float32 [d], cos to the centroid). Clusters are cut into
+    blocks of about `block_members` (by member hash); each block pair is one group. Example: a
+    cluster of 5 members with block_members=2 makes 3 blocks and 6 pair groups, each of at most
+    about 4 members; a member's results are the max over the 3 groups it is in.
+    """
+
+    def __init__(self, centroids, block_members: int, keep: str):
+        super().__init__()
+        self.centroids, self.block_members, self.keep = centroids, block_members, keep
+
+    def expand(self, assigned):
+        sizes = (assigned
+                 | "ClusterOf" >> beam.Map(lambda kv: kv[0])
+                 | "ClusterSizes" >> beam.combiners.Count.PerElement())
+        return (assigned
+                | "BlockPairs" >> beam.FlatMap(to_block_pairs, beam.pvalue.AsDict(sizes), self.block_members)
+                | "GroupBlockPairs" >> beam.GroupByKey()
+                | "PairMaxima" >> beam.FlatMap(pair_maxima, self.centroids, self.keep)
+                | "MaxOverPairs" >> beam.CombinePerKey(_max_result))
 
 
 # ------------------------------------------------------------------------------------ rewrite
@@ -356,14 +384,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     centroids_side = beam.pvalue.AsSingleton(centroids)
 
     assigned = every_unit | "Assign" >> beam.FlatMap(assign_unit, output, centroids_side)
-    sizes = (assigned
-             | "ClusterOf" >> beam.Map(lambda kv: kv[0])
-             | "ClusterSizes" >> beam.combiners.Count.PerElement())
     by_unit = (assigned
-               | "BlockPairs" >> beam.FlatMap(to_block_pairs, beam.pvalue.AsDict(sizes), config.block_members)
-               | "GroupBlockPairs" >> beam.GroupByKey()
-               | "SemDeDup" >> beam.FlatMap(pair_maxima, centroids_side, config.keep)
-               | "MaxOverPairs" >> beam.CombinePerKey(_max_result)
+               | "SemDeDup" >> SemDeDup(centroids_side, config.block_members, config.keep)
                | "ByUnit" >> beam.Map(lambda kv: (kv[0][0], {kv[0][1]: kv[1]})))
     markers = every_unit | "KeyUnits" >> beam.Map(lambda m: (m["key"], m))
     rewritten = ({"marker": markers, "results": by_unit}
