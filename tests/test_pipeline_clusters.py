@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from gristmill import records
-from gristmill.pipelines import score_clusters, score_density
+from gristmill.pipelines import score_clusters, score_density, select
 from gristmill.scoring import clusters
 
 NEAR_DUPLICATES = os.path.join(os.path.dirname(__file__), "fixtures", "clusters", "near_duplicates.jsonl")
@@ -99,6 +99,19 @@ def test_planted_near_duplicates_keep_one_copy(clustered):
         assert all(m[F["semdedup"]] <= -0.95 for m in members), group
         assert sorted(m[F["keep"]] for m in members) == [0, 1], group
     assert all(r[F["keep"]] == 1 and r[F["semdedup"]] > -0.5 for r in singles)
+
+
+def test_selection_keeps_exactly_one_copy_of_each_group(clustered, tmp_path):
+    out, _ = clustered
+    scored = list(records.iter_scored_records(out))
+    kept = sum(r[F["keep"]] for r in scored)
+    subset = str(tmp_path / "subset")  # top-k on the 0/1 keep decision at its kept fraction = the kept documents
+    select.run(["--input", out, "--output", subset, "--rule", "topk", "--score", F["keep"],
+                "--rate", repr(kept / len(scored))])
+    chosen = list(records.iter_scored_records(subset))
+    groups = collections.Counter(r["group"].decode() for r in chosen if "group" in r)
+    assert len(chosen) == kept == 34 and len(groups) == 10 and set(groups.values()) == {1}
+    assert sum("group" not in r for r in chosen) == 24
 
 
 def test_two_workers_blocks_and_resharding_give_identical_outputs(density_out, clustered, tmp_path):

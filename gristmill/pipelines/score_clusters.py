@@ -44,7 +44,8 @@ input (another --unit_records): nothing depends on the order documents arrive in
 Features (`records` names): `cluster/<name>` (int), `dist/<name>` (1 - cos to its centroid),
 `score/prototypes/<embedder>` = -cos to the centroid, `score/semdedup/<embedder>` = -max cos to
 another member of the cluster (+1 alone in its cluster), `keep/semdedup/<embedder>` (int 1 = kept).
-Select SemDeDup's subset with `gristmill select --rule flag --score keep/semdedup/<embedder>`.
+SemDeDup's subset is the documents with keep 1: `gristmill select --rule topk --score
+keep/semdedup/<embedder> --rate <their fraction>` selects exactly them (the fraction of 1s).
 """
 
 from __future__ import annotations
