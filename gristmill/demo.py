@@ -1,23 +1,43 @@
-"""`gristmill demo`: every stage that exists, on the embedded 1,000-document C4 sample.
+"""`gristmill demo`: every stage that exists, on the first documents of the embedded C4 sample.
 
 Stages chain through their outputs (each reads the scored TFRecords of the one before), so the
-demo exercises exactly the code a production run does, on the in-process Beam runner.
+demo exercises exactly the code a production run does, on the in-process Beam runner. Every
+scorer scores every demo document, so every sampler selects from documents its scorer scored.
+The training grid is the repository's `experiments/demo.json` (loaded by repository path, next to
+this package; `--grid` names another), repeated over a few seeds. The same scorers also score the
+labelled sets shipped in `gristmill/data/labels/` (`--keep_fields label`), and `gristmill evaluate`
+measures how each score separates the labelled-good documents (HPLT human labels; FineWeb-Edu
+LLM grades >= 3).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.resources
 import logging
 import os
+import pathlib
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 from absl import flags
 
-from gristmill import flagparse, records
+from gristmill import flagparse, io, records
 
 log = logging.getLogger(__name__)
+
+
+def demo_grid() -> str:
+    """The demo's training grid, `experiments/demo.json` of the repository (a source checkout)."""
+    return str(pathlib.Path(__file__).resolve().parent.parent / "experiments" / "demo.json")
+
+
+def label_sets() -> dict[str, tuple[str, list[str]]]:
+    """The shipped labelled sets: name -> (JSONL path, `gristmill evaluate` label flags)."""
+    base = importlib.resources.files("gristmill") / "data" / "labels"
+    return {"hplt-v2": (str(base / "hplt-v2-eng.jsonl"), ["--label_field=label"]),
+            "fineweb-edu": (str(base / "fineweb-edu-grades.jsonl"), ["--label_field=grade", "--threshold=3"])}
 
 
 def embedded_corpus() -> str:
@@ -31,7 +51,9 @@ class DemoConfig:
 
     documents: the first N documents of the corpus go through every stage, so every sampler selects
     from documents its scorer scored and the demo stays within a few minutes on 2 cores;
-    train_steps is the budget of each `tiny` training run.
+    train_steps is the budget of each `tiny` training run and seeds the runs repeated per sampler
+    (they override the grid's); labels: also score the shipped labelled sets and evaluate them
+    (label_documents: only the first N rows of each).
     """
 
     output: str = "demo-out"
@@ -42,6 +64,11 @@ class DemoConfig:
     documents: int = 200
     askllm_max_length: int = 128
     train_steps: int = 40
+    seeds: tuple[int, ...] = (0, 1, 2)
+    grid: str = dataclasses.field(default_factory=demo_grid)
+    labels: bool = True
+    label_documents: int = 0  # the first N rows of each labelled set (0: all)
+    extra_scorers: tuple[str, ...] = ()  # names of EXTRA_SCORERS to add to the scoring chain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,37 +93,68 @@ def _stage(name: str, output: str, body: Callable[[], dict[str, Any]], notes: st
     return StageResult(name, output, time.monotonic() - start, manifest["counts"], notes)
 
 
-def run_random(config: DemoConfig, corpus: str) -> StageResult:
-    """Scores the corpus with the Random baseline."""
+def run_random(config: DemoConfig, corpus: str, prefix: str = "", extra: Sequence[str] = ()) -> StageResult:
+    """Scores the corpus with the Random baseline (the first stage: it reads the corpus)."""
     from gristmill.pipelines import score_random
-    out = os.path.join(config.output, "random")
-    argv = ["--input", corpus, "--output", out, f"--seed={config.seed}", f"--limit={config.documents}",
-            "--overwrite"] + _beam_flags(config)
-    return _stage("score random", out, lambda: score_random.run(argv))
+    out = os.path.join(config.output, prefix + "random")
+    argv = ["--input", corpus, "--output", out, f"--seed={config.seed}", "--overwrite", *extra] + _beam_flags(config)
+    return _stage(f"{prefix}score random", out, lambda: score_random.run(argv))
 
 
-def run_density(config: DemoConfig, corpus: str) -> StageResult:
-    """Scores the corpus with the Density sketch over MiniLM embeddings (the paper's R x B sketch)."""
+def run_density(config: DemoConfig, scored: str, prefix: str = "") -> StageResult:
+    """Scores the records with the Density sketch over MiniLM embeddings."""
     from gristmill.pipelines import score_density
-    out = os.path.join(config.output, "density")
-    argv = ["--input", corpus, "--output", out, f"--seed={config.seed}", "--overwrite"] + _beam_flags(config)
-    return _stage("score density", out, lambda: score_density.run(argv))
+    out = os.path.join(config.output, prefix + "density")
+    argv = ["--input", scored, "--output", out, f"--seed={config.seed}", "--overwrite"] + _beam_flags(config)
+    return _stage(f"{prefix}score density", out, lambda: score_density.run(argv))
 
 
-def run_askllm(config: DemoConfig, corpus: str) -> StageResult:
-    """Scores a capped sample of the corpus with Ask-LLM and notes the highest and lowest scored."""
+def run_askllm(config: DemoConfig, scored: str, prefix: str = "", notes: bool = True) -> StageResult:
+    """Scores every record with Ask-LLM and notes the highest and lowest scored."""
     from gristmill.pipelines import score_askllm
     from gristmill.scoring import askllm
-    out = os.path.join(config.output, "askllm")
-    argv = ["--input", corpus, "--output", out, "--model", config.askllm_model, "--overwrite",
+    out = os.path.join(config.output, prefix + "askllm")
+    argv = ["--input", scored, "--output", out, "--model", config.askllm_model, "--overwrite",
             f"--max_length={config.askllm_max_length}", "--batch_size=8"] + _beam_flags(config)
-    result = _stage("score askllm", out, lambda: score_askllm.run(argv))
+    result = _stage(f"{prefix}score askllm", out, lambda: score_askllm.run(argv))
+    if not notes:
+        return result
     feature = records.score_feature(score_askllm.SCORER_NAME, askllm.model_name_of(config.askllm_model))
     ranked = sorted((r for r in records.iter_scored_records(out) if feature in r),
                     key=lambda r: -r[feature])
-    notes = ["highest P(yes):"] + [_excerpt(r, feature) for r in ranked[:3]]
-    notes += ["lowest P(yes):"] + [_excerpt(r, feature) for r in ranked[-3:]]
-    return dataclasses.replace(result, notes="\n".join(notes))
+    lines = ["highest P(yes):"] + [_excerpt(r, feature) for r in ranked[:3]]
+    lines += ["lowest P(yes):"] + [_excerpt(r, feature) for r in ranked[-3:]]
+    return dataclasses.replace(result, notes="\n".join(lines))
+
+
+# The scorers of the baselines issue: name -> flags sized for the demo. They join the chain when
+# named in --extra_scorers and registered (off by default until their demo run time is measured).
+EXTRA_SCORERS: dict[str, tuple[str, ...]] = {"perplexity": ("--max_length=128",), "clusters": ("--k=4",),
+                                             "askllm-head": ()}
+
+
+def run_registered(config: DemoConfig, name: str, scored: str, prefix: str = "") -> Optional[StageResult]:
+    """Runs `gristmill score <name>` on the records when that scorer is registered (None otherwise)."""
+    from gristmill.pipelines import registry
+    if name not in registry.SCORERS:
+        return None
+    module = importlib.import_module(registry.SCORERS[name][0])
+    out = os.path.join(config.output, prefix + name)
+    argv = ["--input", scored, "--output", out, "--overwrite", *EXTRA_SCORERS[name]] + _beam_flags(config)
+    return _stage(f"{prefix}score {name}", out, lambda: module.run(argv))
+
+
+def score_chain(config: DemoConfig, corpus: str, prefix: str = "", first: Sequence[str] = (),
+                notes: bool = True) -> list[StageResult]:
+    """Every scorer in turn, each reading the previous one's records; the last holds every score."""
+    stages = [run_random(config, corpus, prefix, first)]
+    stages.append(run_density(config, stages[-1].output, prefix))
+    stages.append(run_askllm(config, stages[-1].output, prefix, notes))
+    for name in config.extra_scorers:
+        stage = run_registered(config, name, stages[-1].output, prefix)
+        if stage is not None:
+            stages.append(stage)
+    return stages
 
 
 def run_select(config: DemoConfig, name: str, scored_dir: str, feature: str, rule: str, rate: float) -> StageResult:
@@ -118,50 +176,113 @@ def _excerpt(record: records.Record, feature: str, width: int = 90) -> str:
     return f"  {record[feature]:.4g}  {text[:width]}{'...' if len(text) > width else ''}"
 
 
-def run_training(config: DemoConfig, scored_dir: str, askllm_feature: str, density_feature: str) -> StageResult:
-    """Trains `tiny` T5s on full data and on two 20% selections, evaluates them and writes the report."""
+def run_training(config: DemoConfig, scored_dir: str, quality: Optional[str]) -> StageResult:
+    """Runs the demo grid (tiny T5s, every sampler with its scorer present, over seeds) and writes the report."""
     from gristmill.eval import experiment, report
     out = os.path.join(config.output, "experiment")
-    samplers = (experiment.SamplerSpec(name="full"),
-                experiment.SamplerSpec(name="askllm", rule="topk", score=askllm_feature, missing="drop"),
-                experiment.SamplerSpec(name="density", rule="ips", score=density_feature))
-    exp = experiment.ExperimentConfig(
-        scored=(scored_dir,), output=out, samplers=samplers, rates=(0.2,), models=("tiny",),
-        steps=(config.train_steps,), evaluations=2, seed=config.seed, vocab_size=2000,
-        train={"batch_size": 8}, eval=dataclasses.replace(experiment.ppl.PerplexityConfig(), max_documents=40))
+    exp = experiment.load_config(grid_file=config.grid, scored=[scored_dir], output=out)
+    exp = dataclasses.replace(exp, steps=(config.train_steps,), seeds=tuple(config.seeds), seed=config.seed)
     start = time.monotonic()
     rows = experiment.run_experiment(exp)
     page = os.path.join(config.output, "report.html")
-    report.write_report(out, page, scored_dir)
-    final = {(r["sampler"], r["metric"]): r["value"] for r in metrics_final(rows)}
-    notes = [f"{sampler:>8}: " + ", ".join(f"{metric.split('/')[-1]} {value:.1f}"
-                                           for (s, metric), value in sorted(final.items()) if s == sampler)
-             for sampler in sorted({s for s, _ in final})]
-    notes.append(f"report: {page}")
-    runs = len({r["run"] for r in rows})
-    return StageResult("train + evaluate", out, time.monotonic() - start, {},
-                       f"{runs} runs of {config.train_steps} steps; final perplexities (lower is better):\n"
-                       + "\n".join(notes))
+    report.write_report(out, page, scored_dir, quality=quality)
+    info = experiment.read_experiment(out)
+    notes = training_notes(rows, info, exp) + [f"report: {page}"]
+    return StageResult("train + evaluate", out, time.monotonic() - start, {}, "\n".join(notes))
 
 
-def metrics_final(rows):
-    """The last checkpoint's result rows of each run."""
+def training_notes(rows: Sequence[dict[str, Any]], info: dict[str, Any], exp: Any) -> list[str]:
+    """The summary lines of the grid: scale, mean +- std over seeds per sampler, and what differs beyond the spread."""
     from gristmill.eval import metrics
-    return [dataclasses.asdict(r) for r in metrics.final_results(rows)]
+    finals = [r for r in rows if (r["model"], r["sampler"], r["metric"], r.get("step")) in {
+        (f.model, f.sampler, f.metric, f.step) for f in metrics.final_results(rows)}]
+    corpus = info.get("corpus", {})
+    parameters = max((r.get("parameters") or 0 for r in rows), default=0)
+    batch = dict(exp.train).get("batch_size")
+    seeds = list(exp.run_seeds)
+    lines = [f"scale: {corpus.get('train_documents')} training / {corpus.get('heldout_documents')} held-out "
+             f"documents; {', '.join(exp.models)} T5 ({parameters / 1e6:.1f}M parameters), {exp.steps[0]} steps "
+             f"of batch {batch}, {len(seeds)} seeds {seeds} per sampler.",
+             "  These runs check that every stage works end to end. A model this small, trained this briefly on "
+             "this few documents, cannot show the paper's effect either way (the paper trains T5-Small/Large "
+             "for 1M steps of 1024 x 512 tokens on 364M C4 documents).",
+             "final held-out perplexity, mean +- std over seeds (lower is better); documents = trained on:"]
+    for metric in sorted({r["metric"] for r in finals}):
+        lines.append(f"  {metric}:")
+        for r in sorted((r for r in finals if r["metric"] == metric), key=lambda r: (r["sampler"] != "full",
+                                                                                     r["sampler"])):
+            docs = r.get("documents")
+            docs_text = f"{docs:.0f}" if docs is not None else str(corpus.get("train_documents"))
+            lines.append(f"    {r['sampler']:<30} {r['value']:>9.1f} +- {r.get('std', 0.0):<7.1f} "
+                         f"documents {docs_text}")
+    comparisons = info.get("seed_comparison", [])
+    same = sorted({c["sampler"] for c in comparisons if c["within_spread"]})
+    apart = sorted({f"{c['sampler']} ({c['metric'].split('/')[-1]} {c['difference']:+.1f})"
+                    for c in comparisons if not c["within_spread"]})
+    if same:
+        lines.append("  within the seed spread of full data on some metric (no difference shown): " + ", ".join(same))
+    if apart:
+        lines.append("  beyond the seed spread (|difference| > std + full's std; still tiny runs): " + ", ".join(apart))
+    skipped = info.get("skipped_samplers", {})
+    if skipped:
+        lines.append("  samplers of the grid not run (no scorer in this demo): " + ", ".join(sorted(skipped)))
+    return lines
+
+
+def run_quality(config: DemoConfig) -> list[StageResult]:
+    """Scores the shipped labelled sets with the demo's scorers and evaluates every score against the labels."""
+    from gristmill.eval import quality
+    sets = label_sets()
+    corpus = os.path.join(config.output, "labels-corpus.jsonl")
+    lines = []
+    for path, _ in sets.values():
+        with open(path, encoding="utf-8") as f:
+            rows = [line for line in f if line.strip()]
+        lines += rows[:config.label_documents] if config.label_documents else rows
+    io.makedirs(config.output)
+    io.write_text(corpus, "".join(lines))
+    stages = score_chain(config, corpus, prefix="labels-", first=["--keep_fields=label,grade"], notes=False)
+    scored = stages[-1].output
+    for name, (path, label_flags) in sets.items():
+        output = os.path.join(config.output, f"quality-{name}.json")
+        start = time.monotonic()
+        result = quality.run(["--scored", scored, "--labels", path, "--output", output, *label_flags])
+        stages.append(StageResult(f"evaluate {name}", output, time.monotonic() - start, {},
+                                  "\n".join(quality_notes(result))))
+    return stages
+
+
+def quality_notes(result: dict[str, Any]) -> list[str]:
+    """Per score: AUC with its interval and the precision of a 20% selection against the base rate."""
+    lines = []
+    for feature, r in sorted(result["scores"].items()):
+        ci = r.get("auc_ci")
+        at20 = {rule: by_rate.get("0.2") for rule, by_rate in r.get("precision", {}).items()}
+        precision = ", ".join(f"{rule} {_num(v)}" for rule, v in sorted(at20.items()))
+        lines.append(f"{feature:<36} n {r['n']:>4}  base rate {_num(r['base_rate'])}  AUC {_num(r['auc'])}"
+                     + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f"  precision at 20%: {precision}")
+    return lines
+
+
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
 
 
 def run_demo(config: DemoConfig) -> list[StageResult]:
     """Runs the demo stages in order, each reading the previous stage's scored records."""
-    random_stage = run_random(config, config.corpus)
-    density_stage = run_density(config, random_stage.output)
-    askllm_stage = run_askllm(config, density_stage.output)
+    chain = score_chain(config, config.corpus, first=[f"--limit={config.documents}"])
+    scored = chain[-1].output
     density_feature = records.score_feature("density", "minilm")
     askllm_feature = records.score_feature("askllm", _askllm_name(config))
-    results = [random_stage, density_stage, askllm_stage,
-               run_select(config, "select-askllm-top20", askllm_stage.output, askllm_feature, "topk", 0.2),
-               run_select(config, "select-density-ips20", askllm_stage.output, density_feature, "ips", 0.2)]
+    results = chain + [run_select(config, "select-askllm-top20", scored, askllm_feature, "topk", 0.2),
+                       run_select(config, "select-density-ips20", scored, density_feature, "ips", 0.2)]
+    quality_json = None
+    if config.labels:
+        quality_stages = run_quality(config)
+        results += quality_stages
+        quality_json = next(s.output for s in quality_stages if s.stage == "evaluate hplt-v2")
     if config.train_steps > 0:
-        results.append(run_training(config, askllm_stage.output, askllm_feature, density_feature))
+        results.append(run_training(config, scored, quality_json))
     return results
 
 
@@ -199,6 +320,16 @@ def _flag_values() -> flags.FlagValues:
     flags.DEFINE_integer("askllm_max_length", defaults.askllm_max_length, "Ask-LLM prompt tokens.", flag_values=fv)
     flags.DEFINE_integer("train_steps", defaults.train_steps, "Training steps per run (0: no training).",
                          flag_values=fv)
+    flags.DEFINE_list("seeds", [str(s) for s in defaults.seeds], "Seeds each training run is repeated with.",
+                      flag_values=fv)
+    flags.DEFINE_string("grid", defaults.grid, "Training grid (default: the repository's experiments/demo.json).",
+                        flag_values=fv)
+    flags.DEFINE_boolean("labels", defaults.labels, "Also score and evaluate the shipped labelled sets.",
+                         flag_values=fv)
+    flags.DEFINE_list("extra_scorers", list(defaults.extra_scorers),
+                      f"More scorers for the chain, of {sorted(EXTRA_SCORERS)}.", flag_values=fv)
+    flags.DEFINE_integer("label_documents", defaults.label_documents,
+                         "Rows of each labelled set to score (0: all).", flag_values=fv)
     return fv
 
 
@@ -208,7 +339,9 @@ def parse_config(argv: list[str]) -> DemoConfig:
     flagparse.parse(fv, argv, "gristmill demo [--output DIR] [--workers N] [--documents N] [--train_steps N]")
     return DemoConfig(output=fv.output, corpus=fv.corpus, workers=fv.workers, seed=fv.seed,
                       askllm_model=fv.askllm_model, documents=fv.documents,
-                      askllm_max_length=fv.askllm_max_length, train_steps=fv.train_steps)
+                      askllm_max_length=fv.askllm_max_length, train_steps=fv.train_steps,
+                      seeds=tuple(int(x) for x in fv.seeds), grid=fv.grid, labels=fv.labels,
+                      label_documents=fv.label_documents, extra_scorers=tuple(fv.extra_scorers))
 
 
 def run(argv: list[str]) -> list[StageResult]:

