@@ -5,7 +5,9 @@ results.jsonl) is written by the test with plausible values whose over-scaling a
 computed by hand in the comments.
 """
 
+import dataclasses
 import json
+import os
 import re
 
 import numpy as np
@@ -196,3 +198,24 @@ def test_quality_section_renders_an_evaluate_result(scored, tmp_path):
     assert "25 of 30 scored documents labelled" in section and "2 labels matched no record" in section
     assert "0.312" in section and "[0.1, 0.52]" in section and "ips (paper)" in section
     assert "62.5%" in section and "40.0%" in section and "n/a" in section
+
+
+def test_seed_spread_and_the_runs_scale_are_shown(experiment_dir, tmp_path):
+    from gristmill.eval import experiment as E
+    rows = [dict(r, std=0.5, seeds=[0, 1, 2]) for r in result_rows()]
+    with open(os.path.join(experiment_dir, "results.jsonl"), "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    summary = json.load(open(os.path.join(experiment_dir, "experiment.json")))
+    summary["config"].update(steps=[100], seed=0)
+    summary["seeds"] = [0, 1, 2]
+    summary["seed_comparison"] = [dict(dataclasses.asdict(c), difference=c.difference, within_spread=c.within_spread)
+                                  for c in E.compare_to_full(rows)]
+    with open(os.path.join(experiment_dir, "experiment.json"), "w") as f:
+        json.dump(summary, f)
+    out = tmp_path / "report.html"
+    R.write_report(experiment_dir, str(out))
+    page = out.read_text()
+    assert "3 seed(s) per run" in page and "not the paper" in page
+    # tiny random vs full: 41.0 vs 40.0 with std 0.5 each -> within the spread; askllm 37.5 vs 40.0 -> beyond
+    assert page.count("within the seed spread") >= 1 and page.count("beyond the seed spread") >= 1
+    assert "± 0.5" in page

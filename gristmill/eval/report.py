@@ -157,6 +157,11 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, lower_is_better: Sequenc
     metric_names = sorted({r.metric for r in finals})
     order = model_order(rows, models)
     extra = {(row["model"], row.get("steps"), row["sampler"], float(row["rate"])): row for row in rows}
+    spread: dict[tuple, tuple[int, float]] = {}  # run + metric -> (step, std) of its last evaluation
+    for row in rows:
+        key = (row["model"], row.get("steps"), row["sampler"], float(row["rate"]), row.get("metric"))
+        if row.get("std") is not None and (row.get("step") or 0) >= spread.get(key, (-1, 0.0))[0]:
+            spread[key] = (row.get("step") or 0, float(row["std"]))
     runs = sorted({(r.model, r.steps, r.sampler, float(r.rate)) for r in finals},
                   key=lambda k: (order.index(k[0]), k[1] or 0, k[2] != FULL, k[2], k[3]))
     table = []
@@ -166,7 +171,9 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, lower_is_better: Sequenc
         row: dict[str, Any] = {"model": model, "steps": steps, "sampler": sampler, "rate": rate,
                                "label": run_label(model, steps, sampler, rate), "values": values,
                                "documents": extra.get((model, steps, sampler, rate), {}).get("documents"),
-                               "over_scaling": None, "over_scaling_note": "", "speed_up": {}}
+                               "over_scaling": None, "over_scaling_note": "", "speed_up": {},
+                               "spread": {m: spread[(model, steps, sampler, rate, m)][1] for m in values
+                                          if (model, steps, sampler, rate, m) in spread}}
         bigger = order[order.index(model) + 1:]
         if not bigger:
             row["over_scaling_note"] = "n/a: no larger model size in the grid"
