@@ -68,7 +68,9 @@ class DemoConfig:
     grid: str = dataclasses.field(default_factory=demo_grid)
     labels: bool = True
     label_documents: int = 0  # the first N rows of each labelled set (0: all)
-    extra_scorers: tuple[str, ...] = ()  # names of EXTRA_SCORERS to add to the scoring chain
+    # the baselines scored after Ask-LLM (main corpus only; in this order, since askllm-head reads the
+    # embeddings the clusters job caches beside its units)
+    extra_scorers: tuple[str, ...] = ("clusters", "askllm-head", "perplexity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,9 +130,10 @@ def run_askllm(config: DemoConfig, scored: str, prefix: str = "", notes: bool = 
 
 
 # The scorers of the baselines issue: name -> flags sized for the demo. They join the chain when
-# named in --extra_scorers and registered (off by default until their demo run time is measured).
-EXTRA_SCORERS: dict[str, tuple[str, ...]] = {"perplexity": ("--max_length=128",), "clusters": ("--k=4",),
-                                             "askllm-head": ()}
+# named in --extra_scorers (by default all three) and registered.
+EXTRA_SCORERS: dict[str, tuple[str, ...]] = {"perplexity": ("--max_length=64", "--batch_size=16"),
+                                             "clusters": ("--k=4",),
+                                             "askllm-head": ("--sample=40", "--max_length=128", "--batch_size=8")}
 
 
 def run_registered(config: DemoConfig, name: str, scored: str, prefix: str = "") -> Optional[StageResult]:
@@ -145,12 +148,12 @@ def run_registered(config: DemoConfig, name: str, scored: str, prefix: str = "")
 
 
 def score_chain(config: DemoConfig, corpus: str, prefix: str = "", first: Sequence[str] = (),
-                notes: bool = True) -> list[StageResult]:
+                notes: bool = True, extras: bool = True) -> list[StageResult]:
     """Every scorer in turn, each reading the previous one's records; the last holds every score."""
     stages = [run_random(config, corpus, prefix, first)]
     stages.append(run_density(config, stages[-1].output, prefix))
     stages.append(run_askllm(config, stages[-1].output, prefix, notes))
-    for name in config.extra_scorers:
+    for name in config.extra_scorers if extras else ():
         stage = run_registered(config, name, stages[-1].output, prefix)
         if stage is not None:
             stages.append(stage)
@@ -241,7 +244,8 @@ def run_quality(config: DemoConfig) -> list[StageResult]:
         lines += rows[:config.label_documents] if config.label_documents else rows
     io.makedirs(config.output)
     io.write_text(corpus, "".join(lines))
-    stages = score_chain(config, corpus, prefix="labels-", first=["--keep_fields=label,grade"], notes=False)
+    stages = score_chain(config, corpus, prefix="labels-", first=["--keep_fields=label,grade"], notes=False,
+                         extras=False)
     scored = stages[-1].output
     for name, (path, label_flags) in sets.items():
         output = os.path.join(config.output, f"quality-{name}.json")

