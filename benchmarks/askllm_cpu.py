@@ -47,13 +47,13 @@ def c4_documents(n: int) -> list[str]:
 def padded_tokens(lengths: list[int], batch_size: int, buckets: tuple[int, ...] | None) -> int:
     """Tokens computed when sorted prompts are cut into batches of `batch_size` and each padded to
     the next bucket of its longest prompt (None: to the longest prompt itself, as transformers)."""
-    from gristmill.models.batching import bucket_length
+    from gristmill.models import batching
 
     ordered = sorted(lengths)
     total = 0
     for i in range(0, len(ordered), batch_size):
         longest = ordered[i:i + batch_size][-1]
-        total += batch_size * (longest if buckets is None else bucket_length(longest, buckets))
+        total += batch_size * (longest if buckets is None else batching.bucket_length(longest, buckets))
     return total
 
 
@@ -151,7 +151,7 @@ def run(docs: int = 32, batch_size: int = 8, max_length: int = 512, rounds: int 
     """Runs the comparison and returns a JSON-able result (rows per dtype, padding, accuracy)."""
     from scipy.stats import spearmanr
 
-    from gristmill.scoring import askllm
+    from gristmill.models import batching
 
     with tempfile.TemporaryDirectory(prefix="askllm-cpu-") as workdir:
         facts = prepare(workdir, docs, max_length)
@@ -165,7 +165,7 @@ def run(docs: int = 32, batch_size: int = 8, max_length: int = 512, rounds: int 
     result = {"benchmark": "askllm_cpu", "model": "SmolLM2-135M-Instruct", "docs": docs, "batch_size": batch_size,
               "max_length": max_length, "rounds": rounds, "real_tokens": tokens,
               "mean_prompt_tokens": tokens / docs, "cpu_count": os.cpu_count(), "rows": []}
-    buckets = askllm.length_buckets(max_length)
+    buckets = batching.length_buckets(max_length)
     result["padding"] = {"gristmill_buckets": list(buckets),
                          "gristmill_padded_tokens": padded_tokens(lengths, batch_size, buckets),
                          "peer_padded_tokens": padded_tokens(lengths, batch_size, None)}

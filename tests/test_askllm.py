@@ -82,9 +82,15 @@ def test_prepare_document_removes_demarcation():
 
 
 def test_length_buckets():
-    assert askllm.length_buckets(512) == (64, 128, 256, 512)
-    assert askllm.length_buckets(1000) == (64, 128, 256, 512, 1000)
-    assert askllm.length_buckets(64) == (64,)
+    from gristmill.models.batching import length_buckets
+
+    assert length_buckets(512) == (64, 128, 192, 256, 320, 384, 448, 512)
+    assert length_buckets(1000) == (64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1000)
+    assert length_buckets(64) == (64,)
+    assert length_buckets(256, smallest=32) == (32, 64, 96, 128, 160, 192, 224, 256)
+    # from 256 on every bucket is at most a quarter longer than the one before: padding stays near an eighth
+    buckets = length_buckets(8192)
+    assert buckets[-1] == 8192 and all(b / a <= 1.25 for a, b in zip(buckets, buckets[1:]) if a >= 256), buckets
 
 
 # ----------------------------------------------------------------------------- prompt ids

@@ -13,6 +13,23 @@ import numpy as np
 DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
 
+def length_buckets(max_length: int, smallest: int = 64) -> tuple[int, ...]:
+    """Padded lengths that get compiled: from `smallest` up in steps of a quarter of the last power
+    of two (never less than `smallest`), then max_length.
+
+    From 256 tokens on each bucket is at most a quarter longer than the one before, so a batch of
+    similar lengths pads by about an eighth on average, with 4 programs per octave.
+
+    >>> length_buckets(512), length_buckets(1000)
+    ((64, 128, 192, 256, 320, 384, 448, 512), (64, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1000))
+    """
+    buckets, b = [], smallest
+    while b < max_length:
+        buckets.append(b)
+        b += max(smallest, (1 << (b.bit_length() - 1)) // 4)
+    return tuple(buckets) + (max_length,)
+
+
 def bucket_length(n: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> int:
     """Smallest bucket >= ``n``: ``bucket_length(70) == 128``, ``bucket_length(0) == 64``.
 

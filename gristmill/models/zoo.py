@@ -77,8 +77,9 @@ def load_model(name_or_path: str, dtype: Any = jnp.float32) -> LoadedModel:
     Raises CheckpointError when the name is unknown, the path does not exist, or the directory's
     `model_type` is not a supported family.
     """
-    from gristmill.models import tokenizers
+    from gristmill.models import host_memory, tokenizers
 
+    host_memory.retain_freed_memory()
     spec = str(name_or_path)
     dtype_name = jnp.dtype(dtype).name
     if spec in KNOWN_MODELS:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 from gristmill import records
+from gristmill.models import batching
 from gristmill.pipelines import inference, kit
 from gristmill.scoring import askllm
 
@@ -56,7 +57,7 @@ def model_spec(config: AskLLMJobConfig, options: kit.JobOptions) -> inference.Mo
         load_encoder=lambda: askllm.AskLLMEncoder(pure),
         attach=lambda record, result: add_askllm_features(record, result, pure.model_name),
         batch_size=pure.batch_size,
-        length_boundaries=askllm.length_buckets(pure.max_length)[:-1],
+        length_boundaries=batching.length_buckets(pure.max_length)[:-1],
         share_model=config.share_model,
         resource_hints=kit.model_step_hints(options))
 

@@ -31,6 +31,7 @@ import apache_beam as beam
 import numpy as np
 
 from gristmill import io, records
+from gristmill.models import batching
 from gristmill.pipelines import inference, kit, units
 from gristmill.scoring import density
 
@@ -39,10 +40,10 @@ SKETCH_FILE = "sketch.npz"
 PARAMS_FILE = "density_params.json"
 EMBEDDINGS_SUFFIX = ".emb.npy"
 BANDWIDTH_SAMPLE = 2000
-EMBED_BATCH = 32
+EMBED_BATCH = 32  # documents per Beam batch; the embedder picks its rows per model call
 # Token lengths that split batches into groups of similar length, so the embedder pads each batch
-# to a short bucket instead of the longest document.
-EMBED_LENGTH_BOUNDARIES = (32, 64, 128, 256)
+# to a short bucket instead of the longest document: the embedders' own buckets (up to Sentence-T5's 512).
+EMBED_LENGTH_BOUNDARIES = batching.length_buckets(512, smallest=32)[:-1]
 EMBEDDING = "_embedding"  # the record key an embedding travels under until the unit is written
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def embed_spec(config: DensityConfig, options: kit.JobOptions) -> inference.Mode
 
     spec = config.embedder
     return inference.ModelSpec(
-        name="embed", load_model=lambda: embeddings.make_embedder(spec, batch_size=EMBED_BATCH),
+        name="embed", load_model=lambda: embeddings.make_embedder(spec),
         load_encoder=lambda: embeddings.make_encoder(spec),
         attach=lambda record, vector: {**record, EMBEDDING: vector},
         batch_size=EMBED_BATCH, batches_per_call=2, length_boundaries=EMBED_LENGTH_BOUNDARIES,

@@ -23,6 +23,7 @@ import functools
 from typing import Optional
 
 from gristmill import records
+from gristmill.models import batching
 from gristmill.pipelines import inference, kit, score_askllm
 from gristmill.scoring import askllm, perplexity
 
@@ -88,7 +89,7 @@ def model_spec(config: PerplexityJobConfig, options: kit.JobOptions) -> inferenc
         load_encoder=lambda: shared_scorer(pure),
         attach=lambda record, result: add_perplexity_features(record, result, pure.model_name),
         batch_size=pure.batch_size,
-        length_boundaries=askllm.length_buckets(pure.max_length)[:-1],
+        length_boundaries=batching.length_buckets(pure.max_length)[:-1],
         share_model=config.share_model,
         resource_hints=kit.model_step_hints(options))
 

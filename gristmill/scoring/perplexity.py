@@ -31,7 +31,7 @@ Sign convention: the paper keeps LOW perplexity (PAPER.md 3.2: `bottomk` on the 
 top-k on its negation, the Figure 9 score).
 
 Batching: each call sorts its documents by length, cuts them into `batch_size` groups, pads every
-group to `batch_size` rows and to the next length bucket (`askllm.length_buckets(max_length)`;
+group to `batch_size` rows and to the next length bucket (`batching.length_buckets(max_length)`;
 T5 pads its targets to buckets of their own), so only a handful of programs compile. A
 document's result does not depend on its batch-mates (up to float rounding).
 """
@@ -46,6 +46,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from gristmill import io
+from gristmill.models import batching
 from gristmill.training import span_corruption
 
 ENCODER_DECODER = "encoder_decoder"
@@ -188,13 +189,12 @@ class PerplexityScorer:
         import jax
 
         from gristmill.models import zoo
-        from gristmill.scoring import askllm
 
         self.config = config
         self.loaded = loaded if loaded is not None else zoo.load_model(config.model, config.dtype)
         self.tokenizer = self.loaded.tokenizer
         self.family = self.loaded.family
-        self.buckets = askllm.length_buckets(config.max_length)
+        self.buckets = batching.length_buckets(config.max_length)
         model_config = self.loaded.config
         if self.family == DECODER_ONLY:
             from gristmill.models import llama
@@ -219,7 +219,7 @@ class PerplexityScorer:
             self.keep, targets_max = span_corruption.random_spans_helper(
                 config.max_length, noise_density=config.noise_density,
                 mean_noise_span_length=config.mean_noise_span_length)
-            self.target_buckets = askllm.length_buckets(targets_max, smallest=32)
+            self.target_buckets = batching.length_buckets(targets_max, smallest=32)
             self._logprobs = jax.jit(lambda params, ids, mask, targets, target_mask: t5_target_logprobs(
                 params, model_config, ids, mask, targets, target_mask))
         else:
@@ -255,16 +255,14 @@ class PerplexityScorer:
 
     def _nll_sums(self, group: Sequence[EncodedDocument]) -> tuple[np.ndarray, np.ndarray]:
         """(sum of token NLLs, predicted token count) per document of one padded batch."""
-        from gristmill.models.batching import pad_batch
-
         size = self.config.batch_size
-        ids, mask = pad_batch([d.ids for d in group], pad_id=self.tokenizer.pad_id, buckets=self.buckets,
+        ids, mask = batching.pad_batch([d.ids for d in group], pad_id=self.tokenizer.pad_id, buckets=self.buckets,
                               batch_size=size)
         if self.family == DECODER_ONLY:
             lp = self._logprobs(self.loaded.params, ids, mask)
             weights = mask[:, 1:]
         else:
-            targets, weights = pad_batch([d.targets for d in group], pad_id=self.tokenizer.pad_id,
+            targets, weights = batching.pad_batch([d.targets for d in group], pad_id=self.tokenizer.pad_id,
                                          buckets=self.target_buckets, batch_size=size)
             lp = self._logprobs(self.loaded.params, ids, mask, targets, weights)
         lp = np.asarray(lp, np.float64)

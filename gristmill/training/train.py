@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Optional
 import jax
 
 from gristmill import io, sampling
-from gristmill.models import t5
+from gristmill.models import host_memory, t5
 from gristmill.training import checkpointing, configs, data, model_io, optim
 from gristmill.training import metrics as metrics_lib
 from gristmill.training import model as model_lib
@@ -192,6 +192,7 @@ def _check_resume(saved: dict, current: dict) -> None:
 
 def train(config: TrainConfig) -> TrainResult:
     """Pre-trains a T5 on the (selected) documents of ``config.data``; resumes from OUTPUT if it has checkpoints."""
+    host_memory.retain_freed_memory()
     setup = prepare(config)
     model, mesh = setup.model, step_lib.make_mesh()
     init, train_step, _, tx = step_lib.compiled_functions(model, setup.optimizer, config.steps, mesh)
