@@ -67,12 +67,42 @@ def embedding_table(r: dict) -> str:
 TABLES = {"askllm_cpu": askllm_table, "embedding_throughput": embedding_table}
 
 
+def _unit(r: dict) -> tuple[str, str]:
+    return ("tokens/s", "tokens_per_s") if r["benchmark"] == "askllm_cpu" else ("docs/s", "docs_per_s")
+
+
+def cross_rows(r: dict) -> list[dict]:
+    """gristmill in a reduced precision against the peer in float32 (the peer's default), from the
+    same run's rows: the comparison the issue's CPU target allows with a stated accuracy cost."""
+    _, key = _unit(r)
+    float32 = next((row for row in r["rows"] if row["dtype"] == "float32"), None)
+    if float32 is None:
+        return []
+    return [{"dtype": row["dtype"], "gristmill": row["gristmill_" + key], "peer": float32["peer_" + key],
+             "peer_name": float32["peer"], "ratio": row["gristmill_" + key] / float32["peer_" + key]}
+            for row in r["rows"] if row["dtype"] != "float32"]
+
+
+def cross_table(r: dict) -> str:
+    """The cross-precision rows as a markdown table (empty without a float32 row)."""
+    unit, _ = _unit(r)
+    rows = cross_rows(r)
+    if not rows:
+        return ""
+    lines = [f"| gristmill dtype | gristmill {unit} | peer (float32) | peer {unit} | ratio |", "|---|---|---|---|---|"]
+    lines += [f"| {c['dtype']} | {c['gristmill']:.1f} | {c['peer_name']} | {c['peer']:.1f} | **{c['ratio']:.2f}x** |"
+              for c in rows]
+    return "\n".join(lines)
+
+
 def summary_lines(r: dict) -> list[str]:
     """One line per row: what, ratio, peer with its version (what `make bench` prints at the end)."""
-    unit = "tokens/s" if r["benchmark"] == "askllm_cpu" else "docs/s"
-    key = "tokens_per_s" if unit == "tokens/s" else "docs_per_s"
-    return [f"{r['benchmark']} {row['dtype']}: {row['ratio']:.2f}x ({row['gristmill_' + key]:.1f} vs "
-            f"{row['peer_' + key]:.1f} {unit}; peer {row['peer']})" for row in r["rows"]]
+    unit, key = _unit(r)
+    lines = [f"{r['benchmark']} {row['dtype']}: {row['ratio']:.2f}x ({row['gristmill_' + key]:.1f} vs "
+             f"{row['peer_' + key]:.1f} {unit}; peer {row['peer']})" for row in r["rows"]]
+    lines += [f"{r['benchmark']} gristmill {c['dtype']} vs peer float32: {c['ratio']:.2f}x ({c['gristmill']:.1f} vs "
+              f"{c['peer']:.1f} {unit})" for c in cross_rows(r)]
+    return lines
 
 
 def render(results_dir: str) -> str:
@@ -82,7 +112,8 @@ def render(results_dir: str) -> str:
         with open(path) as f:
             r = json.load(f)
         if r.get("benchmark") in TABLES:
-            parts.append(f"### {r['benchmark']}\n\n" + TABLES[r["benchmark"]](r))
+            cross = cross_table(r)
+            parts.append(f"### {r['benchmark']}\n\n" + TABLES[r["benchmark"]](r) + (f"\n\n{cross}" if cross else ""))
     return "\n\n".join(parts)
 
 
