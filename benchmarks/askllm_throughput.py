@@ -60,7 +60,7 @@ class BenchConfig:
     copy_weights: Optional[bool] = None  # None: copy when the model has < 1e9 parameters
     skip_torch: bool = False
     bucket_docs: int = 96
-    buckets: tuple[int, ...] = (64, 128, 256, 512)
+    buckets: Optional[tuple[int, ...]] = None  # None: the scorer's own (models.batching.length_buckets(seq_len))
     corpus: str = C4
 
 
@@ -247,6 +247,10 @@ def padded_lengths(lengths: np.ndarray, batch_size: int, buckets: Sequence[int],
 
 def effective_buckets(bench: BenchConfig) -> tuple[int, ...]:
     """The buckets below ``seq_len`` plus ``seq_len`` itself (the pad-everything length)."""
+    from gristmill.models.batching import length_buckets
+
+    if bench.buckets is None:
+        return length_buckets(bench.seq_len)
     return tuple(sorted({b for b in bench.buckets if b < bench.seq_len} | {bench.seq_len}))
 
 
