@@ -41,7 +41,8 @@ def _askllm_result():
     row = {"dtype": "float32", "gristmill_tokens_per_s": 900.0, "peer_tokens_per_s": 600.0, "ratio": 1.5,
            "gristmill_times": [2.0, 2.1], "peer_times": [3.0, 3.2], "peer": "HF transformers 5.x",
            "max_abs_logp_yes_diff_vs_peer": 4e-5}
-    bf16 = dict(row, dtype="bfloat16", ratio=0.5, accuracy_vs_float32={
+    bf16 = dict(row, dtype="bfloat16", gristmill_tokens_per_s=1800.0, peer_tokens_per_s=3600.0, ratio=0.5,
+                accuracy_vs_float32={
         "max_abs_logp_yes_diff": 0.15, "max_abs_p_yes_diff": 0.01, "spearman_p_yes": 0.99})
     return {"benchmark": "askllm_cpu", "model": "SmolLM2", "docs": 32, "batch_size": 8, "max_length": 512,
             "rounds": 2, "mean_prompt_tokens": 367.0, "real_tokens": 100, "rows": [row, bf16],
@@ -55,8 +56,11 @@ def test_tables_render_every_row_and_the_accuracy_cost(tmp_path):
     assert "| float32 | 900 | HF transformers 5.x | 600 | **1.50x** |" in text
     assert "| bfloat16 |" in text and "Spearman of P(yes) 0.9900" in text
     assert "compute 140 tokens" in text
+    # gristmill bfloat16 against the peer's float32 (its default), from the same run
+    assert "| bfloat16 | 1800.0 | HF transformers 5.x | 600.0 | **3.00x** |" in text
     lines = tables.summary_lines(_askllm_result())
     assert lines[0].startswith("askllm_cpu float32: 1.50x (900.0 vs 600.0 tokens/s; peer HF transformers 5.x)")
+    assert lines[-1] == "askllm_cpu gristmill bfloat16 vs peer float32: 3.00x (1800.0 vs 600.0 tokens/s)"
 
 
 def test_gpu_summary_reports_steps_peak_fraction_and_failures(tmp_path):
