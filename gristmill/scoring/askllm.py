@@ -324,7 +324,7 @@ class AskLLMScorer:
         for start in range(0, len(order), size):
             group = order[start:start + size]
             ids, mask = batching.pad_batch([prompts[i][0] for i in group], pad_id=self.tokenizer.pad_id,
-                                  buckets=self.buckets, batch_size=size)
+                                           buckets=self.buckets, batch_size=size)
             lp = np.asarray(self._answer_logprobs(self.loaded.params, ids, mask), dtype=np.float64)
             for row, i in enumerate(group):
                 logp_yes, logp_no = float(lp[row, 0]), float(lp[row, 1])

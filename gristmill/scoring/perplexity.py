@@ -257,13 +257,13 @@ class PerplexityScorer:
         """(sum of token NLLs, predicted token count) per document of one padded batch."""
         size = self.config.batch_size
         ids, mask = batching.pad_batch([d.ids for d in group], pad_id=self.tokenizer.pad_id, buckets=self.buckets,
-                              batch_size=size)
+                                       batch_size=size)
         if self.family == DECODER_ONLY:
             lp = self._logprobs(self.loaded.params, ids, mask)
             weights = mask[:, 1:]
         else:
             targets, weights = batching.pad_batch([d.targets for d in group], pad_id=self.tokenizer.pad_id,
-                                         buckets=self.target_buckets, batch_size=size)
+                                                  buckets=self.target_buckets, batch_size=size)
             lp = self._logprobs(self.loaded.params, ids, mask, targets, weights)
         lp = np.asarray(lp, np.float64)
         nll = -np.where(weights == 1, lp, 0.0).sum(axis=1)
