@@ -11,6 +11,7 @@ CORE = [
     "numpy>=1.26",
     "absl-py>=2.0",
     "google-cloud-storage>=2.10",
+    "google-crc32c>=1.5",
     "sentencepiece>=0.2",
     "tokenizers>=0.19",
     "safetensors>=0.4",
@@ -29,7 +30,8 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require={
-        "dev": ["pytest>=7", "scipy>=1.10", "regex>=2023", "ruff>=0.5"],
+        "dev": ["pytest>=7", "scipy>=1.10", "regex>=2023", "ruff>=0.5", "hypothesis>=6.100",
+                "gcp-storage-emulator>=2024.8"],
         "gpu": ["jax[cuda12]>=0.4.30"],
         "ref": ["torch==2.13.0", "transformers>=4.40", "sentence-transformers>=3"],
         "dataflow": ["apache-beam[gcp]>=2.60,<3"],
