@@ -23,9 +23,12 @@ Then the selection is published, versioned:
     WORKDIR/selections/<run id>/manifest.json   steps run, their counts and inputs, the config, the time
     WORKDIR/selections/LATEST                   the run id, written last and atomically
 
-The manifest's `selection.data` lists the scored record files the plan applies to: unit files of
-the upstream step, which later batches add to but never change. A scheduler needs no other state:
-the work directory holds everything.
+The manifest's `selection.data` lists the scored record files the plan applies to (the upstream
+step's files, which later batches add to but never change), `selection.selected_records` the
+records the select step kept, and `selection.files` the size and CRC32C of each, so re-applying a
+published plan gives the same documents forever. A scheduler needs no other state: the work
+directory holds everything. One curate run owns a work directory at a time (its lease,
+`WORKDIR/lease.json`): an overlapping run exits at once naming the holder.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import sys
 import time
 from typing import Any, Mapping, Optional
 
-from gristmill import io, records
+from gristmill import io, lease, records
 from gristmill.pipelines import units
 from gristmill.pipelines.registry import SCORERS
 
@@ -57,7 +60,7 @@ LATEST_FILE = "LATEST"
 PLAN_FILE = "plan.json"
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "manifest.json"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
 log = logging.getLogger(__name__)
 
 
@@ -146,7 +149,7 @@ def parse_config(raw: Mapping[str, Any]) -> CurationConfig:
         _check_keys(f"step {i + 1}", raw_step, StepConfig)
         name = raw_step["name"]
         what = f"step {name!r}"
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
             raise CurationError(f"step {i + 1}: name {name!r} must be letters, digits, '_', '.', '-' "
                                 f"(it names a directory)")
         if any(s.name == name for s in steps):
@@ -286,14 +289,16 @@ def publish(config: CurationConfig, raw: Mapping[str, Any], run_id: str, started
     report_name = select_manifest["outputs"].get("report")
     if report_name and io.exists(io.join(source, report_name)):
         io.atomic_write(io.join(target, REPORT_FILE), io.read_bytes(io.join(source, report_name)))
-    data = [path for spec in step_inputs(config, step) for path in records.record_files(spec)]
+    data, checksums = record_files_with_checksums(step_inputs(config, step))
+    selected, selected_checksums = record_files_with_checksums((source,))
     manifest = {
         "name": config.name, "run_id": run_id, "started_at": started_at,
         "published_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": dict(raw), "input": list(config.input), "workdir": config.workdir, "steps": summaries,
         "selection": {"step": step.name, "plan": PLAN_FILE,
                       "report": REPORT_FILE if report_name else None,
-                      "data": data, "selected_records_dir": source,
+                      "data": data, "selected_records": selected, "files": {**checksums, **selected_checksums},
+                      "select_manifest": io.join(source, select_manifest["history"]),
                       "counts": select_manifest.get("counts")},
     }
     io.write_json(io.join(target, MANIFEST_FILE), manifest)
@@ -302,14 +307,33 @@ def publish(config: CurationConfig, raw: Mapping[str, Any], run_id: str, started
     return manifest
 
 
+def record_files_with_checksums(specs: tuple[str, ...]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The record files of inputs (verified), and {path: {"size", "crc32c"}} of those a gristmill manifest lists."""
+    paths, checksums = [], {}
+    for spec in specs:
+        found = records.record_files(spec)
+        paths.extend(found)
+        if io.is_dir(spec):
+            listed = records.read_manifest(spec).get("files", {})
+            checksums.update({io.join(spec, rel): listed[rel] for rel in listed if io.join(spec, rel) in found})
+    return paths, checksums
+
+
 def curate(config: CurationConfig, raw: Mapping[str, Any], run_id: Optional[str] = None,
            extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
     """Runs every step in order, incrementally, and publishes the selection; returns its manifest.
 
-    extra_args go to every step after its flags (command-line flags of `gristmill curate`).
+    extra_args go to every step after its flags (command-line flags of `gristmill curate`). The
+    run holds the work directory's lease from start to publication, so runs never overlap.
     """
+    with lease.acquire(config.workdir, f"gristmill curate {config.name}"):
+        return _curate(config, raw, run_id, extra_args)
+
+
+def _curate(config: CurationConfig, raw: Mapping[str, Any], run_id: Optional[str],
+            extra_args: tuple[str, ...]) -> dict[str, Any]:
     run_id = run_id or default_run_id()
-    if not NAME_PATTERN.match(run_id):
+    if not NAME_PATTERN.fullmatch(run_id):
         raise CurationError(f"--run_id {run_id!r} must be letters, digits, '_', '.', '-' (it names a directory)")
     target = io.join(config.workdir, SELECTIONS_DIR, run_id)
     if io.exists(io.join(target, MANIFEST_FILE)):

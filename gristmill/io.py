@@ -332,7 +332,7 @@ def list_stats(directory: str) -> dict[str, FileStat]:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            found[path] = FileStat(path, st.st_size, st.st_mtime, None, st.st_mtime_ns)
+            found[path] = FileStat(path, st.st_size, st.st_mtime, None, _local_generation(st))
     return found
 
 
@@ -344,7 +344,7 @@ def stat(path: str) -> FileStat:
             st = os.stat(path)
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: no such file") from None
-        return FileStat(path, st.st_size, st.st_mtime, None, st.st_mtime_ns)
+        return FileStat(path, st.st_size, st.st_mtime, None, _local_generation(st))
     if _is_gcs(path):
         bucket, _, name = path[len(GCS):].partition("/")
         blob = _gcs_client(os.environ.get("STORAGE_EMULATOR_HOST")).bucket(bucket).get_blob(name)
@@ -417,6 +417,11 @@ def _stage_local(path: str, data: bytes) -> str:
     return temp
 
 
+def _local_generation(st: os.stat_result) -> int:
+    """A local file's generation: its inode and modification time (a replace gives the path a new inode)."""
+    return (st.st_ino << 64) | st.st_mtime_ns
+
+
 @contextlib.contextmanager
 def _directory_lock(path: str) -> Iterator[None]:
     """An exclusive flock on a local file's directory: makes a check-and-replace atomic between processes."""
@@ -444,7 +449,7 @@ def atomic_write(path: str, data: bytes, if_generation: Optional[int] = None) ->
                 os.replace(temp, path)  # atomic on POSIX, and replaces an existing file
             else:
                 with _directory_lock(path):
-                    current = os.stat(path).st_mtime_ns if os.path.exists(path) else 0
+                    current = _local_generation(os.stat(path)) if os.path.exists(path) else 0
                     if current != if_generation:
                         raise FileExistsError(f"{path} changed since generation {if_generation} (now {current})")
                     os.replace(temp, path)
@@ -522,7 +527,7 @@ def delete(paths: list[str], if_generation: Optional[int] = None) -> None:
                 shutil.rmtree(path)
             elif if_generation is not None:
                 with _directory_lock(path):
-                    if os.path.exists(path) and os.stat(path).st_mtime_ns == if_generation:
+                    if os.path.exists(path) and _local_generation(os.stat(path)) == if_generation:
                         os.remove(path)
             elif os.path.lexists(path):
                 with contextlib.suppress(FileNotFoundError):

@@ -21,7 +21,7 @@ multi-valued features. Scorers add keys and keep every other key, so scorers cha
 from __future__ import annotations
 
 import struct
-from typing import Any, BinaryIO, Iterator, Mapping
+from typing import Any, BinaryIO, Iterator, Mapping, NamedTuple
 
 import google_crc32c
 from tensorflow.core.example import example_pb2, feature_pb2
@@ -128,9 +128,12 @@ class TFRecordError(Exception):
     """A TFRecord file is truncated or fails its checksums."""
 
 
-def _masked_crc(data: bytes) -> int:
-    crc = google_crc32c.value(data)
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+    return _mask(google_crc32c.value(data))
 
 
 def encode_tfrecord(data: bytes) -> bytes:
@@ -139,32 +142,62 @@ def encode_tfrecord(data: bytes) -> bytes:
     return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
 
 
-def iter_tfrecords(stream: BinaryIO) -> Iterator[bytes]:
+MAX_TFRECORD_BYTES = 2**31 - 1  # the most a serialised protobuf (a tf.train.Example) can hold
+_READ_CHUNK = 1 << 20
+
+
+class OversizedRecord(NamedTuple):
+    """Stands for a record that iter_tfrecords verified but did not keep: its payload is over max_length."""
+
+    length: int
+
+
+def _read_payload(stream: BinaryIO, length: int, keep: bool, index: int) -> tuple[bytes, int]:
+    """Reads a payload in pieces of at most 1 MiB: (its bytes, or b"" unless keep; its crc32c)."""
+    crc, pieces, left = 0, [], length
+    while left:
+        piece = stream.read(min(left, _READ_CHUNK))
+        if not piece:
+            raise TFRecordError(f"record {index}: truncated payload ({length - left} of {length} bytes)")
+        crc = google_crc32c.extend(crc, piece)
+        if keep:
+            pieces.append(piece)
+        left -= len(piece)
+    return b"".join(pieces), crc
+
+
+def iter_tfrecords(stream: BinaryIO, max_length: int | None = None) -> Iterator[bytes | OversizedRecord]:
     """Yields the payloads of a TFRecord stream, checking both checksums of every record.
 
-    Raises TFRecordError at the first truncated or corrupt record; the framing cannot be
-    resynchronised after that, so the rest of the stream is unreadable.
+    Payloads are read in bounded pieces, so a header declaring more bytes than the stream holds
+    costs no memory. A payload over max_length is verified without being kept and yielded as an
+    OversizedRecord. Raises TFRecordError at the first truncated or corrupt record, or one
+    declaring over MAX_TFRECORD_BYTES; the framing cannot be resynchronised after that, so the
+    rest of the stream is unreadable.
     """
     index = 0
     while True:
         header = stream.read(12)
         if not header:
             return
+        index += 1
         if len(header) < 12:
-            raise TFRecordError(f"record {index + 1}: truncated length header ({len(header)} of 12 bytes)")
+            raise TFRecordError(f"record {index}: truncated length header ({len(header)} of 12 bytes)")
         (length,) = struct.unpack("<Q", header[:8])
         (length_crc,) = struct.unpack("<I", header[8:])
         if _masked_crc(header[:8]) != length_crc:
-            raise TFRecordError(f"record {index + 1}: length checksum mismatch")
-        body = stream.read(length + 4)
-        if len(body) < length + 4:
-            raise TFRecordError(f"record {index + 1}: truncated payload ({len(body)} of {length + 4} bytes)")
-        data = body[:length]
-        (data_crc,) = struct.unpack("<I", body[length:])
-        if _masked_crc(data) != data_crc:
-            raise TFRecordError(f"record {index + 1}: payload checksum mismatch")
-        index += 1
-        yield data
+            raise TFRecordError(f"record {index}: length checksum mismatch")
+        if length > MAX_TFRECORD_BYTES:
+            raise TFRecordError(f"record {index}: declares {length} bytes, over the {MAX_TFRECORD_BYTES} "
+                                f"a TFRecord of tf.train.Example can hold")
+        keep = max_length is None or length <= max_length
+        data, crc = _read_payload(stream, length, keep, index)
+        trailer = stream.read(4)
+        if len(trailer) < 4:
+            raise TFRecordError(f"record {index}: truncated payload checksum ({len(trailer)} of 4 bytes)")
+        if _mask(crc) != struct.unpack("<I", trailer)[0]:
+            raise TFRecordError(f"record {index}: payload checksum mismatch")
+        yield data if keep else OversizedRecord(length)
 
 
 # --- Reading scored outputs back (outside Beam: training, evaluation, reports, tests) ---------
@@ -174,6 +207,10 @@ MANIFEST_FILE = "manifest.json"
 
 class IncompleteRunError(FileNotFoundError):
     """A gristmill output directory has no manifest: its job did not finish."""
+
+
+class CorruptOutputError(ValueError):
+    """A file a manifest lists is missing, short or changed since its run wrote it."""
 
 
 def read_manifest(output_dir: str) -> dict[str, Any]:
@@ -191,14 +228,39 @@ def record_files(spec: str) -> list[str]:
     """The scored TFRecord files a path names: a gristmill output directory or a file glob.
 
     A directory is read through its manifest, which lists exactly the files of the finished run,
-    so stale shards of an earlier run and partial files of a running one are never read.
+    so stale shards of an earlier run and partial files of a running one are never read; each
+    file is checked against the size and CRC32C the manifest records (`verify_listed`).
     """
     from gristmill import io
     spec = str(spec)
     if not any(ch in spec for ch in "*?[") and io.is_dir(spec):
         manifest = read_manifest(spec)
-        return [io.join(spec, name) for name in manifest.get("outputs", {}).get("records", [])]
+        names = manifest.get("outputs", {}).get("records", [])
+        verify_listed(spec, manifest, names)
+        return [io.join(spec, name) for name in names]
     return io.glob(spec)
+
+
+def verify_listed(output_dir: str, manifest: dict[str, Any], names: list[str]) -> None:
+    """Raises CorruptOutputError naming the first of `names` that is not as the manifest records it.
+
+    One listing of the directory gives every size (and on GCS every CRC32C); locally the files
+    are read once to check their CRC32C. A manifest of an older gristmill (no `files`) is trusted.
+    """
+    from gristmill import io
+    expected = manifest.get("files")
+    if expected is None:
+        return
+    listing = io.list_stats(output_dir)
+    for name in names:
+        path = io.join(output_dir, name)
+        if name not in expected:
+            raise CorruptOutputError(f"{path}: the manifest of {output_dir} lists it without a checksum")
+        problem = io.verify(path, expected[name], listing.get(path)) if path in listing else "is missing"
+        if problem:
+            raise CorruptOutputError(
+                f"{path} {problem}: it is not the file the run that wrote {output_dir} finished with; rerun that "
+                f"job (it redoes the unit) before reading it")
 
 
 def iter_scored_records(spec: str) -> Iterator[Record]:

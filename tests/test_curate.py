@@ -131,8 +131,16 @@ def test_two_batches_are_incremental_and_publish_versioned_selections(tmp_path):
     kept = sorted(r["id"] for r in docs if sampling.keep(plan, r["id"], r["score/random/seed-3"]))
     selected = sorted(r["id"] for r in records.iter_scored_records(os.path.join(work, "steps", "top30")))
     assert len(kept) == 60 and kept == selected
-    # The first batch's data files are still there, unchanged: its published selection stays usable.
-    assert all(os.path.exists(p) for p in first["selection"]["data"])
+    # The first batch's data files are still there, unchanged: its published selection stays usable,
+    # and re-applying its plan to them gives its selected records, forever.
+    for path, info in {**first["selection"]["files"]}.items():
+        assert io.verify(path, info) is None, path
+    assert set(first["selection"]["files"]) == set(first["selection"]["data"] + first["selection"]["selected_records"])
+    again = sorted(r["id"] for path in first["selection"]["data"] for r in records.iter_scored_records(path)
+                   if sampling.keep(plan1, r["id"], r["score/random/seed-3"]))
+    assert len(again) == 30 and again == sorted(
+        r["id"] for path in first["selection"]["selected_records"] for r in records.iter_scored_records(path))
+    assert io.exists(first["selection"]["select_manifest"])
 
     with pytest.raises(curate.CurationError, match="already published"):
         curate.run(["--config", str(config_path), "--run_id", "batch-1"])

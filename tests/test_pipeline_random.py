@@ -4,6 +4,7 @@ import gzip
 import json
 import os
 
+import google_crc32c
 import pytest
 import tensorflow as tf
 
@@ -40,7 +41,14 @@ def test_bad_records_are_dead_lettered_and_counts_reconcile(tmp_path, bad_corpus
     assert counts["dead_lettered_by_reason"]["missing_text"] == 2
     direct = list(documents.read_documents(pattern, documents.ReaderConfig(max_document_bytes=MAX_BYTES)))
     assert counts["read"] == len(direct)
-    assert sorted(os.listdir(out)) == ["dead_letters.jsonl", "job.json", "manifest.json", "units"]
+    assert sorted(os.listdir(out)) == ["dead_letters.jsonl", "job.json", "manifest.json", "manifests", "units",
+                                       "versions"]
+    assert manifest["outputs"]["dead_letters"] == f"versions/{manifest['output_version']}/dead_letters.jsonl"
+    for rel, info in manifest["files"].items():  # every listed file, with its size and CRC32C
+        with open(os.path.join(out, rel), "rb") as f:
+            data = f.read()
+        assert info == {"size": len(data), "crc32c": f"{google_crc32c.value(data):08x}"}, rel
+    assert set(manifest["outputs"]["records"]) < set(manifest["files"])
     assert manifest["config"] == {"seed": 3} and manifest["versions"]["apache-beam"]
     assert all(os.path.exists(os.path.join(out, p)) for p in manifest["outputs"]["records"])
 

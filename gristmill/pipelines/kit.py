@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Optional
@@ -32,7 +33,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from gristmill import documents, io, records
+from gristmill import documents, io, lease, records
 from gristmill.pipelines import flags, units
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -40,6 +41,8 @@ COUNTER_NAMESPACE = "gristmill"
 DEAD_LETTER_NAMESPACE = "gristmill.dead_letters"
 DEAD_LETTER_FILE = "dead_letters.jsonl"
 MANIFEST_FILE = records.MANIFEST_FILE
+MANIFESTS_DIR = "manifests"  # an immutable copy of every finished run's manifest
+VERSIONS_DIR = "versions"  # files of one output version (dead letters, plans, sketches, re-scored units)
 INFERENCE_ERROR = "inference_error"
 PROGRESS_SECONDS = 10.0
 log = logging.getLogger(__name__)
@@ -137,6 +140,9 @@ def parse(argv: Optional[list[str]], config_class: type[Any], description: str,
     except SystemExit as exit_:
         raise UsageError("bad flags (see the message above)") from exit_
     options = flags.from_namespace(namespace, JobOptions)
+    options = dataclasses.replace(options, output=options.output and absolute(options.output),
+                                  input=tuple(",".join(absolute(p.strip()) if p.strip() else p for p in spec.split(","))
+                                              for spec in options.input))
     if not options.input:
         raise UsageError("--input is required (a file glob, local or gs://, or a gristmill output directory)")
     if not options.output:
@@ -335,11 +341,26 @@ def dead_letter(item: Item, reason: str, detail: str) -> Item:
 # ------------------------------------------------------------------------------------ writing
 
 
+def write_file(output_dir: str, relative_path: str, data: bytes) -> dict[str, dict[str, Any]]:
+    """Writes output_dir/relative_path atomically; returns {relative_path: {"size", "crc32c"}} for a marker."""
+    return {relative_path: io.atomic_write(io.join(output_dir, relative_path), data)}
+
+
+def records_bytes(recs: Iterable[records.Record]) -> bytes:
+    """Records as the bytes of a TFRecord file of tf.train.Examples."""
+    return b"".join(records.encode_tfrecord(records.serialize(r)) for r in recs)
+
+
 def write_unit(output_dir: str, info: UnitInfo, items: list[Item],
                extra_files: Optional[Callable[[str, UnitInfo, list[Item]], dict[str, Any]]] = None) -> dict[str, Any]:
-    """Writes one finished unit (records, dead letters, then its marker) and returns the marker."""
+    """Writes one finished unit (records, dead letters, then its marker) and returns the marker.
+
+    extra_files(output_dir, info, items) may write more files of the unit; it returns marker fields,
+    with the files it wrote under "files" (as `write_file` returns them).
+    """
     items = sorted(items, key=lambda it: (it.number, it.kind))
-    extra = extra_files(output_dir, info, items) if extra_files else None
+    extra = dict(extra_files(output_dir, info, items)) if extra_files else {}
+    files = dict(extra.pop("files", {}))
     recs = [it.value for it in items if it.kind == RECORD]
     dead = [it.value for it in items if it.kind == DEAD]
     excluded: dict[str, int] = {}
@@ -347,16 +368,16 @@ def write_unit(output_dir: str, info: UnitInfo, items: list[Item],
         if it.kind == EXCLUDED:
             excluded[it.value] = excluded.get(it.value, 0) + 1
     if recs:
-        io.atomic_write(units.unit_path(output_dir, info.key, units.RECORDS_SUFFIX),
-                        b"".join(records.encode_tfrecord(records.serialize(r)) for r in recs))
+        files.update(write_file(output_dir, units.relative_unit_path(info.key, units.RECORDS_SUFFIX),
+                                records_bytes(recs)))
     if dead:
-        io.atomic_write(units.unit_path(output_dir, info.key, units.DEAD_SUFFIX),
-                        b"".join(d.to_json().encode("utf-8") + b"\n" for d in dead))
+        files.update(write_file(output_dir, units.relative_unit_path(info.key, units.DEAD_SUFFIX),
+                                b"".join(d.to_json().encode("utf-8") + b"\n" for d in dead)))
     by_reason: dict[str, int] = {}
     for d in dead:
         by_reason[d.reason] = by_reason.get(d.reason, 0) + 1
     marker = units.marker(info.key, info.file, info.chunk, info.last, info.documents, info.unreadable,
-                          len(recs), by_reason, excluded, extra)
+                          len(recs), by_reason, excluded, extra, files)
     io.write_json(units.unit_path(output_dir, info.key, units.MARKER_SUFFIX), marker)
     return marker
 
@@ -431,13 +452,55 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+class IncompleteJobError(RuntimeError):
+    """Units of a job never arrived (a lost bundle, a dead worker): no manifest is written."""
+
+
+def output_version(base: dict[str, Any], markers: Iterable[dict[str, Any]]) -> str:
+    """16 hex digits naming one finished version of an output: the job's fingerprint and its units."""
+    keys = sorted(m["key"] for m in markers)
+    return units.fingerprint("version", {"fingerprint": base.get("fingerprint"), "units": keys})[:16]
+
+
+def version_path(version: str, name: str) -> str:
+    """A version's own file, `versions/<version>/<name>`, relative to the output directory."""
+    return f"{VERSIONS_DIR}/{version}/{name}"
+
+
+def check_complete(base: dict[str, Any], markers: list[dict[str, Any]]) -> None:
+    """Raises IncompleteJobError naming the missing units unless every input file is covered."""
+    files = [units.InputFile(**identity) for identity in base.get("inputs", [])]
+    missing = units.missing_units(files, int(base["options"]["unit_records"]), base["fingerprint"], markers)
+    if missing:
+        shown = "; ".join(missing[:5]) + (f"; and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise IncompleteJobError(
+            f"{len(missing)} unit(s) of the input never arrived, so no manifest was written: {shown}. The runner "
+            f"lost work; rerun the job (finished units are reused) and check the runner's logs")
+
+
+def listed_files(output_dir: str, names: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """{relative path: {"size", "crc32c"}} of files a job wrote itself (plan, sketch, ...), read back once."""
+    listing = io.list_stats(output_dir)
+    infos = {}
+    for rel in names:
+        path = io.join(output_dir, rel)
+        found = listing.get(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: a file of this run is missing before its manifest")
+        infos[rel] = {"size": found.size, "crc32c": found.crc32c or io.file_checksum(path)}
+    return infos
+
+
 def build_manifest(base: dict[str, Any], markers: Iterable[dict[str, Any]], reused: int,
-                   files: Optional[dict[str, str]] = None) -> dict[str, Any]:
+                   files: Optional[dict[str, str]] = None,
+                   infos: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
     """The run manifest from the unit markers: counts that reconcile, the units and the output files.
 
     read = documents + records the reader dead-lettered, and read = written + dead_lettered +
     excluded, where dead_lettered also holds documents that failed later (a scorer's dead letters)
     and excluded counts documents a job leaves out on purpose (a selection's not-selected ones).
+    `files` lists every file this version references with its size and CRC32C: the markers' files
+    and `infos` (the job's own files). Readers verify against it; nothing it lists is ever rewritten.
     """
     markers = sorted(markers, key=lambda m: (m["source"], m["chunk"]))
     dead_by_reason: dict[str, int] = {}
@@ -462,19 +525,40 @@ def build_manifest(base: dict[str, Any], markers: Iterable[dict[str, Any]], reus
                          for m in markers]
     manifest["outputs"] = {"records": [m["records"] for m in markers if m.get("records")],
                            "dead_letters": DEAD_LETTER_FILE, **(files or {})}
+    listed: dict[str, dict[str, Any]] = {}
+    for m in markers:
+        listed.update(m.get("files", {}))
+    listed.update(infos or {})
+    manifest["files"] = dict(sorted(listed.items()))
     return manifest
 
 
 def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]], reused: int,
-             files: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """Writes the merged dead letters and then, last, the manifest; returns the manifest."""
+             files: Optional[dict[str, str]] = None, manifest_generation: Optional[int] = None) -> dict[str, Any]:
+    """Checks every unit arrived, writes the merged dead letters and then, last, the manifest.
+
+    The merged dead letters and the manifest's history copy go under `versions/<version>/` and
+    `manifests/`, never replaced; the top-level `dead_letters.jsonl` and `manifest.json` are the
+    latest run's copies. manifest_generation: replace manifest.json only if it is still the one
+    the job saw when it started (0: none yet), so a writer that lost its lease cannot overwrite.
+    """
+    check_complete(base, markers)
     dead_lines = []
     for m in sorted(markers, key=lambda m: (m["source"], m["chunk"])):
         if m.get("dead_letters"):
             dead_lines.append(io.read_bytes(io.join(output_dir, m["dead_letters"])))
+    version = output_version(base, markers)
+    dead_letters = version_path(version, DEAD_LETTER_FILE)
+    infos = write_file(output_dir, dead_letters, b"".join(dead_lines))
     io.atomic_write(io.join(output_dir, DEAD_LETTER_FILE), b"".join(dead_lines))
-    manifest = build_manifest(base, markers, reused, files)
-    io.write_json(io.join(output_dir, MANIFEST_FILE), manifest)
+    infos.update(listed_files(output_dir, [rel for rel in (files or {}).values() if rel]))
+    manifest = build_manifest(base, markers, reused, {**(files or {}), "dead_letters": dead_letters}, infos)
+    manifest["output_version"] = version
+    stamp = manifest["finished_at"].replace("-", "").replace(":", "").split("+")[0]
+    manifest["history"] = f"{MANIFESTS_DIR}/{stamp}-{version}.json"
+    data = io.json_bytes(manifest)
+    io.atomic_write(io.join(output_dir, manifest["history"]), data)
+    io.atomic_write(io.join(output_dir, MANIFEST_FILE), data, if_generation=manifest_generation)
     counts = manifest["counts"]
     log.info("manifest %s: read %d, written %d, dead-lettered %d, excluded %d, units %d (%d reused)%s",
              io.join(output_dir, MANIFEST_FILE), counts["read"], counts["written"], counts["dead_lettered"],
@@ -488,11 +572,12 @@ class Finalize(beam.PTransform):
 
     def __init__(self, output_dir: str, base: dict[str, Any], reused: list[dict[str, Any]],
                  files: Optional[dict[str, str]] = None, after: Iterable[Any] = (),
-                 markers_include_reused: bool = False):
+                 markers_include_reused: bool = False, manifest_generation: Optional[int] = None):
         super().__init__()
         self.output_dir, self.base, self.reused, self.files = output_dir, base, reused, files
         self.after = list(after)
         self.markers_include_reused = markers_include_reused
+        self.manifest_generation = manifest_generation
 
     def expand(self, markers):
         pipeline = markers.pipeline
@@ -502,8 +587,9 @@ class Finalize(beam.PTransform):
         all_markers = markers | "ListUnits" >> beam.combiners.ToList()
         waits = [beam.pvalue.AsList(pc) for pc in self.after]
         output_dir, base, n_reused, files = self.output_dir, self.base, len(self.reused), self.files
+        generation = self.manifest_generation
         return all_markers | "WriteManifest" >> beam.Map(
-            lambda ms, *_: finalize(output_dir, base, ms, n_reused, files), *waits)
+            lambda ms, *_: finalize(output_dir, base, ms, n_reused, files, generation), *waits)
 
 
 # ------------------------------------------------------------------------------------ a job
@@ -520,6 +606,7 @@ class Prepared:
     work: list[units.FileWork]
     reused: list[dict[str, Any]]
     base: dict[str, Any]
+    manifest_generation: int = 0  # manifest.json's generation when the job started (0: none)
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -540,12 +627,23 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
     shaping = {"scorer": described, "reader": config_dict(options.reader_config()),
                "unit_records": options.unit_records, **(fingerprint_extra or {})}
     fp = units.fingerprint(job, shaping)
-    units.check_output(options.output, job, {**described, "unit_records": options.unit_records,
-                                             "text_field": options.text_field, "format": options.format,
-                                             "keep_fields": list(options.keep_fields),
-                                             "max_document_bytes": options.max_document_bytes}, fp, options.overwrite,
-                       replans)
-    markers = units.read_markers(options.output) if options.resume else {}
+    output = options.output
+    hold_output(output, f"gristmill {job}")
+    try:
+        removed = io.remove_temporaries(output)
+        if removed:
+            log.info("%s: removed %d staging file(s) that killed writes left", output, removed)
+        units.check_output(output, job, {**described, "unit_records": options.unit_records,
+                                         "text_field": options.text_field, "format": options.format,
+                                         "keep_fields": list(options.keep_fields),
+                                         "max_document_bytes": options.max_document_bytes}, fp, options.overwrite,
+                           replans)
+        markers = units.verified_markers(output, units.read_markers(output)) if options.resume else {}
+        manifest_path = io.join(output, MANIFEST_FILE)
+        generation = io.stat(manifest_path).generation if io.exists(manifest_path) else 0
+    except BaseException:
+        release_output(output)
+        raise
     work, reused = units.plan_work(files, options.unit_records, fp, markers)
     log.info("%s: %d file(s), %d to read, %d unit(s) reused", job, len(files), len(work), len(reused))
     base = {
@@ -555,7 +653,7 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
         "pipeline_options": pipeline_options.get_all_options(drop_default=True, retain_unknown_options=True),
         "inputs": [f.identity() for f in files], "versions": package_versions(), "started_at": utc_now(),
     }
-    return Prepared(options, config, pipeline_options, files, work, reused, base)
+    return Prepared(options, config, pipeline_options, files, work, reused, base, generation or 0)
 
 
 def new_pipeline(pipeline_options: PipelineOptions, save_main_session: bool, test_pipeline=None) -> beam.Pipeline:
@@ -576,22 +674,63 @@ def write(prepared: Prepared, items, files: Optional[dict[str, str]] = None, aft
           extra_files=None):
     """Writes the units from their Items and, last, the manifest. Returns the manifest PCollection."""
     markers = items | "WriteUnits" >> WriteUnits(prepared.options.output, extra_files)
-    return markers | "Finalize" >> Finalize(prepared.options.output, prepared.base, prepared.reused, files, after)
+    return markers | "Finalize" >> Finalize(prepared.options.output, prepared.base, prepared.reused, files, after,
+                                            manifest_generation=prepared.manifest_generation)
 
 
 def run_pipeline(pipeline: beam.Pipeline, prepared: Prepared, is_test: bool) -> Optional[dict[str, Any]]:
-    """Runs a built pipeline to completion and returns its manifest (None for a test pipeline run elsewhere)."""
-    if is_test:
-        return None
-    start = time.monotonic()
-    result = pipeline.run()
-    if prepared.pipeline_options.get_all_options().get("dry_run"):
-        return None
-    result.wait_until_finish()
-    log.info("pipeline finished in %.1f s", time.monotonic() - start)
-    manifest = records.read_manifest(prepared.options.output)
-    check_not_all_missing_text(manifest, prepared.options)
-    return manifest
+    """Runs a built pipeline to completion and returns its manifest (None for a test pipeline run elsewhere).
+
+    The job's lease on its output is released at the end, whatever happened; a test pipeline runs
+    after this returns, without the lease.
+    """
+    output = prepared.options.output
+    try:
+        if is_test:
+            return None
+        start = time.monotonic()
+        result = pipeline.run()
+        if prepared.pipeline_options.get_all_options().get("dry_run"):
+            return None
+        result.wait_until_finish()
+        log.info("pipeline finished in %.1f s", time.monotonic() - start)
+        held = _LEASES.get(output)
+        if held is not None:
+            held.check()
+        manifest = records.read_manifest(output)
+        if manifest.get("fingerprint") != prepared.base["fingerprint"] or \
+                manifest.get("started_at") != prepared.base["started_at"]:
+            raise IncompleteJobError(f"{output}: the pipeline finished but wrote no manifest of this run "
+                                     f"(the manifest there is of a run started at {manifest.get('started_at')})")
+        check_not_all_missing_text(manifest, prepared.options)
+        return manifest
+    finally:
+        release_output(output)
+
+
+# ------------------------------------------------------------------------------------ one writer
+
+
+_LEASES: dict[str, Any] = {}  # output directory -> the lease this process holds on it (launcher side only)
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (workers may start elsewhere); URLs unchanged."""
+    return path if io.is_remote(path) else os.path.abspath(path)
+
+
+def hold_output(output_dir: str, what: str):
+    """Takes the output directory's lease for this job (see gristmill.lease); returns it."""
+    release_output(output_dir)  # a job of this process that failed before run_pipeline
+    _LEASES[output_dir] = lease.acquire(output_dir, what)
+    return _LEASES[output_dir]
+
+
+def release_output(output_dir: str) -> None:
+    """Releases this process's lease on the output directory, if it holds one."""
+    held = _LEASES.pop(output_dir, None)
+    if held is not None:
+        held.release()
 
 
 def check_not_all_missing_text(manifest: dict[str, Any], options: JobOptions) -> None:

@@ -187,8 +187,11 @@ def _approximate_plan(config: SelectConfig, summary: dict[str, int], quantiles: 
     return sampling.plan_from_quantiles(config.rule, quantiles, **common)
 
 
-def _write_file(path: str, data: bytes) -> None:
-    io.atomic_write(path, data)
+def _write_file(output_dir: str, version: str, name: str, data: bytes) -> None:
+    """Writes a job file of this version (`versions/<v>/<name>`, listed in the manifest, never replaced)
+    and its latest copy at the top level (`<name>`, replaced by the next version)."""
+    io.atomic_write(io.join(output_dir, kit.version_path(version, name)), data)
+    io.atomic_write(io.join(output_dir, name), data)
 
 
 def _check_missing(row, config: SelectConfig, present: Any = ()):
@@ -291,7 +294,7 @@ def histogram_png(before: list[float], after: list[float], feature: str) -> byte
     return buffer.getvalue()
 
 
-def _write_report(_, output_dir, plan, selected, not_selected, missing, before, after):
+def _write_report(_, output_dir, version, plan, selected, not_selected, missing, before, after):
     report = {
         "plan": json.loads(plan.to_json()),
         "selected": selected,
@@ -302,9 +305,9 @@ def _write_report(_, output_dir, plan, selected, not_selected, missing, before, 
         "rate_by": plan.rate_by,
         "histogram": f"histogram.png (a uniform sample of up to {HISTOGRAM_SAMPLE} scores before and after)",
     }
-    _write_file(io.join(output_dir, REPORT_FILE), json.dumps(report, indent=2, sort_keys=True).encode())
+    _write_file(output_dir, version, REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
     feature = plan.score_feature or "score"
-    _write_file(io.join(output_dir, HISTOGRAM_FILE), histogram_png(before, after, feature))
+    _write_file(output_dir, version, HISTOGRAM_FILE, histogram_png(before, after, feature))
     log.info("select: kept %d of %d documents (%.3f; target %.3f by %s)", selected, selected + not_selected,
              report["realised_rate_documents"], plan.rate, plan.rate_by)
     yield report
@@ -315,7 +318,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
 
     Pass 1 reads every unit and computes the plan (or loads --plan); pass 2 applies it unit by
     unit. The plan depends on the whole input, so the input files' identities are part of the
-    units' keys: a resumed run redoes only missing units, a run over more files re-selects all.
+    units' keys: a resumed run redoes only missing units, a run over more files re-selects all,
+    as a new version beside the old one (`versions/<v>/plan.json`; the top-level plan.json,
+    report.json and histogram.png are the latest version's copies).
     """
     options, config, pipeline_options = kit.parse(argv, SelectConfig, __doc__)
     files = kit.input_files(options)
@@ -332,8 +337,9 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     else:
         plan = docs | "Plan" >> PlanSelection(config)
     plan_side = beam.pvalue.AsSingleton(plan)
+    version = prepared.base["fingerprint"][:16]  # the inputs are part of it: a new input is a new version
     plan_written = plan | "WritePlan" >> beam.Map(
-        lambda p: _write_file(io.join(output, PLAN_FILE), p.to_json().encode()))
+        lambda p: _write_file(output, version, PLAN_FILE, p.to_json().encode()))
     outcomes = docs | "Outcome" >> beam.Map(lambda r, p: (decision(r, p), r), plan_side)
     count = lambda name: beam.pvalue.AsSingleton(  # noqa: E731
         outcomes
@@ -348,9 +354,10 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
              | "AfterScores" >> beam.Map(feature, plan_side)
              | "AfterSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
     report = pipeline | "Report" >> beam.Create([None]) | "WriteReport" >> beam.FlatMap(
-        _write_report, output, plan_side, count(SELECTED), count(NOT_SELECTED), count(MISSING_SCORE),
+        _write_report, output, version, plan_side, count(SELECTED), count(NOT_SELECTED), count(MISSING_SCORE),
         beam.pvalue.AsSingleton(before), beam.pvalue.AsSingleton(after))
     applied = kit.read(pipeline, prepared) | "Apply" >> beam.Map(_apply, plan_side, config.plan_only)
-    kit.write(prepared, applied, files={"plan": PLAN_FILE, "report": REPORT_FILE, "histogram": HISTOGRAM_FILE},
-              after=[plan_written, report])
+    kit.write(prepared, applied, after=[plan_written, report],
+              files={name: kit.version_path(version, file) for name, file in
+                     (("plan", PLAN_FILE), ("report", REPORT_FILE), ("histogram", HISTOGRAM_FILE))})
     return kit.run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)

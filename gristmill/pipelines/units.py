@@ -9,8 +9,11 @@ generation), the chunk, the unit size and the job's configuration fingerprint:
     units/<...>.dead.jsonl                                               its dead letters
     units/<...>.json                                                     its marker, written last
 
-Resume and incremental runs are the same mechanism: a unit whose marker exists is not done again,
-and a file all of whose units are marked (the last one says so) is not even opened.
+Resume and incremental runs are the same mechanism: a unit whose marker exists, and whose files are
+there with the size and CRC32C the marker records, is not done again (a unit whose files were
+deleted, truncated or changed is redone, and the log says why); a file all of whose units are
+marked (the last one says so) is not even opened. Before the manifest, `missing_units` checks that
+every input file's units run from chunk 0 to the one marked last with no gap.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import re
 from typing import Any, Iterable, Optional
 
 from gristmill import io
+from gristmill.lease import LEASE_FILE
 
 UNITS_DIR = "units"
 JOB_FILE = "job.json"
@@ -107,17 +111,53 @@ def read_markers(output_dir: str, suffix: str = MARKER_SUFFIX) -> dict[str, dict
     return markers
 
 
+def check_files(output_dir: str, files: dict[str, dict[str, Any]],
+                listing: Optional[dict[str, io.FileStat]] = None) -> Optional[str]:
+    """None when every file (relative path -> {"size", "crc32c"}) is there as recorded, else why not.
+
+    listing: `io.list_stats` of output_dir, so that no file is looked up one by one (on GCS it
+    carries every CRC32C, so nothing is downloaded).
+    """
+    for rel, expected in sorted(files.items()):
+        path = io.join(output_dir, rel)
+        found = listing.get(path) if listing is not None else None
+        if listing is not None and found is None:
+            return f"{rel} is missing"
+        problem = io.verify(path, expected, found)
+        if problem:
+            return f"{rel} {problem}"
+    return None
+
+
+def verified_markers(output_dir: str, markers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The markers whose files are all there with their recorded size and CRC32C.
+
+    A marker of an older gristmill (no `files`) or with a missing, truncated or changed file is left
+    out, so its unit is redone; the log names the file and what is wrong with it.
+    """
+    listing = io.list_stats(output_dir) if markers else {}
+    good = {}
+    for key, found in markers.items():
+        if "files" not in found:
+            log.warning("unit %s: its marker records no file checksums (an older run); redoing it", key)
+            continue
+        problem = check_files(output_dir, found["files"], listing)
+        if problem:
+            log.warning("unit %s: %s; redoing it", key, problem)
+            continue
+        good[key] = found
+    return good
+
+
 def plan_work(files: Iterable[InputFile], unit_records: int, config_fingerprint: str,
               markers: dict[str, dict[str, Any]]) -> tuple[list[FileWork], list[dict[str, Any]]]:
     """Splits the inputs into files to read (with their done chunks) and markers of reused units.
 
     A file is complete, and not read at all, when its chunks 0..L all have markers and chunk L's
-    marker says it is the file's last.
+    marker says it is the file's last. Pass markers through `verified_markers` first.
     """
     work, reused = [], []
-    by_source: dict[str, dict[int, tuple[str, dict[str, Any]]]] = {}
-    for key, found in markers.items():
-        by_source.setdefault(found.get("source"), {})[found.get("chunk")] = (key, found)
+    by_source = _by_source(markers)
     for file in files:
         done = {c: m for c, (key, m) in by_source.get(file.path, {}).items()
                 if key == unit_key(file, c, unit_records, config_fingerprint)}
@@ -128,38 +168,71 @@ def plan_work(files: Iterable[InputFile], unit_records: int, config_fingerprint:
     return work, reused
 
 
+def _by_source(markers: dict[str, dict[str, Any]]) -> dict[str, dict[int, tuple[str, dict[str, Any]]]]:
+    by_source: dict[str, dict[int, tuple[str, dict[str, Any]]]] = {}
+    for key, found in markers.items():
+        by_source.setdefault(found.get("source"), {})[found.get("chunk")] = (key, found)
+    return by_source
+
+
+def missing_units(files: Iterable[InputFile], unit_records: int, config_fingerprint: str,
+                  markers: Iterable[dict[str, Any]]) -> list[str]:
+    """What is missing for every input file to be covered: chunks 0..L, L marked last, no gap.
+
+    Returns one phrase per missing unit (file, chunk and key), empty when the job is complete.
+    A runner that lost a bundle, or a worker that died without its work being retried, leaves a gap.
+    """
+    by_source = _by_source({m["key"]: m for m in markers})
+    missing = []
+    for file in files:
+        mine = {c: m for c, (key, m) in by_source.get(file.path, {}).items()
+                if key == unit_key(file, c, unit_records, config_fingerprint)}
+        last = sorted(c for c, m in mine.items() if m.get("last"))
+        end = last[0] if last else (max(mine) + 1 if mine else 0)
+        for chunk in range(end):
+            if chunk not in mine:
+                key = unit_key(file, chunk, unit_records, config_fingerprint)
+                missing.append(f"{file.path} chunk {chunk} (unit {key})")
+        if not last:
+            missing.append(f"{file.path}: no unit after chunk {end - 1} is marked the file's last, so its end "
+                           f"never arrived" if mine else f"{file.path}: no unit arrived")
+    return missing
+
+
 def check_output(output_dir: str, job: str, config: dict[str, Any], config_fingerprint: str,
                  overwrite: bool, replans: bool = False) -> None:
     """Prepares output_dir: refuses outputs of another configuration, or removes them with overwrite.
 
     The job file (`job.json`) records which job and configuration own the directory; a rerun with
     the same configuration resumes, any other is refused with the differences named. A replanning
-    job (one whose every record depends on the whole input, like select) replaces its own earlier
-    run when only its inputs changed: that run is out of date, not foreign.
+    job (one whose every record depends on the whole input, like select) whose inputs changed
+    writes a new version beside its earlier run (new unit keys; nothing of that run is touched, a
+    published selection may still read it; `gristmill gc` removes it later). The caller holds the
+    directory's lease.
     """
     job_path = io.join(output_dir, JOB_FILE)
-    if not overwrite and replans and io.exists(job_path):
-        owner = io.read_json(job_path)
-        overwrite = (owner.get("fingerprint") != config_fingerprint and owner.get("job") == job
-                     and owner.get("config") == json.loads(json.dumps(config, default=str)))
-        if overwrite:
-            log.info("%s: the input changed since the run in %s; replacing that run", job, output_dir)
+    record = {"job": job, "config": config, "fingerprint": config_fingerprint}
     if overwrite and io.is_dir(output_dir):
-        io.delete_tree(output_dir)
+        io.delete_tree(output_dir, keep=(LEASE_FILE,))
     if io.exists(job_path):
         owner = io.read_json(job_path)
         if owner.get("fingerprint") == config_fingerprint:
             return
+        if replans and owner.get("job") == job and owner.get("config") == json.loads(json.dumps(config, default=str)):
+            log.info("%s: the input changed since the run in %s; planning a new version beside it", job, output_dir)
+            io.write_json(job_path, record)
+            return
         raise OutputConflictError(
             f"{output_dir} holds outputs of a different configuration ({describe_difference(owner, job, config)}); "
             f"use another --output, or --overwrite to remove them first")
-    existing = io.glob(io.join(output_dir, "*"), allow_empty=True) if io.is_dir(output_dir) else []
+    existing = [p for p in io.glob(io.join(output_dir, "*"), allow_empty=True)
+                if io.basename(p) != LEASE_FILE] if io.is_dir(output_dir) else []
     if existing:
         names = ", ".join(io.basename(p) for p in existing[:4]) + (", ..." if len(existing) > 4 else "")
         raise OutputConflictError(
             f"{output_dir} already holds files of another run ({names}); use another --output, "
             f"or --overwrite to remove them first")
-    io.write_json(job_path, {"job": job, "config": config, "fingerprint": config_fingerprint})
+    io.write_json(job_path, record)
 
 
 def describe_difference(owner: dict[str, Any], job: str, config: dict[str, Any]) -> str:
@@ -174,8 +247,9 @@ def describe_difference(owner: dict[str, Any], job: str, config: dict[str, Any])
 
 def marker(key: str, file: InputFile, chunk: int, last: bool, documents: int, reader_dead: int, written: int,
            dead_by_reason: dict[str, int], excluded: Optional[dict[str, int]] = None,
-           extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """A unit's marker: where it came from and counts that reconcile (read = written + dead + excluded)."""
+           extra: Optional[dict[str, Any]] = None, files: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+    """A unit's marker: where it came from, counts that reconcile (read = written + dead + excluded)
+    and the size and CRC32C of every file it wrote (`files`, relative path -> {"size", "crc32c"})."""
     dead = sum(dead_by_reason.values())
     return {"key": key, "source": file.path, "chunk": chunk, "last": last,
             "read": documents + reader_dead, "documents": documents, "unreadable": reader_dead,
@@ -183,4 +257,5 @@ def marker(key: str, file: InputFile, chunk: int, last: bool, documents: int, re
             "excluded": dict(sorted((excluded or {}).items())),
             "records": relative_unit_path(key, RECORDS_SUFFIX) if written else None,
             "dead_letters": relative_unit_path(key, DEAD_SUFFIX) if dead else None,
+            "files": dict(sorted((files or {}).items())),
             **(extra or {})}
