@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gristmill import records as gm_records
-from gristmill.pipelines import score_askllm_head, score_density
+from gristmill.pipelines import corpus, score_askllm_head, score_density
 from gristmill.scoring import heads
 
 SMOL = "smollm2-135m-instruct"
@@ -36,7 +36,11 @@ def head_out(tmp_path_factory, density_out):
 def test_head_scores_every_document_and_reports(head_out, density_out):
     out, manifest = head_out
     assert manifest["reconciled"] and manifest["counts"]["written"] == 60
-    assert manifest["outputs"]["head"] == "head.npz" and manifest["outputs"]["head_report"] == "head_report.json"
+    version = manifest["outputs"]["head"].split("/")[1]
+    assert manifest["outputs"]["head"] == f"versions/{version}/head.npz"
+    assert manifest["outputs"]["head_report"] == f"versions/{version}/head_report.json"
+    assert all(p.startswith(f"versions/{version}/") for p in manifest["outputs"]["records"])
+    assert {manifest["outputs"]["head"], manifest["outputs"]["head_report"]} <= manifest["files"].keys()
     scored = list(gm_records.iter_scored_records(out))
     assert len(scored) == 60 and all(np.isfinite(r[HEAD_FEATURE]) for r in scored)
     assert len({round(r[HEAD_FEATURE], 6) for r in scored}) > 50  # a real function of the embedding
@@ -49,16 +53,15 @@ def test_head_scores_every_document_and_reports(head_out, density_out):
     assert {r["id"] for r in labelled} == {ids[i] for i in np.argsort(keys)[:24]}
 
     # the head predicts from the cached embeddings, which are the input's, row for row
-    head = heads.AskLLMHead.load(os.path.join(out, "head.npz"))
+    head = heads.AskLLMHead.load(os.path.join(out, manifest["outputs"]["head"]))
     by_id = {r["id"]: r[HEAD_FEATURE] for r in scored}
-    for m in gm_records.read_manifest(density_out)["units"]:
-        key = m["key"]
-        x = score_density.load_array(os.path.join(density_out, "units", key + ".emb.npy"))
-        recs = list(gm_records.iter_scored_records(os.path.join(density_out, "units", key + ".tfrecord")))
+    for path in gm_records.read_manifest(density_out)["outputs"]["records"]:
+        x = corpus.load_array(corpus.input_cache(os.path.join(density_out, path)).path)
+        recs = list(gm_records.iter_scored_records(os.path.join(density_out, path)))
         np.testing.assert_allclose([by_id[r["id"]] for r in recs], x.astype(np.float64) @ head.weights + head.bias,
                                    rtol=1e-5, atol=1e-5)
 
-    with open(os.path.join(out, "head_report.json")) as f:
+    with open(os.path.join(out, manifest["outputs"]["head_report"])) as f:
         report = json.load(f)
     sample = report["sample"]
     assert sample["scored"] == 24 and sample["train"] + sample["heldout"] == 24 and sample["heldout"] >= 2
@@ -71,10 +74,10 @@ def test_head_scores_every_document_and_reports(head_out, density_out):
 
 
 def test_saved_head_applies_to_embeddings_made_here(tmp_path, head_out, embedded_glob):
-    out, _ = head_out
+    out, first_manifest = head_out
     again = str(tmp_path / "again")
     manifest = score_askllm_head.run(["--input", embedded_glob, "--output", again, "--limit=60",
-                                      "--head", os.path.join(out, "head.npz")])
+                                      "--head", os.path.join(out, first_manifest["outputs"]["head"])])
     assert manifest["counts"]["written"] == 60 and "head_report" not in manifest["outputs"]
     first = {r["id"]: r[HEAD_FEATURE] for r in gm_records.iter_scored_records(out)}
     second = {r["id"]: r for r in gm_records.iter_scored_records(again)}

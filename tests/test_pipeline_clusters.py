@@ -13,7 +13,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from gristmill import records
-from gristmill.pipelines import score_clusters, score_density, select
+from gristmill.pipelines import corpus, score_clusters, score_density, select
 from gristmill.scoring import clusters
 
 NEAR_DUPLICATES = os.path.join(os.path.dirname(__file__), "fixtures", "clusters", "near_duplicates.jsonl")
@@ -42,9 +42,19 @@ def _embedded(directory):
     """(records, embeddings) of an output directory, read through its manifest and the caches."""
     manifest = records.read_manifest(directory)
     recs = list(records.iter_scored_records(directory))
-    x = np.concatenate([np.load(os.path.join(directory, p.replace(".tfrecord", ".emb.npy")))
+    x = np.concatenate([np.load(corpus.input_cache(os.path.join(directory, p)).path)
                         for p in manifest["outputs"]["records"]])
     return recs, x
+
+
+def _version(directory):
+    """The version every record file of a finished output is in (one per run)."""
+    (version,) = {p.split("/")[1] for p in records.read_manifest(directory)["outputs"]["records"]}
+    return version
+
+
+def _centroids(directory):
+    return np.load(os.path.join(directory, records.read_manifest(directory)["outputs"]["centroids"]))
 
 
 def _rows(directory):
@@ -56,8 +66,8 @@ def _rows(directory):
 def test_scores_equal_pure_module_and_brute_force(density_out, clustered):
     out, manifest = clustered
     assert manifest["reconciled"] and manifest["counts"]["written"] == 44
-    assert manifest["outputs"]["centroids"] == score_clusters.CENTROIDS_FILE
-    centroids = np.load(os.path.join(out, score_clusters.CENTROIDS_FILE))
+    assert manifest["outputs"]["centroids"] == f"versions/{_version(out)}/centroids.npy"
+    centroids = np.load(os.path.join(out, manifest["outputs"]["centroids"]))
     assert centroids.shape == (K, 384) and centroids.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1.0, atol=1e-6)
     markers = [json.load(open(p)) for p in glob.glob(os.path.join(out, "units", "*.json"))
@@ -119,8 +129,7 @@ def test_two_workers_blocks_and_resharding_give_identical_outputs(density_out, c
     again = str(tmp_path / "again")  # other units (5 records), clusters split in blocks, two worker processes
     score_clusters.run(["--input", density_out, "--output", again, *FLAGS, "--unit_records", "5",
                         "--block_members", "3", "--workers", "2"])
-    np.testing.assert_array_equal(np.load(os.path.join(again, score_clusters.CENTROIDS_FILE)),
-                                  np.load(os.path.join(out, score_clusters.CENTROIDS_FILE)))
+    np.testing.assert_array_equal(_centroids(again), _centroids(out))
     assert _rows(again) == _rows(out)
 
 

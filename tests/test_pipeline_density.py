@@ -39,12 +39,15 @@ def test_density_job_scores_sketch_and_rescoring(tmp_path):
     assert min(crowded) > max(unique)
     assert all(1 <= s <= n_crowded + n_unique for s in crowded + unique)  # each point collides with itself
 
-    sketch = density.Sketch.load(os.path.join(out, score_density.SKETCH_FILE))
+    sketch_file = os.path.join(out, manifest["outputs"]["sketch"])
+    assert manifest["outputs"]["sketch"].startswith("versions/") and manifest["outputs"]["sketch"] in manifest["files"]
+    assert all(p.startswith("versions/") for p in manifest["outputs"]["records"])
+    sketch = density.Sketch.load(sketch_file)
     assert sketch.num_points == n_crowded + n_unique
     assert sketch.counts.shape == (64, 4096) and (sketch.counts.sum(axis=1) == sketch.num_points).all()
 
     again = str(tmp_path / "again")
     score_density.run(["--input", corpus, "--output", again, *SMALL,
-                       "--sketch", os.path.join(out, score_density.SKETCH_FILE)])
+                       "--sketch", sketch_file])
     rescored = {r["id"]: r[FEATURE] for r in gm_records.iter_scored_records(again)}
     np.testing.assert_array_equal([rescored[r["id"]] for r in scored], [r[FEATURE] for r in scored])

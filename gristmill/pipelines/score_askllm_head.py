@@ -3,17 +3,19 @@
     gristmill score askllm-head --input out/density --output out/head --model smollm2-135m-instruct \\
         --sample 2000 [--holdout 0.2] [--head_kind ridge|logistic] [--head FILE]
 
-    units of the input --(cached embeddings, or the density embedder)--> units/<u>.tfrecord + .emb.npy
+    units of the input --(cached embeddings, or the embedder)--> units/<u>.tfrecord + .emb.npy + marker
     every unit --the --sample documents with the smallest hash of their id (Top.Smallest)--> sample
     sample --Ask-LLM (RunInference)--> log P(yes) - log P(no) --fit the head on all but the held-out part
-          --> head.npz; held-out agreement (Spearman, Kendall, top-20% overlap) --> head_report.json
-    every unit --head(embedding) (side input)--> units/<u>.tfrecord with score/askllm-head/<model_name>
+          --> the head, version v (a hash of it and the sample's labels); held-out agreement
+    every unit --head(embedding) (side input)--> versions/<v>/<u>.tfrecord with score/askllm-head/<model_name>
+    the head, the report --> versions/<v>/head.npz, versions/<v>/head_report.json
 
 The input is a gristmill output directory whose units carry cached embeddings (a `score density`
 output: `DIR/units/<u>.emb.npy` beside `DIR/units/<u>.tfrecord`, rows in record order). An input
-file without a cache is embedded here with the density job's embedder (`--embedder`, default:
-the input run's embedder, else minilm). The embeddings are kept beside this job's units too, so
-the output chains into jobs that reuse them.
+file without a cache is embedded here (`--embedder`, default: the input run's embedder, else
+minilm). The embeddings are kept beside this job's units too, so the output chains into jobs that
+reuse them (`gristmill.pipelines.corpus`). A later batch fits a new head into a new version; the
+files of earlier versions, which a published selection may name, are never rewritten.
 
 Every document gets `score/askllm-head/<model_name>`, the head's predicted Ask-LLM log-odds
 (higher = better, select with top-k). The documents of the sample also keep what the LLM said:
@@ -25,15 +27,17 @@ whatever the units or workers); the held-out part is `heads.held_out_split` of t
 report's cost per document: the LLM's model time on the sample (compilation of its few length
 buckets included) against the head's time on every document; the embedding cost is the density
 job's (paid once for every embedding-based scorer), or this job's when it had to embed.
-`--head FILE` applies a saved head (copied to `head.npz`) without any LLM call.
+`--head FILE` applies a saved head (copied to `versions/<v>/head.npz`) without any LLM call.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import heapq
+import json
 import logging
+import os
+import tempfile
 import time
 from typing import Any, Optional
 
@@ -41,7 +45,7 @@ import apache_beam as beam
 import numpy as np
 
 from gristmill import io, records, sampling
-from gristmill.pipelines import inference, kit, score_askllm, score_density, units
+from gristmill.pipelines import corpus, inference, kit, score_askllm
 from gristmill.scoring import askllm, heads
 
 SCORER_NAME = "askllm-head"
@@ -76,21 +80,9 @@ class AskLLMHeadJobConfig(score_askllm.AskLLMJobConfig):
         return records.score_feature(SCORER_NAME, self.model_name)
 
 
-def cache_path(records_path: str) -> str:
-    """The embedding cache of an input unit file: `<u>.tfrecord` -> `<u>.emb.npy`."""
-    stem = records_path[: -len(units.RECORDS_SUFFIX)] if records_path.endswith(units.RECORDS_SUFFIX) \
-        else records_path
-    return stem + score_density.EMBEDDINGS_SUFFIX
-
-
 def input_embedder(inputs: tuple[str, ...]) -> str:
     """The embedder the input run used (a density output's `embedder`), else minilm."""
-    for spec in inputs:
-        if io.is_dir(spec) and io.exists(io.join(spec, records.MANIFEST_FILE)):
-            embedder = records.read_manifest(spec).get("config", {}).get("embedder")
-            if embedder:
-                return str(embedder)
-    return "minilm"
+    return corpus.input_embedder(inputs) or corpus.DEFAULT_EMBEDDER
 
 
 def sample_keys(ids: list[str], seed: int) -> np.ndarray:
@@ -98,47 +90,10 @@ def sample_keys(ids: list[str], seed: int) -> np.ndarray:
     return sampling.uniform_from_ids([_SAMPLE_SALT + i.encode("utf-8") for i in ids], seed)
 
 
-# ------------------------------------------------------------------------------------ pass 1
-
-
-def _write_embeddings(output_dir: str, info: kit.UnitInfo, items: list) -> dict[str, Any]:
-    """WriteUnits hook: each record's embedding (computed now, or row number-1 of the input's cache)
-    goes into this unit's cache, in record order."""
-    vectors, cached = [], None
-    for item in items:
-        if item.kind != kit.RECORD:
-            continue
-        vector = item.value.pop(score_density.EMBEDDING, None)
-        if vector is None:
-            if cached is None:
-                cached = score_density.load_array(cache_path(info.file.path))
-            if item.number > len(cached):
-                raise ValueError(f"{info.file.path}: record {item.number} but {len(cached)} cached embeddings")
-            vector = cached[item.number - 1]
-        vectors.append(np.asarray(vector, np.float32))
-    if vectors:
-        score_density.save_array(score_density.embedding_path(output_dir, info.key), np.stack(vectors))
-    return {"embeddings": units.relative_unit_path(info.key, score_density.EMBEDDINGS_SUFFIX) if vectors else None}
-
-
-def _read_unit(output_dir: str, marker: dict) -> tuple[list[records.Record], np.ndarray]:
-    path = io.join(output_dir, marker["records"])
-    with io.open_read(path) as f:
-        recs = [records.deserialize(data) for data in records.iter_tfrecords(f)]
-    embeddings = score_density.load_array(io.join(output_dir, marker["embeddings"]))
-    if len(embeddings) != len(recs):
-        raise ValueError(f"unit {marker['key']}: {len(recs)} records but {len(embeddings)} cached embeddings")
-    return recs, embeddings
-
-
-def _unit_candidates(marker: dict, output_dir: str, n: int, seed: int):
-    """A unit's n sample candidates (key, id, text, embedding): the global n smallest are among them."""
-    if not marker.get("records"):
-        return
-    recs, embeddings = _read_unit(output_dir, marker)
+def sample_candidates(marker: dict, recs: list[records.Record], x: np.ndarray, seed: int) -> list[tuple]:
+    """A unit's documents as sample candidates: ((hash uniform, id), (id, text, embedding))."""
     keys = sample_keys([r[records.ID] for r in recs], seed)
-    for i in heapq.nsmallest(n, range(len(recs)), key=lambda i: (keys[i], recs[i][records.ID])):
-        yield float(keys[i]), recs[i][records.ID], recs[i][records.TEXT], embeddings[i]
+    return [((float(keys[i]), r[records.ID]), (r[records.ID], r[records.TEXT], x[i])) for i, r in enumerate(recs)]
 
 
 # ------------------------------------------------------------------------------------ the LLM and the fit
@@ -173,7 +128,7 @@ def fit(scored: list, config: AskLLMHeadJobConfig, embedder: str) -> dict[str, A
         raise heads.HeadError(f"only {len(done)} sample documents were scored by the LLM; need at least 5 "
                               f"(raise --sample)")
     ids = [r[records.ID] for r in done]
-    x = np.stack([np.asarray(r[score_density.EMBEDDING], np.float64) for r in done])
+    x = np.stack([np.asarray(r[corpus.EMBEDDING], np.float64) for r in done])
     yes, no = (records.logp_feature(score_askllm.SCORER_NAME, name, a) for a in (askllm.ANSWER_YES, askllm.ANSWER_NO))
     y = heads.log_odds([r[yes] for r in done], [r[no] for r in done])
     held = heads.held_out_split(ids, config.holdout, config.seed)
@@ -204,47 +159,68 @@ def fit(scored: list, config: AskLLMHeadJobConfig, embedder: str) -> dict[str, A
 # ------------------------------------------------------------------------------------ pass 2
 
 
-class _ApplyHeadFn(beam.DoFn):
-    """Pass 2: a unit marker -> its records rewritten with the head's score (and the sample's LLM
-    features); yields the marker with the head's time on the unit."""
-
-    def __init__(self, output_dir: str, feature: str, model_name: str):
-        self.output_dir, self.feature, self.model_name = output_dir, feature, model_name
-
-    def setup(self):
-        self.progress = kit.Progress("documents scored by the head")
-
-    def process(self, marker: dict, head: heads.AskLLMHead, llm: dict):
-        seconds, n = 0.0, 0
-        if marker.get("records"):
-            recs, embeddings = _read_unit(self.output_dir, marker)
-            start = time.perf_counter()
-            scores = head.predict(embeddings)
-            seconds, n = time.perf_counter() - start, len(recs)
-            out = []
-            for record, score in zip(recs, scores):
-                record[self.feature] = float(score)
-                if record[records.ID] in llm:
-                    record = score_askllm.add_askllm_features(record, llm[record[records.ID]], self.model_name)
-                out.append(record)
-            io.atomic_write(io.join(self.output_dir, marker["records"]),
-                            b"".join(records.encode_tfrecord(records.serialize(r)) for r in out))
-            self.progress.tick(n)
-        yield {**marker, "_head_seconds": seconds, "_head_documents": n}
+def head_digest(head: heads.AskLLMHead, llm: dict) -> bytes:
+    """What identifies a head and the sample's labels its version carries (an .npz's bytes vary)."""
+    scalars = {"bias": head.bias, "kind": head.kind, "alpha": head.alpha, "heldout_error": head.heldout_error,
+               "n_train": head.n_train, "embedder": head.embedder, "model": head.model}
+    labels = sorted((doc_id, list(dataclasses.astuple(result))) for doc_id, result in llm.items())
+    return corpus.version_id(np.asarray(head.weights, np.float64).tobytes(), scalars, labels).encode()
 
 
-def write_report(markers: list[dict], report: dict, output_dir: str, embedded_here: bool) -> dict:
-    """Adds the head's measured cost over every document to the fit's report and writes it."""
-    n = sum(m["_head_documents"] for m in markers)
-    head_each = sum(m["_head_seconds"] for m in markers) / max(n, 1)
+def head_bytes(head: heads.AskLLMHead) -> bytes:
+    """A head's .npz file as bytes."""
+    with tempfile.TemporaryDirectory(prefix="gristmill-") as tmp:
+        path = os.path.join(tmp, HEAD_FILE)
+        head.save(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+
+def save_head(head: heads.AskLLMHead, output_dir: str, version: str) -> dict[str, str]:
+    """Writes `versions/<v>/head.npz` unless that version's head is there; returns the outputs."""
+    def same(found: bytes) -> bool:
+        with tempfile.TemporaryDirectory(prefix="gristmill-") as tmp:
+            path = os.path.join(tmp, HEAD_FILE)
+            with open(path, "wb") as f:
+                f.write(found)
+            return head_digest(heads.AskLLMHead.load(path), {}) == head_digest(head, {})
+
+    (rel,) = corpus.write_aggregate(output_dir, version, HEAD_FILE, head_bytes(head), same)
+    return {"head": rel}
+
+
+def score_unit(marker: dict, recs: list, x: np.ndarray, _, head: heads.AskLLMHead, llm: dict, feature: str,
+               model_name: str):
+    """Pass 2 (corpus.WriteVersions): a unit's records with the head's score, and the sample's LLM
+    features; the transient fields carry the head's time on the unit."""
+    start = time.perf_counter()
+    scores = head.predict(x)
+    seconds = time.perf_counter() - start
+    out = []
+    for record, score in zip(recs, scores):
+        record[feature] = float(score)
+        if record[records.ID] in llm:
+            record = score_askllm.add_askllm_features(record, llm[record[records.ID]], model_name)
+        out.append(record)
+    return out, {"_head_seconds": seconds, "_head_documents": len(recs)}
+
+
+def write_report(markers: list[dict], report: dict, output_dir: str, version: str,
+                 outputs: dict[str, str]) -> dict[str, str]:
+    """Adds the head's measured cost over every document to the fit's report and writes it into
+    the version (once); returns the outputs with the report's path."""
+    n = sum(m["_head_documents"] for m in markers if "_head_documents" in m)
+    head_each = sum(m["_head_seconds"] for m in markers if "_head_seconds" in m) / max(n, 1)
     llm_each = report["cost"]["llm_seconds_per_doc"]
-    report = {**report, "documents_scored": n,
+    embedded_here = any(m.get("embedded") for m in markers)
+    report = {**report, "documents_scored": sum(m["written"] for m in markers),
               "cost": {**report["cost"], "head_seconds_per_doc": head_each,
                        "llm_over_head": llm_each / head_each if head_each > 0 else None,
                        "embedding": "embedded by this run (input files without a cache)" if embedded_here
                        else "cached by the input run (the density job's cost, paid once)"}}
-    io.write_json(io.join(output_dir, REPORT_FILE), report)
-    return report
+    rel = corpus.write_aggregate(output_dir, version, REPORT_FILE, io.json_bytes(report),
+                                 same=lambda found: bool(json.loads(found)))
+    return {**outputs, "head_report": next(iter(rel))}
 
 
 # ------------------------------------------------------------------------------------ the job
@@ -279,56 +255,39 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     prepared = kit.prepare("score askllm-head", options, config, pipeline_options, extra)
     output = options.output
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
-
-    has_cache = [io.exists(cache_path(w.file.path)) for w in prepared.work]
-    cached = [w for w, c in zip(prepared.work, has_cache) if c]
-    to_embed = [w for w, c in zip(prepared.work, has_cache) if not c]
-    written = [pipeline | "ReusedUnits" >> beam.Create(prepared.reused)]
-    if cached:
-        written.append(kit.read(pipeline, dataclasses.replace(prepared, work=cached), "ReadCached")
-                       | "WriteCachedUnits" >> kit.WriteUnits(output, _write_embeddings))
-    if to_embed:
-        embed = score_density.embed_spec(score_density.DensityConfig(embedder=embedder,
-                                                                     share_model=config.share_model), options)
-        written.append(kit.read(pipeline, dataclasses.replace(prepared, work=to_embed), "ReadToEmbed")
-                       | "Embed" >> inference.RunModel(embed)
-                       | "WriteEmbeddedUnits" >> kit.WriteUnits(output, _write_embeddings))
-    listed = tuple(written) | "EveryUnit" >> beam.Flatten() | "ListUnits" >> beam.combiners.ToList()
+    every_unit = corpus.every_unit(corpus.write_units(pipeline, prepared, embedder, config.share_model))
 
     if config.head:
         head = pipeline | "HeadPath" >> beam.Create([config.head]) | "LoadHead" >> beam.Map(heads.AskLLMHead.load)
         llm = pipeline | "NoLabels" >> beam.Create([{}])
-        saved = [head | "SaveHead" >> beam.Map(lambda h: h.save(io.join(output, HEAD_FILE)))]
     else:
-        n, seed = config.sample, config.seed
-        fitted = (listed
-                  | "UnitsToSample" >> beam.FlatMap(lambda ms: ms)
-                  | "SpreadSampling" >> beam.Reshuffle()
-                  | "UnitCandidates" >> beam.FlatMap(_unit_candidates, output, n, seed)
-                  | "Sample" >> beam.combiners.Top.Smallest(n, key=lambda c: (c[0], c[1]))
+        seed = config.seed
+        fitted = (corpus.smallest_sample(every_unit, output, config.sample,
+                                         lambda m, recs, x: sample_candidates(m, recs, x, seed))
                   | "SampleItems" >> beam.FlatMap(lambda cs: [
-                      kit.Item(kit.RECORD, "sample", i, {records.ID: c[1], records.TEXT: c[2],
-                                                         score_density.EMBEDDING: c[3]})
-                      for i, c in enumerate(cs)])
+                      kit.Item(kit.RECORD, "sample", i, {records.ID: c[0], records.TEXT: c[1], corpus.EMBEDDING: c[2]})
+                      for i, (_, c) in enumerate(cs)])
                   | "SpreadSample" >> beam.Reshuffle()
                   | "AskLLM" >> inference.RunModel(timed_llm_spec(config, options))
                   | "ListScored" >> beam.combiners.ToList()
                   | "FitHead" >> beam.Map(fit, config, embedder))
         head = fitted | "Head" >> beam.Map(lambda f: f["head"])
         llm = fitted | "Labels" >> beam.Map(lambda f: f["llm"])
-        saved = [head | "SaveHead" >> beam.Map(lambda h: h.save(io.join(output, HEAD_FILE)))]
-    applied = (listed
-               | "UnitsToScore" >> beam.FlatMap(lambda ms: ms)
-               | "SpreadScoring" >> beam.Reshuffle()
-               | "ApplyHead" >> beam.ParDo(_ApplyHeadFn(output, config.feature, config.model_name),
-                                           beam.pvalue.AsSingleton(head), beam.pvalue.AsSingleton(llm)))
-    files = {"head": HEAD_FILE}
+    fingerprint = prepared.base["fingerprint"]
+    version = beam.pvalue.AsSingleton(
+        head | "Version" >> beam.Map(lambda h, labels: corpus.version_id(head_digest(h, labels), fingerprint),
+                                     beam.pvalue.AsSingleton(llm)))
+    outputs = head | "SaveHead" >> beam.Map(save_head, output, version)
+    scored = (every_unit
+              | "Pairs" >> beam.Map(lambda m: (m, None))
+              | "ApplyHead" >> corpus.WriteVersions(output, version, score_unit, beam.pvalue.AsSingleton(head),
+                                                    beam.pvalue.AsSingleton(llm), config.feature, config.model_name,
+                                                    what="documents scored by the head"))
     if not config.head:
         report = fitted | "Report" >> beam.Map(lambda f: f["report"])
-        saved.append(applied | "ListApplied" >> beam.combiners.ToList()
-                     | "WriteReport" >> beam.Map(write_report, beam.pvalue.AsSingleton(report), output,
-                                                          bool(to_embed)))
-        files["head_report"] = REPORT_FILE
-    _ = applied | "Finalize" >> kit.Finalize(output, prepared.base, prepared.reused, files, after=saved,
-                                             markers_include_reused=True)
+        outputs = (scored
+                   | "ListApplied" >> beam.combiners.ToList()
+                   | "WriteReport" >> beam.Map(write_report, beam.pvalue.AsSingleton(report), output, version,
+                                               beam.pvalue.AsSingleton(outputs)))
+    _ = scored | "Finalize" >> corpus.Finalize(prepared, beam.pvalue.AsSingleton(outputs))
     return kit.run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)

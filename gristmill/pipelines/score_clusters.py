@@ -3,19 +3,22 @@
     gristmill score clusters --input out/density --output out/clusters --k 10000 \\
         [--sample 200000] [--iterations 20] [--eps 0.05] [--name NAME] [--embedder minilm|st5:DIR]
 
-    units --read--> embeddings (the input's cache units/<u>.emb.npy, else the embedder)
+    units --read--> embeddings (the input's cache, else the embedder)
           --> units/<u>.tfrecord + units/<u>.emb.npy + marker                     (per unit, resumable)
-    every unit --(hash(id), doc)--> Top.Smallest(N) --fit k-means, one worker--> centroids.npy
+    every unit --(hash(id), doc)--> Top.Smallest(N) --fit k-means, one worker--> centroids, version v
     every unit --assign (centroids side input)--> (cluster, block pair) -> members  (GroupByKey)
           --exact SemDeDup maxima per block pair--> max over pairs per document      (CombinePerKey)
           --> (unit -> per-document results) joined with the markers (CoGroupByKey)
-          --> units/<u>.tfrecord rewritten with the features (atomic), marker      --> manifest
+          --> versions/<v>/<u>.tfrecord with the features + version marker        --> manifest
+    the centroids --> versions/<v>/centroids.npy
 
-Embeddings: an input that is a `score density` output (or an earlier `score clusters` output) has
-each unit's embeddings cached beside its records (`units/<u>.emb.npy`, rows in record order); they
-are used as they are, with no second embedding pass. A file without a cache is embedded with the
-density job's embedder spec. Either way this job keeps a copy beside its own units, so its output
-is again an input with cached embeddings (re-cluster at another k without embedding).
+Embeddings (`gristmill.pipelines.corpus`): an input that is a gristmill output with cached
+embeddings (a `score density` output, or an earlier `score clusters` output) is used as it is, with
+no second embedding pass; a file without a cache is embedded with `--embedder`. Either way this job
+keeps a copy beside its own units, so its output is again an input with cached embeddings
+(re-cluster at another k without embedding). The version v hashes the centroids, the set of units
+and the configuration (SemDeDup's scores depend on every member of a cluster), so a later batch
+writes a new version and never rewrites files a published selection names.
 
 Design and memory bound (C4: 364M documents, k = 10,000):
 - The fit is k-means++ and Lloyd rounds (`gristmill.scoring.clusters.fit_kmeans`) on a bounded,
@@ -36,7 +39,8 @@ Design and memory bound (C4: 364M documents, k = 10,000):
 - The keep decision is SemDeDup's (`semdedup_keep`): removed when the maximum similarity to an
   earlier member exceeds 1 - eps; with `--keep hard` (their default) the member farthest from
   the centroid of each near-duplicate group stays.
-- The last pass groups the small per-document results by unit (a unit's size) and rewrites each unit.
+- The last pass groups the small per-document results by unit (a unit's size) and writes each unit's
+  version.
 
 Outputs are identical in-process and on any number of workers, and across reshardings of the
 input (another --unit_records): nothing depends on the order documents arrive in.
@@ -54,14 +58,13 @@ import dataclasses
 import hashlib
 import logging
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
 
-from gristmill import io, records
-from gristmill.pipelines import inference, kit, units
-from gristmill.pipelines import score_density as density_job
+from gristmill import records
+from gristmill.pipelines import corpus, kit
 from gristmill.scoring import clusters
 
 JOB = "score clusters"
@@ -103,14 +106,9 @@ class ClustersConfig:
             raise ValueError(f"--eps must be in [0, 2], got {self.eps}")
 
     @property
-    def density(self) -> density_job.DensityConfig:
-        """The density job's config for the same embedder (its model name and embedder spec)."""
-        return density_job.DensityConfig(embedder=self.embedder, share_model=self.share_model)
-
-    @property
     def model_name(self) -> str:
         """The embedder's name in the score features, e.g. `minilm`."""
-        return self.density.model_name
+        return corpus.model_name(self.embedder)
 
     @property
     def features(self) -> dict[str, str]:
@@ -127,12 +125,6 @@ def keep_feature(scorer: str, model: str) -> str:
     return f"keep/{scorer}/{model}"
 
 
-def cache_path(records_path: str) -> str:
-    """The embedding cache beside a unit's records: `units/<u>.tfrecord` -> `units/<u>.emb.npy`."""
-    stem = records_path[: -len(units.RECORDS_SUFFIX)] if records_path.endswith(units.RECORDS_SUFFIX) else records_path
-    return stem + density_job.EMBEDDINGS_SUFFIX
-
-
 def id_hash(doc_id: str) -> int:
     """The sample order of a document: the first 8 bytes of BLAKE2b(id) as an unsigned integer."""
     return int.from_bytes(hashlib.blake2b(str(doc_id).encode("utf-8"), digest_size=8).digest(), "big")
@@ -146,44 +138,6 @@ def member_key(doc_id: str, embedding: np.ndarray, source: str, unit: str, row: 
     return f"{doc_id}\x00{digest}\x00{source}\x00{unit}\x00{row:012d}"
 
 
-# ------------------------------------------------------------------------------------ embeddings
-
-
-def _cached_embeddings(output_dir: str, info: kit.UnitInfo, items: list) -> dict[str, Any]:
-    """WriteUnits hook for inputs with a cache: copies the unit's rows (record number - 1) of it."""
-    rows = [item.number - 1 for item in items if item.kind == kit.RECORD]
-    if not rows:
-        return {"embeddings": None, "embedded": False}
-    cache = density_job.load_array(cache_path(info.file.path))
-    if max(rows) >= cache.shape[0]:
-        raise ValueError(f"{cache_path(info.file.path)} has {cache.shape[0]} rows, but record {max(rows) + 1} "
-                         f"of {info.file.path} needs one: the cache does not belong to these records")
-    density_job.save_array(density_job.embedding_path(output_dir, info.key), cache[rows].astype(np.float32))
-    return {"embeddings": units.relative_unit_path(info.key, density_job.EMBEDDINGS_SUFFIX), "embedded": False}
-
-
-def _new_embeddings(output_dir: str, info: kit.UnitInfo, items: list) -> dict[str, Any]:
-    """WriteUnits hook after the embedder: moves each record's embedding into the unit's cache."""
-    vectors = [np.asarray(item.value.pop(density_job.EMBEDDING), np.float32)
-               for item in items if item.kind == kit.RECORD]
-    if not vectors:
-        return {"embeddings": None, "embedded": True}
-    density_job.save_array(density_job.embedding_path(output_dir, info.key), np.stack(vectors))
-    return {"embeddings": units.relative_unit_path(info.key, density_job.EMBEDDINGS_SUFFIX), "embedded": True}
-
-
-def _unit_documents(output_dir: str, marker: dict) -> tuple[list[records.Record], np.ndarray]:
-    """A written unit's records and embeddings (record order)."""
-    if not marker.get("records"):
-        return [], np.zeros((0, 0), np.float32)
-    with io.open_read(io.join(output_dir, marker["records"])) as f:
-        recs = [records.deserialize(data) for data in records.iter_tfrecords(f)]
-    x = density_job.load_array(io.join(output_dir, marker["embeddings"]))
-    if x.shape[0] != len(recs):
-        raise ValueError(f"unit {marker['key']}: {len(recs)} records but {x.shape[0]} cached embeddings")
-    return recs, x
-
-
 def _keys(marker: dict, recs: list[records.Record], x: np.ndarray) -> list[str]:
     return [member_key(r[records.ID], x[row], r.get(records.SOURCE, ""), marker["key"], row)
             for row, r in enumerate(recs)]
@@ -192,27 +146,26 @@ def _keys(marker: dict, recs: list[records.Record], x: np.ndarray) -> list[str]:
 # ------------------------------------------------------------------------------------ the fit
 
 
-def _sample_candidates(marker: dict, output_dir: str):
-    """A unit -> (id hash, member key, unit, row) for each of its documents."""
-    recs, x = _unit_documents(output_dir, marker)
-    for row, key in enumerate(_keys(marker, recs, x)):
-        yield id_hash(recs[row][records.ID]), key, marker["key"], row
+def sample_candidates(marker: dict, recs: list[records.Record], x: np.ndarray) -> list[tuple]:
+    """A unit's documents as sample candidates: ((id hash, member key), (unit, row))."""
+    return [((id_hash(recs[row][records.ID]), key), (marker["key"], row))
+            for row, key in enumerate(_keys(marker, recs, x))]
 
 
-def fit_centroids(chosen: list[tuple], output_dir: str, config: ClustersConfig) -> np.ndarray:
+def fit_centroids(chosen: list[tuple], markers: list[dict], output_dir: str, config: ClustersConfig) -> np.ndarray:
     """The sample's rows loaded unit by unit -> k-means centroids (k x d float32, unit norm)."""
     if len(chosen) < config.k:
         raise ValueError(f"--k {config.k} needs at least {config.k} documents; the input has {len(chosen)}")
     by_unit: dict[str, list[int]] = {}
-    for _, _, unit, row in chosen:
+    for _, (unit, row) in chosen:
         by_unit.setdefault(unit, []).append(row)
+    marker_of = {m["key"]: m for m in markers}
     parts, keys = [], []
     for unit in sorted(by_unit):
         rows = sorted(by_unit[unit])
-        x = density_job.load_array(density_job.embedding_path(output_dir, unit))
-        parts.append(x[rows])
+        parts.append(corpus.load_embeddings(output_dir, marker_of[unit])[rows])
         keys.extend((unit, row) for row in rows)
-    key_of = {(unit, row): key for _, key, unit, row in chosen}
+    key_of = {place: key for (_, key), place in chosen}
     sample = np.concatenate(parts).astype(np.float32)
     fit = clusters.fit_kmeans(sample, config.k, config.iterations, config.seed,
                               ids=[key_of[k] for k in keys])
@@ -221,10 +174,10 @@ def fit_centroids(chosen: list[tuple], output_dir: str, config: ClustersConfig) 
     return fit.centroids
 
 
-def save_centroids(centroids: np.ndarray, path: str) -> str:
-    """Writes centroids.npy (atomic); returns the path."""
-    density_job.save_array(path, np.asarray(centroids, np.float32))
-    return path
+def save_version(centroids: np.ndarray, output_dir: str, version: str) -> dict[str, str]:
+    """Writes `versions/<v>/centroids.npy` unless it is there; returns the outputs."""
+    (rel,) = corpus.write_aggregate(output_dir, version, CENTROIDS_FILE, corpus.array_bytes(centroids))
+    return {"centroids": rel}
 
 
 # ------------------------------------------------------------------------------------ SemDeDup
@@ -243,7 +196,7 @@ def block_of(key: str, n_blocks: int) -> int:
 def assign_unit(marker: dict, output_dir: str, centroids: np.ndarray):
     """A unit marker -> (cluster, member) for each of its documents, member = (key, unit, row,
     embedding float32 [d], cos to the centroid float64)."""
-    recs, x = _unit_documents(output_dir, marker)
+    recs, x = corpus.read_unit(output_dir, marker)
     if not recs:
         return
     labels, _ = clusters.assign(x, centroids)
@@ -306,82 +259,49 @@ class SemDeDup(beam.PTransform):
                 | "MaxOverPairs" >> beam.CombinePerKey(_max_result))
 
 
-# ------------------------------------------------------------------------------------ rewrite
+# ------------------------------------------------------------------------------------ the job
 
 
-class _RewriteUnitFn(beam.DoFn):
-    """(unit, {marker, results}) -> the unit's records rewritten with the features; yields its marker."""
-
-    def __init__(self, output_dir: str, config: ClustersConfig):
-        self.output_dir = output_dir
-        self.features = config.features
-        self.eps = config.eps
-
-    def setup(self):
-        self.progress = kit.Progress("documents written by clusters")
-
-    def process(self, element):
-        _, joined = element
-        (marker,) = joined["marker"]
-        results = {}
-        for by_row in joined["results"]:
-            results.update(by_row)
-        recs, _ = _unit_documents(self.output_dir, marker)
-        if recs:
-            if len(results) != len(recs):
-                raise ValueError(f"unit {marker['key']}: {len(recs)} records but {len(results)} cluster results")
-            f = self.features
-            for row, record in enumerate(recs):
-                c, cos, nearest, earlier = results[row]
-                record[f["cluster"]] = int(c)
-                record[f["dist"]] = float(1.0 - cos)
-                record[f["prototypes"]] = float(-cos)
-                record[f["semdedup"]] = float(-nearest)
-                record[f["keep"]] = int(earlier <= 1.0 - self.eps)  # clusters.semdedup_keep's rule
-            io.atomic_write(io.join(self.output_dir, marker["records"]),
-                            b"".join(records.encode_tfrecord(records.serialize(r)) for r in recs))
-            self.progress.tick(len(recs))
-        yield marker
+def score_unit(marker: dict, recs: list, x: np.ndarray, results: dict, features: dict, eps: float):
+    """The last pass (corpus.WriteVersions): a unit's records with their cluster features."""
+    if len(results) != len(recs):
+        raise ValueError(f"unit {marker['key']}: {len(recs)} records but {len(results)} cluster results")
+    for row, record in enumerate(recs):
+        c, cos, nearest, earlier = results[row]
+        record[features["cluster"]] = int(c)
+        record[features["dist"]] = float(1.0 - cos)
+        record[features["prototypes"]] = float(-cos)
+        record[features["semdedup"]] = float(-nearest)
+        record[features["keep"]] = int(earlier <= 1.0 - eps)  # clusters.semdedup_keep's rule
+    return recs, {}
 
 
-def check_embedder(options: kit.JobOptions, config: ClustersConfig) -> None:
-    """Refuses an input directory whose embeddings came from another embedder than --embedder."""
-    for spec in options.input:
-        for part in (p.strip() for p in spec.split(",")):
-            if part and io.is_dir(part) and io.exists(io.join(part, records.MANIFEST_FILE)):
-                theirs = records.read_manifest(part).get("config", {}).get("embedder")
-                if theirs and theirs != config.embedder:
-                    raise kit.UsageError(f"{part} holds embeddings of {theirs!r}, not --embedder {config.embedder!r}; "
-                                         f"pass --embedder {theirs}")
+def _joined(element) -> tuple[dict, dict]:
+    """(unit, {marker: [m], results: [{row: result}, ...]}) -> (m, {row: result})."""
+    _, joined = element
+    (marker,) = joined["marker"]
+    results: dict[int, tuple] = {}
+    for by_row in joined["results"]:
+        results.update(by_row)
+    return marker, results
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Builds and runs the job; returns the run manifest."""
     options, config, pipeline_options = kit.parse(argv, ClustersConfig, __doc__)
-    check_embedder(options, config)
+    corpus.check_embedder(options.input, config.embedder)
     prepared = kit.prepare(JOB, options, config, pipeline_options)
     output = options.output
-    cached = [w for w in prepared.work if io.exists(cache_path(w.file.path))]
-    uncached = [w for w in prepared.work if w not in cached]
-    log.info("clusters: %d file(s) with cached embeddings, %d to embed", len(cached), len(uncached))
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
+    every_unit = corpus.every_unit(corpus.write_units(pipeline, prepared, config.embedder, config.share_model))
+    listed = beam.pvalue.AsSingleton(every_unit | "ListUnits" >> beam.combiners.ToList())
 
-    written = [pipeline | "ReusedUnits" >> beam.Create(prepared.reused)]
-    if cached:
-        written.append(kit.read(pipeline, dataclasses.replace(prepared, work=cached), label="ReadCached")
-                       | "WriteCachedUnits" >> kit.WriteUnits(output, _cached_embeddings))
-    if uncached:  # the embedder loads only when some file has no cache
-        written.append(kit.read(pipeline, dataclasses.replace(prepared, work=uncached), label="ReadToEmbed")
-                       | "Embed" >> inference.RunModel(density_job.embed_spec(config.density, options))
-                       | "WriteEmbeddedUnits" >> kit.WriteUnits(output, _new_embeddings))
-    listed = tuple(written) | "EveryUnit" >> beam.Flatten() | "ListUnits" >> beam.combiners.ToList()
-    every_unit = listed | "Units" >> beam.FlatMap(lambda ms: ms) | "SpreadUnits" >> beam.Reshuffle()
-
-    chosen = (every_unit
-              | "SampleCandidates" >> beam.FlatMap(_sample_candidates, output)
-              | "Sample" >> beam.combiners.Top.Smallest(config.sample))
-    centroids = chosen | "FitKMeans" >> beam.Map(fit_centroids, output, config)
-    saved = centroids | "SaveCentroids" >> beam.Map(save_centroids, io.join(output, CENTROIDS_FILE))
+    chosen = corpus.smallest_sample(every_unit, output, config.sample, sample_candidates)
+    centroids = chosen | "FitKMeans" >> beam.Map(fit_centroids, listed, output, config)
+    fingerprint = prepared.base["fingerprint"]
+    version = centroids | "Version" >> beam.Map(
+        lambda c, ms: corpus.version_id(corpus.array_bytes(c), sorted(m["key"] for m in ms), fingerprint), listed)
+    outputs = centroids | "SaveCentroids" >> beam.Map(save_version, output, beam.pvalue.AsSingleton(version))
     centroids_side = beam.pvalue.AsSingleton(centroids)
 
     assigned = every_unit | "Assign" >> beam.FlatMap(assign_unit, output, centroids_side)
@@ -389,9 +309,11 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
                | "SemDeDup" >> SemDeDup(centroids_side, config.block_members, config.keep)
                | "ByUnit" >> beam.Map(lambda kv: (kv[0][0], {kv[0][1]: kv[1]})))
     markers = every_unit | "KeyUnits" >> beam.Map(lambda m: (m["key"], m))
-    rewritten = ({"marker": markers, "results": by_unit}
-                 | "JoinUnits" >> beam.CoGroupByKey()
-                 | "Rewrite" >> beam.ParDo(_RewriteUnitFn(output, config)))
-    _ = rewritten | "Finalize" >> kit.Finalize(output, prepared.base, prepared.reused, {"centroids": CENTROIDS_FILE},
-                                               after=[saved], markers_include_reused=True)
+    scored = ({"marker": markers, "results": by_unit}
+              | "JoinUnits" >> beam.CoGroupByKey()
+              | "Joined" >> beam.Map(_joined)
+              | "WriteVersions" >> corpus.WriteVersions(output, beam.pvalue.AsSingleton(version), score_unit,
+                                                        config.features, config.eps,
+                                                        what="documents written by clusters"))
+    _ = scored | "Finalize" >> corpus.Finalize(prepared, beam.pvalue.AsSingleton(outputs))
     return kit.run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)

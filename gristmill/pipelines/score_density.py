@@ -4,14 +4,18 @@
         [--embedder minilm|st5:DIR] [--kernel cosine|l2] [--rows 1000] [--hashes_per_row K] [--buckets B]
 
     units to do --read--> embed (RunInference) --> units/<u>.tfrecord + units/<u>.emb.npy + marker
-    every unit's embeddings --hash, CombineGlobally(add counts)--> sketch (sketch.npz)
-    every unit --query the sketch (side input)--> units/<u>.tfrecord with score/density/<embedder>
+    every unit's embeddings --hash, CombineGlobally(add counts)--> sketch, version v (a hash of it)
+    every unit --query the sketch (side input)--> versions/<v>/<u>.tfrecord with score/density/<embedder>
+    the sketch --> versions/<v>/sketch.npz; manifest.json names this version's files
 
-Embed once, ever: each unit's embeddings are cached beside its records, so pass 2, resumed runs and
-later incremental batches never re-embed. The sketch of a batch is the exact sum of every unit's
-counts (counts add), so a corpus scored in batches gets the sketch of one run over all of it.
-Because the sketch grows with the corpus, pass 2 re-scores every unit of the current inputs,
-from the cached embeddings (hashing only).
+Embed once, ever: each unit's embeddings are cached beside its records (`gristmill.pipelines.corpus`),
+so pass 2, resumed runs and later incremental batches never re-embed, and an input that is a
+gristmill output with cached embeddings is not embedded at all. The sketch of a batch is the exact
+sum of every unit's counts (counts add), so a corpus scored in batches gets the sketch of one run
+over all of it. Because the sketch grows with the corpus, pass 2 scores every unit of the current
+inputs again, from the cached embeddings (hashing only), into a new version: the files of an
+earlier batch, which a published selection may name, are never rewritten (`gristmill gc` removes
+them once nothing references them). A rerun with the same sketch reuses its version's files.
 
 Defaults (`gristmill.scoring.density`): the cosine (sign random projection) kernel, which needs no
 data-dependent parameter; `--kernel l2` is the paper's p-stable sketch, whose bandwidth is
@@ -25,26 +29,22 @@ from __future__ import annotations
 import dataclasses
 import io as _bytes_io
 import logging
-from typing import Any, Optional
+import os
+import tempfile
+from typing import Optional
 
 import apache_beam as beam
 import numpy as np
 
 from gristmill import io, records
-from gristmill.models import batching
-from gristmill.pipelines import inference, kit, units
+from gristmill.pipelines import corpus, kit
 from gristmill.scoring import density
 
+JOB = "score density"
 SCORER = "density"
 SKETCH_FILE = "sketch.npz"
 PARAMS_FILE = "density_params.json"
-EMBEDDINGS_SUFFIX = ".emb.npy"
 BANDWIDTH_SAMPLE = 2000
-EMBED_BATCH = 32  # documents per Beam batch; the embedder picks its rows per model call
-# Token lengths that split batches into groups of similar length, so the embedder pads each batch
-# to a short bucket instead of the longest document: the embedders' own buckets (up to Sentence-T5's 512).
-EMBED_LENGTH_BOUNDARIES = batching.length_buckets(512, smallest=32)[:-1]
-EMBEDDING = "_embedding"  # the record key an embedding travels under until the unit is written
 log = logging.getLogger(__name__)
 
 
@@ -73,8 +73,7 @@ class DensityConfig:
     @property
     def model_name(self) -> str:
         """The embedder's name in the score feature: `minilm`, or the base name of an st5 directory."""
-        kind, _, path = self.embedder.partition(":")
-        return kind if not path else io.basename(path.rstrip("/"))
+        return corpus.model_name(self.embedder)
 
     @property
     def feature(self) -> str:
@@ -88,57 +87,36 @@ class DensityConfig:
                                           bandwidth=bandwidth if self.kernel == "l2" else None, seed=self.seed)
 
 
-def embedding_path(output_dir: str, key: str) -> str:
-    """Where a unit's embedding cache lives."""
-    return units.unit_path(output_dir, key, EMBEDDINGS_SUFFIX)
-
-
-def save_array(path: str, array: np.ndarray) -> None:
-    """Writes a .npy atomically (local or gs://)."""
-    buffer = _bytes_io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    io.atomic_write(path, buffer.getvalue())
-
-
-def load_array(path: str) -> np.ndarray:
-    """Reads a .npy written by save_array."""
-    return np.load(_bytes_io.BytesIO(io.read_bytes(path)), allow_pickle=False)
-
-
-def save_sketch(sketch: density.Sketch, path: str) -> None:
-    """Writes a sketch (counts, config, hash parameters) to a local or gs:// path."""
-    with io.local_output(path) as local:
-        sketch.save(local)
+def sketch_bytes(sketch: density.Sketch) -> bytes:
+    """A sketch's .npz file as bytes."""
+    with tempfile.TemporaryDirectory(prefix="gristmill-") as tmp:
+        path = os.path.join(tmp, SKETCH_FILE)
+        sketch.save(path)
+        with open(path, "rb") as f:
+            return f.read()
 
 
 def load_sketch(path: str) -> density.Sketch:
-    """Reads a sketch saved by `save_sketch` from a local or gs:// path."""
+    """Reads a sketch saved by `Sketch.save` from a local or gs:// path."""
     with io.local_copy(path) as local:
         return density.Sketch.load(local)
 
 
-def _write_embeddings(output_dir: str, info: kit.UnitInfo, items: list) -> dict[str, Any]:
-    """WriteUnits hook: moves each record's embedding into the unit's cache (record order)."""
-    vectors = []
-    for item in items:
-        if item.kind == kit.RECORD:
-            vectors.append(np.asarray(item.value.pop(EMBEDDING), np.float32))
-    if vectors:
-        save_array(embedding_path(output_dir, info.key), np.stack(vectors))
-    return {"embeddings": units.relative_unit_path(info.key, EMBEDDINGS_SUFFIX) if vectors else None}
+def sketch_digest(sketch: density.Sketch) -> bytes:
+    """What identifies a sketch's content (its .npz bytes are not stable across writes)."""
+    p = sketch.params
+    parts = [sketch.config.to_json().encode(), str(sketch.num_points).encode()] + [
+        np.ascontiguousarray(a).tobytes() for a in (sketch.counts, p.projection, p.offsets, p.mult_hi, p.mult_lo)]
+    return corpus.version_id(*parts).encode()
 
 
-def embed_spec(config: DensityConfig, options: kit.JobOptions) -> inference.ModelSpec:
-    """The kit's model handler spec for the embedder: records get their embedding under EMBEDDING."""
-    from gristmill.scoring import embeddings
+def save_version(sketch: density.Sketch, output_dir: str, version: str) -> dict[str, str]:
+    """Writes `versions/<v>/sketch.npz` unless that version's sketch is there; returns the outputs."""
+    def same(found: bytes) -> bool:
+        return sketch_digest(density.Sketch.load(_bytes_io.BytesIO(found))) == sketch_digest(sketch)
 
-    spec = config.embedder
-    return inference.ModelSpec(
-        name="embed", load_model=lambda: embeddings.make_embedder(spec),
-        load_encoder=lambda: embeddings.make_encoder(spec),
-        attach=lambda record, vector: {**record, EMBEDDING: vector},
-        batch_size=EMBED_BATCH, batches_per_call=2, length_boundaries=EMBED_LENGTH_BOUNDARIES,
-        share_model=config.share_model, resource_hints=kit.model_step_hints(options))
+    (rel,) = corpus.write_aggregate(output_dir, version, SKETCH_FILE, sketch_bytes(sketch), same)
+    return {"sketch": rel}
 
 
 def _bandwidth(output_dir: str, markers: list[dict], config: DensityConfig) -> Optional[float]:
@@ -153,7 +131,7 @@ def _bandwidth(output_dir: str, markers: list[dict], config: DensityConfig) -> O
     sample, seen = [], 0
     for m in sorted(markers, key=lambda m: m["key"]):
         if m.get("embeddings") and seen < BANDWIDTH_SAMPLE:
-            x = load_array(io.join(output_dir, m["embeddings"]))
+            x = corpus.load_embeddings(output_dir, m)
             sample.append(x[: BANDWIDTH_SAMPLE - seen])
             seen += len(sample[-1])
     if seen < 2:
@@ -170,7 +148,7 @@ def _bandwidth(output_dir: str, markers: list[dict], config: DensityConfig) -> O
 def _dimension(output_dir: str, markers: list[dict]) -> int:
     for m in markers:
         if m.get("embeddings"):
-            return int(load_array(io.join(output_dir, m["embeddings"])).shape[1])
+            return int(corpus.load_embeddings(output_dir, m).shape[1])
     return 1
 
 
@@ -187,7 +165,7 @@ class _SketchCombineFn(beam.CombineFn):
         if not marker.get("embeddings"):
             return sketch
         sketch = sketch or density.Sketch.empty(sketch_config)
-        sketch.add_embeddings(load_array(io.join(self.output_dir, marker["embeddings"])))
+        sketch.add_embeddings(corpus.load_embeddings(self.output_dir, marker))
         return sketch
 
     def merge_accumulators(self, sketches, sketch_config):
@@ -198,60 +176,38 @@ class _SketchCombineFn(beam.CombineFn):
         return sketch if sketch is not None else density.Sketch.empty(sketch_config)
 
 
-class _QueryUnitFn(beam.DoFn):
-    """Pass 2: a unit marker -> its records rewritten with the density score; yields the marker."""
-
-    def __init__(self, output_dir: str, feature: str):
-        self.output_dir = output_dir
-        self.feature = feature
-
-    def setup(self):
-        self.progress = kit.Progress("documents scored by density")
-
-    def process(self, marker: dict, sketch: density.Sketch):
-        if marker.get("records"):
-            path = io.join(self.output_dir, marker["records"])
-            with io.open_read(path) as f:
-                recs = [records.deserialize(data) for data in records.iter_tfrecords(f)]
-            scores = sketch.query_embeddings(load_array(io.join(self.output_dir, marker["embeddings"])))
-            if len(scores) != len(recs):
-                raise ValueError(f"unit {marker['key']}: {len(recs)} records but {len(scores)} cached embeddings")
-            for record, score in zip(recs, scores):
-                record[self.feature] = float(score)
-            io.atomic_write(path, b"".join(records.encode_tfrecord(records.serialize(r)) for r in recs))
-            self.progress.tick(len(recs))
-        yield marker
+def score_unit(marker: dict, recs: list, x: np.ndarray, _, sketch: density.Sketch, feature: str):
+    """Pass 2 (corpus.WriteVersions): a unit's records with their density under the sketch."""
+    for record, score in zip(recs, sketch.query_embeddings(x)):
+        record[feature] = float(score)
+    return recs, {}
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Builds and runs the job; returns the run manifest."""
     options, config, pipeline_options = kit.parse(argv, DensityConfig, __doc__)
-    prepared = kit.prepare("score density", options, config, pipeline_options)
+    corpus.check_embedder(options.input, config.embedder)
+    prepared = kit.prepare(JOB, options, config, pipeline_options)
     output = options.output
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
-    embedded = (kit.read(pipeline, prepared)
-                | "Embed" >> inference.RunModel(embed_spec(config, options))
-                | "WriteUnits" >> kit.WriteUnits(output, _write_embeddings))
-    reused = pipeline | "ReusedUnits" >> beam.Create(prepared.reused)
-    every_unit = (embedded, reused) | "EveryUnit" >> beam.Flatten()
+    every_unit = corpus.every_unit(corpus.write_units(pipeline, prepared, config.embedder, config.share_model))
     listed = every_unit | "ListUnits" >> beam.combiners.ToList()
     if config.sketch:
         sketch = pipeline | "SketchPath" >> beam.Create([config.sketch]) | "LoadSketch" >> beam.Map(load_sketch)
-        saved = []
     else:
         sketch_config = listed | "SketchConfig" >> beam.Map(
             lambda ms: config.sketch_config(_dimension(output, ms), _bandwidth(output, ms, config)))
-        sketch = (listed
-                  | "UnitsToHash" >> beam.FlatMap(lambda ms: ms)
-                  | "SpreadUnits" >> beam.Reshuffle()
-                  | "BuildSketch" >> beam.CombineGlobally(_SketchCombineFn(output),
-                                                          beam.pvalue.AsSingleton(sketch_config)))
-        saved = [sketch | "SaveSketch" >> beam.Map(save_sketch, io.join(output, SKETCH_FILE))]
-    queried = (listed
-               | "UnitsToQuery" >> beam.FlatMap(lambda ms: ms)
-               | "SpreadQueries" >> beam.Reshuffle()
-               | "Query" >> beam.ParDo(_QueryUnitFn(output, config.feature), beam.pvalue.AsSingleton(sketch)))
-    files = {} if config.sketch else {"sketch": SKETCH_FILE}
-    _ = queried | "Finalize" >> kit.Finalize(output, prepared.base, prepared.reused, files, after=saved,
-                                             markers_include_reused=True)
+        sketch = every_unit | "BuildSketch" >> beam.CombineGlobally(_SketchCombineFn(output),
+                                                                    beam.pvalue.AsSingleton(sketch_config))
+    fingerprint = prepared.base["fingerprint"]
+    version = sketch | "Version" >> beam.Map(lambda s: corpus.version_id(sketch_digest(s), fingerprint))
+    outputs = sketch | "SaveSketch" >> beam.Map(save_version, output, beam.pvalue.AsSingleton(version))
+    if config.kernel == "l2" and not config.sketch and config.bandwidth is None:
+        outputs = outputs | "WithParams" >> beam.Map(lambda o: {**o, "params": PARAMS_FILE})
+    scored = (every_unit
+              | "Pairs" >> beam.Map(lambda m: (m, None))
+              | "Query" >> corpus.WriteVersions(output, beam.pvalue.AsSingleton(version), score_unit,
+                                                beam.pvalue.AsSingleton(sketch), config.feature,
+                                                what="documents scored by density"))
+    _ = scored | "Finalize" >> corpus.Finalize(prepared, beam.pvalue.AsSingleton(outputs))
     return kit.run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)
