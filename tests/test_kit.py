@@ -17,7 +17,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from gristmill import cli, documents, records
+from gristmill import cli, documents, io, records
 from gristmill.pipelines import flags, inference, kit, score_density, score_random, units
 from gristmill.scoring import density
 
@@ -262,7 +262,7 @@ def test_incremental_density_scores_only_new_units_and_sums_to_the_one_shot_sket
     assert scores(grow) == scores(once)
 
 
-def test_select_replaces_its_own_run_when_its_input_grew(tmp_path):
+def test_select_writes_a_new_version_beside_its_own_run_when_its_input_grew(tmp_path):
     from gristmill.pipelines import select
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -273,8 +273,78 @@ def test_select_replaces_its_own_run_when_its_input_grew(tmp_path):
     score_random.run(["--input", str(inputs / "f0.jsonl"), "--output", scored])
     assert select.run(["--input", scored, *flags_])["counts"]["read"] == 10
     score_random.run(["--input", str(inputs / "f*.jsonl"), "--output", scored])  # incremental: one more file
+    first = records.read_manifest(str(tmp_path / "sel"))
     grown = select.run(["--input", scored, *flags_])
     assert grown["counts"]["read"] == 20 and grown["counts"]["written"] == 10
     assert grown["counts"]["units_reused"] == 0
+    # The first version is untouched: every file its manifest listed is still there, byte for byte.
+    for rel, info in first["files"].items():
+        assert io.verify(os.path.join(tmp_path, "sel", rel), info) is None, rel
+    assert grown["outputs"]["plan"] != first["outputs"]["plan"]
     with pytest.raises(units.OutputConflictError, match="rate: 0.5 -> 0.4"):
         select.run(["--input", scored, *flags_[:-2], "--rate=0.4", "--score=score/random/seed-0"])
+
+
+def test_missing_units_names_gaps_and_a_missing_end():
+    f = units.InputFile("/x/a.jsonl", 10, 1.0)
+    key = lambda c: units.unit_key(f, c, 5, "fp")  # noqa: E731
+    marker = lambda c, last=False: {"key": key(c), "source": f.path, "chunk": c, "last": last}  # noqa: E731
+    assert units.missing_units([f], 5, "fp", [marker(0), marker(1), marker(2, last=True)]) == []
+    gap = units.missing_units([f], 5, "fp", [marker(0), marker(2, last=True)])
+    assert gap == [f"/x/a.jsonl chunk 1 (unit {key(1)})"]
+    no_end = units.missing_units([f], 5, "fp", [marker(0), marker(1)])
+    assert len(no_end) == 1 and "no unit after chunk 1 is marked the file's last" in no_end[0]
+    assert units.missing_units([f], 5, "fp", []) == ["/x/a.jsonl: no unit arrived"]
+    other = units.InputFile("/x/a.jsonl", 11, 1.0)  # a marker of another version of the file does not count
+    assert units.missing_units([other], 5, "fp", [marker(0, last=True)]) == ["/x/a.jsonl: no unit arrived"]
+
+
+def test_a_unit_lost_by_the_runner_fails_the_job_and_names_it(tmp_path):
+    corpus = tmp_path / "a.jsonl"
+    _write_corpus(str(corpus), 0, 12)
+    out = str(tmp_path / "out")
+    options, config, pipeline_options = kit.parse(["--input", str(corpus), "--output", out, "--unit_records=5"],
+                                                  score_random.SCORER.config_class, "")
+    prepared = kit.prepare("score random", options, config, pipeline_options)
+    lost = units.unit_key(prepared.files[0], 1, 5, prepared.base["fingerprint"])
+    with pytest.raises(Exception, match=f"never arrived.*chunk 1 \\(unit {lost}\\)"):
+        with TestPipeline() as p:
+            items = kit.read(p, prepared) | "LoseAUnit" >> beam.Filter(lambda it: it.unit != lost)
+            kit.write(prepared, items)
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+    kit.release_output(out)
+
+
+def test_verify_inputs_notices_an_input_rewritten_with_the_same_size_and_time(tmp_path):
+    corpus = tmp_path / "a.jsonl"
+    _write_corpus(str(corpus), 0, 6)
+    stat = os.stat(corpus)
+    out = str(tmp_path / "out")
+    argv = ["--input", str(corpus), "--output", out]
+    score_random.run(argv + ["--verify_inputs"])
+    text = corpus.read_text()
+    corpus.write_text(text.replace("Document 1 ", "Dokument 1 "))  # same size
+    os.utime(corpus, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same modification time
+    assert score_random.run(argv + ["--verify_inputs"])["counts"]["units_reused"] == 0
+    texts = {r["text"] for r in records.iter_scored_records(out)}
+    assert any(t.startswith("Dokument 1 ") for t in texts)
+
+
+def test_a_second_job_into_a_held_output_is_refused_naming_the_holder(tmp_path):
+    from gristmill import lease
+    out = str(tmp_path / "out")
+    corpus = tmp_path / "a.jsonl"
+    _write_corpus(str(corpus), 0, 3)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gristmill import lease; "
+                               "lease.acquire(sys.argv[1], 'gristmill score askllm'); print('held', flush=True); "
+                               "time.sleep(60)", out], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(lease.LeaseHeldError, match=f"in use by gristmill score askllm \\(pid {holder.pid}"):
+            score_random.run(["--input", str(corpus), "--output", out])
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing: its lease is stale on this host and is taken over at once.
+    assert score_random.run(["--input", str(corpus), "--output", out])["counts"]["written"] == 3
+    assert not os.path.exists(os.path.join(out, lease.LEASE_FILE))

@@ -73,6 +73,9 @@ class JobOptions:
         "help": "Reuse finished units of an earlier run of the same configuration (--noresume redoes them)"})
     overwrite: bool = dataclasses.field(default=False, metadata={
         "help": "Remove everything in --output first"})
+    verify_inputs: bool = dataclasses.field(default=False, metadata={
+        "help": "Make each input file's CRC32C part of its identity (read once locally; free on GCS), so an "
+                "input rewritten with the same size and modification time is noticed and redone"})
     limit: int = dataclasses.field(default=0, metadata={
         "help": "Read only the first N records of the input (files in sorted order); 0 reads everything"})
     workers: int = dataclasses.field(default=0, metadata={
@@ -178,13 +181,14 @@ def input_files(options: JobOptions) -> list[units.InputFile]:
     remaining = options.limit
     for path in paths:
         stat = io.stat(path)
+        crc = (stat.crc32c or io.file_checksum(path)) if options.verify_inputs else None
         if options.limit <= 0:
-            files.append(units.InputFile(path, stat.size, stat.mtime))
+            files.append(units.InputFile(path, stat.size, stat.mtime, crc32c=crc))
             continue
         if remaining <= 0:
             break
         count = _count_records(path, options.reader_config(), remaining)
-        files.append(units.InputFile(path, stat.size, stat.mtime, max_records=remaining))
+        files.append(units.InputFile(path, stat.size, stat.mtime, max_records=remaining, crc32c=crc))
         remaining -= count
     return files
 

@@ -49,10 +49,12 @@ class InputFile:
     size: int
     mtime: float
     max_records: int = 0  # 0: the whole file; else only records 1..max_records (--limit)
+    crc32c: Optional[str] = None  # with --verify_inputs: the content's checksum is part of the identity
 
     def identity(self) -> dict[str, Any]:
         """What makes two reads of the file the same read."""
-        return {"path": self.path, "size": self.size, "mtime": self.mtime, "max_records": self.max_records}
+        found = {"path": self.path, "size": self.size, "mtime": self.mtime, "max_records": self.max_records}
+        return {**found, "crc32c": self.crc32c} if self.crc32c else found
 
 
 @dataclasses.dataclass(frozen=True)
