@@ -3,6 +3,9 @@
 # with the Dataflow runner, so every step of curation.json is a Dataflow job (workers from the
 # gristmill worker image). curate waits for each job before the next, hence a Cloud Run job (hours of
 # task timeout) rather than a request handler. See docs/curate.md. Set PROJECT, REGION, BUCKET, REPO.
+# Executions cannot overlap: the task timeout (20 h) is shorter than the daily period and a failed
+# execution is not retried into the next one (the next night resumes it); curate's lease on the work
+# directory refuses an overlapping run anyway.
 set -euo pipefail
 : "${PROJECT:?}" "${REGION:?}" "${BUCKET:?}" "${REPO:?}"
 SA="gristmill@${PROJECT}.iam.gserviceaccount.com"
@@ -10,7 +13,7 @@ SA="gristmill@${PROJECT}.iam.gserviceaccount.com"
 gsutil cp examples/curation.json "gs://${BUCKET}/curation/daily-c4.json"
 
 gcloud run jobs create gristmill-curate --region "${REGION}" --image "${REPO}/gristmill-launcher:0.1.0" \
-  --task-timeout 24h --max-retries 1 --service-account "${SA}" --command gristmill \
+  --task-timeout 20h --max-retries 0 --service-account "${SA}" --command gristmill \
   --args "curate,--config=gs://${BUCKET}/curation/daily-c4.json,--runner=DataflowRunner,--project=${PROJECT},--region=${REGION},--temp_location=gs://${BUCKET}/tmp,--sdk_container_image=${REPO}/gristmill-worker:0.1.0"
 
 gcloud scheduler jobs create http gristmill-curate-daily --location "${REGION}" --schedule "15 1 * * *" \
