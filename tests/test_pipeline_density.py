@@ -1,12 +1,17 @@
-"""The Beam density job: crowded neighbourhoods score high, the saved sketch rescores identically."""
+"""The Beam density job: crowded neighbourhoods score high, the saved sketch rescores identically;
+a second batch writes a new version and leaves the files a published selection names unchanged."""
 
 import json
 import os
+import re
 
 import numpy as np
+import pytest
 
+from gristmill import io
 from gristmill import records as gm_records
-from gristmill.pipelines import score_density
+from gristmill.pipelines import corpus as corpus_kit
+from gristmill.pipelines import score_density, select
 from gristmill.scoring import density
 
 FEATURE = "score/density/minilm"
@@ -51,3 +56,111 @@ def test_density_job_scores_sketch_and_rescoring(tmp_path):
                        "--sketch", sketch_file])
     rescored = {r["id"]: r[FEATURE] for r in gm_records.iter_scored_records(again)}
     np.testing.assert_array_equal([rescored[r["id"]] for r in scored], [r[FEATURE] for r in scored])
+
+
+def _docs(prefix, n, seed):
+    """n short documents: a few topics, so densities differ, and ids that differ by batch."""
+    rng = np.random.default_rng(seed)
+    topics = ["The council voted on the budget for road repairs in {}.",
+              "Bake the sourdough loaf at 230 degrees for {} minutes.",
+              "The violin sonata was first performed in {}.",
+              "Tighten the lug nuts in a star pattern on the {} wheel.",
+              "Mitochondria produce most of the cell's ATP in {}."]
+    words = ["spring", "autumn", "Vienna", "forty", "front", "muscle", "1853", "winter", "rear", "yeast"]
+    return [json.dumps({"text": topics[int(rng.integers(0, 2 if i % 3 else 5))].format(words[int(rng.integers(10))]),
+                        "url": f"https://{prefix}/{i}"}) for i in range(n)]
+
+
+def _listing(directory):
+    """relative path -> (size, mtime_ns) of every file under directory."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            st = os.stat(path)
+            found[os.path.relpath(path, directory)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _selected(plan, files):
+    """The ids a plan selects from the records of the given files."""
+    return sorted(r["id"] for path in files for r in gm_records.iter_scored_records(path)
+                  if select.decision(r, plan) == select.SELECTED)
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    """Batch 1 (50 documents), a top-20% selection over it, batch 2 (50 more) into the same output."""
+    root = tmp_path_factory.mktemp("batches")
+    inputs = root / "in"
+    inputs.mkdir()
+    (inputs / "a.jsonl").write_text("\n".join(_docs("a", 50, 1)) + "\n")
+    out, glob = str(root / "out"), str(inputs / "*.jsonl")
+    argv = ["--input", glob, "--output", out, "--unit_records", "20", *SMALL]
+    first = score_density.run(argv)
+    units_before = {p: open(os.path.join(out, p), "rb").read() for p in _listing(out) if p.startswith("units/")}
+    selection = str(root / "selection")
+    chosen = select.run(["--input", out, "--output", selection, "--rule", "topk", "--score", FEATURE, "--rate", "0.2"])
+    plan = select.load_plan(os.path.join(selection, chosen["outputs"]["plan"]))
+    published = [os.path.join(out, p) for p in first["outputs"]["records"]]  # what the selection's manifest names
+    published_bytes = {p: open(p, "rb").read() for p in published}
+    ids_before = _selected(plan, published)
+    (inputs / "b.jsonl").write_text("\n".join(_docs("b", 50, 2)) + "\n")
+    second = score_density.run(argv)
+    return {"out": out, "argv": argv, "first": first, "second": second, "plan": plan, "published": published,
+            "published_bytes": published_bytes, "ids_before": ids_before, "units_before": units_before}
+
+
+def test_batch_two_leaves_a_published_selection_unchanged(batches):
+    b = batches
+    assert len(b["ids_before"]) == 10  # top 20% of 50
+    assert b["second"]["counts"]["written"] == 100 and b["second"]["counts"]["units_reused"] == 3
+    assert not set(b["first"]["outputs"]["records"]) & set(b["second"]["outputs"]["records"])  # a new version
+    assert _selected(b["plan"], b["published"]) == b["ids_before"]
+    for path, data in b["published_bytes"].items():
+        assert open(path, "rb").read() == data, path
+    sketch = density.Sketch.load(os.path.join(b["out"], b["second"]["outputs"]["sketch"]))
+    assert sketch.num_points == 100
+    assert density.Sketch.load(os.path.join(b["out"], b["first"]["outputs"]["sketch"])).num_points == 50
+
+
+def test_units_are_written_once(batches):
+    b = batches
+    for rel, data in b["units_before"].items():
+        assert open(os.path.join(b["out"], rel), "rb").read() == data, rel
+    # every file the manifest lists is there as it records
+    for rel, info in b["second"]["files"].items():
+        data = open(os.path.join(b["out"], rel), "rb").read()
+        assert {"size": len(data), "crc32c": io.checksum(data)} == info, rel
+    listed = set(b["second"]["files"])
+    assert set(b["second"]["outputs"]["records"]) <= listed and b["second"]["outputs"]["sketch"] in listed
+    assert sum(p.endswith(".emb.npy") for p in listed) == 6  # 3 units of each 50-document file
+
+
+def test_rerun_with_the_same_sketch_writes_no_unit_or_version_file(batches):
+    b = batches
+    before = _listing(b["out"])
+    again = score_density.run(b["argv"])
+    after = _listing(b["out"])
+    assert again["outputs"]["records"] == b["second"]["outputs"]["records"]
+    assert again["counts"]["units_reused"] == again["counts"]["units_total"] == 6
+    assert again["outputs"]["sketch"] == b["second"]["outputs"]["sketch"]
+    changed = {p for p in after if before.get(p) != after[p]}
+    assert changed and all(p in ("manifest.json", "dead_letters.jsonl") or p.startswith("manifests/")
+                           or p.endswith("/dead_letters.jsonl") for p in changed), sorted(changed)
+    assert set(before) <= set(after)
+
+
+def test_corrupt_unit_is_refused_naming_the_file(tmp_path):
+    corpus, _, _ = _corpus(tmp_path)
+    out = str(tmp_path / "out")
+    manifest = score_density.run(["--input", corpus, "--output", out, *SMALL])
+    marker = json.load(open(os.path.join(out, "versions", manifest["outputs"]["records"][0].split("/")[1],
+                                         manifest["units"][0]["key"] + ".json")))
+    emb = marker["embeddings"]
+    path = os.path.join(out, emb)
+    data = bytearray(open(path, "rb").read())
+    data[-1] ^= 1
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(gm_records.CorruptOutputError, match=re.escape(path)):
+        corpus_kit.load_embeddings(out, marker)

@@ -46,10 +46,6 @@ EMBED_LENGTH_BOUNDARIES = batching.length_buckets(512, smallest=32)[:-1]
 log = logging.getLogger(__name__)
 
 
-class CorruptUnitError(ValueError):
-    """A unit file does not have the size and CRC32C its marker recorded."""
-
-
 # ------------------------------------------------------------------------------------ embedder
 
 
@@ -111,7 +107,7 @@ def load_array(path: str, expected: Optional[dict[str, Any]] = None) -> np.ndarr
 
 
 def checked_bytes(path: str, expected: Optional[dict[str, Any]]) -> bytes:
-    """A file's bytes; CorruptUnitError naming the file when they are not what was recorded."""
+    """A file's bytes; records.CorruptOutputError naming the file when they are not what was recorded."""
     data = io.read_bytes(path)
     if expected:
         found = io.file_info(data)
@@ -121,7 +117,7 @@ def checked_bytes(path: str, expected: Optional[dict[str, Any]]) -> bytes:
             reason = f"has CRC32C {found['crc32c']}, expected {expected['crc32c']} (corrupt)"
         else:
             return data
-        raise CorruptUnitError(f"{path} {reason}; rerun the job that wrote it to redo the unit")
+        raise records.CorruptOutputError(f"{path} {reason}; rerun the job that wrote it to redo the unit")
     return data
 
 
@@ -243,7 +239,7 @@ def read_unit(output_dir: str, marker: dict[str, Any]) -> tuple[list[records.Rec
     recs = [records.deserialize(payload) for payload in records.iter_tfrecords(_bytes_io.BytesIO(data))]
     x = load_embeddings(output_dir, marker)
     if x.shape[0] != len(recs):
-        raise CorruptUnitError(f"unit {marker['key']}: {len(recs)} records but {x.shape[0]} cached embeddings")
+        raise records.CorruptOutputError(f"unit {marker['key']}: {len(recs)} records but {x.shape[0]} cached embeddings")
     return recs, x
 
 
