@@ -12,6 +12,7 @@ CORE = [
     "absl-py>=2.0",
     "google-cloud-storage>=2.10",
     "google-crc32c>=1.5",
+    "psutil>=5.9",
     "sentencepiece>=0.2",
     "tokenizers>=0.19",
     "safetensors>=0.4",

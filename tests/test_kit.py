@@ -348,3 +348,18 @@ def test_a_second_job_into_a_held_output_is_refused_naming_the_holder(tmp_path):
     # The holder died without releasing: its lease is stale on this host and is taken over at once.
     assert score_random.run(["--input", str(corpus), "--output", out])["counts"]["written"] == 3
     assert not os.path.exists(os.path.join(out, lease.LEASE_FILE))
+
+
+def test_a_job_that_fails_before_its_first_unit_can_be_retried_as_corrected(tmp_path):
+    from gristmill.pipelines import select
+    corpus = tmp_path / "a.jsonl"
+    _write_corpus(str(corpus), 0, 6)
+    scored = str(tmp_path / "scored")
+    score_random.run(["--input", str(corpus), "--output", scored])
+    out = str(tmp_path / "sel")
+    with pytest.raises(Exception, match="score/random/seed-9"):
+        select.run(["--input", scored, "--output", out, "--rule=topk", "--rate=0.5", "--score=score/random/seed-9"])
+    assert os.listdir(out) == []  # nothing of the failed start is left, not even job.json
+    fixed = select.run(["--input", scored, "--output", out, "--rule=topk", "--rate=0.5",
+                        "--score=score/random/seed-0"])
+    assert fixed["counts"]["written"] == 3

@@ -611,6 +611,7 @@ class Prepared:
     reused: list[dict[str, Any]]
     base: dict[str, Any]
     manifest_generation: int = 0  # manifest.json's generation when the job started (0: none)
+    fresh: bool = False  # the output held no job before this one: a failure before any unit undoes the start
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -634,6 +635,7 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
     output = options.output
     hold_output(output, f"gristmill {job}")
     try:
+        fresh = not io.exists(io.join(output, units.JOB_FILE)) or options.overwrite
         removed = io.remove_temporaries(output)
         if removed:
             log.info("%s: removed %d staging file(s) that killed writes left", output, removed)
@@ -657,7 +659,7 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
         "pipeline_options": pipeline_options.get_all_options(drop_default=True, retain_unknown_options=True),
         "inputs": [f.identity() for f in files], "versions": package_versions(), "started_at": utc_now(),
     }
-    return Prepared(options, config, pipeline_options, files, work, reused, base, generation or 0)
+    return Prepared(options, config, pipeline_options, files, work, reused, base, generation or 0, fresh)
 
 
 def new_pipeline(pipeline_options: PipelineOptions, save_main_session: bool, test_pipeline=None) -> beam.Pipeline:
@@ -708,8 +710,25 @@ def run_pipeline(pipeline: beam.Pipeline, prepared: Prepared, is_test: bool) -> 
                                      f"(the manifest there is of a run started at {manifest.get('started_at')})")
         check_not_all_missing_text(manifest, prepared.options)
         return manifest
+    except Exception:
+        if not is_test:
+            undo_failed_start(prepared)
+        raise
     finally:
         release_output(output)
+
+
+def undo_failed_start(prepared: Prepared) -> None:
+    """A job that failed before writing any unit into a fresh output leaves the directory as it found it.
+
+    So a corrected command (e.g. select with the right --score) is not refused as a different
+    configuration. Once a unit is written, the outputs stay: a rerun resumes from them.
+    """
+    output = prepared.options.output
+    if not prepared.fresh or io.glob(io.join(output, units.UNITS_DIR, "*" + units.MARKER_SUFFIX), allow_empty=True):
+        return
+    io.delete_tree(output, keep=(lease.LEASE_FILE,))
+    log.info("%s: the job failed before its first unit; removed what it had written", output)
 
 
 # ------------------------------------------------------------------------------------ one writer
