@@ -5,7 +5,13 @@ Every input record comes out either as a document (a record dict in the schema o
 and the reason, so nothing disappears: read = documents + dead letters.
 
 Record numbers are 1-based: the line number for JSON lines and text lines, the record ordinal for
-TFRecords. Files are opened through Beam's `FileSystems`, so local paths and `gs://` both work.
+TFRecords. Files are opened through `gristmill.io`, so local paths and `gs://` both work.
+
+Memory is bounded per record: a line or TFRecord payload over `record_limit` bytes is skipped as
+`too_large` in pieces of at most 64 KiB (1 MiB for TFRecords), never held whole, so a gzip bomb
+that expands to one huge line costs no more than a normal record. A parser error on one record is
+a dead letter, never a failed job; a file that cannot be read (missing, a directory, a FIFO)
+is one `unreadable_file` dead letter.
 """
 
 from __future__ import annotations
@@ -13,16 +19,18 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import io as pyio
 import json
+import os
+import re
+import stat
 import zlib
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Union
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Union
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from google.protobuf.message import DecodeError
 from tensorflow.core.example import example_pb2
 
-from gristmill import records
+from gristmill import io, records
 
 # Dead-letter reason codes (also the Beam counter names under the `gristmill.dead_letters` namespace).
 INVALID_JSON = "invalid_json"
@@ -36,8 +44,9 @@ TRUNCATED_GZIP = "truncated_gzip"
 CORRUPT_TFRECORD = "corrupt_tfrecord"
 INVALID_EXAMPLE = "invalid_example"
 UNREADABLE_FILE = "unreadable_file"
+PARSE_ERROR = "parse_error"
 REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_TEXT, NON_STRING_TEXT, EMPTY_TEXT, INVALID_UTF8,
-           TOO_LARGE, TRUNCATED_GZIP, CORRUPT_TFRECORD, INVALID_EXAMPLE, UNREADABLE_FILE)
+           TOO_LARGE, TRUNCATED_GZIP, CORRUPT_TFRECORD, INVALID_EXAMPLE, UNREADABLE_FILE, PARSE_ERROR)
 
 FORMATS = ("auto", "json", "lines", "tfrecord")
 EXCERPT_CHARS = 200
@@ -92,6 +101,10 @@ class DeadLetter:
     detail: str
     excerpt: str = ""
 
+    def __post_init__(self):
+        for name in ("source", "detail", "excerpt"):
+            object.__setattr__(self, name, _printable(getattr(self, name)))
+
     def to_json(self) -> str:
         """One JSON line for the dead-letter file."""
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False, sort_keys=True)
@@ -110,6 +123,11 @@ def document_id(url: str, text: str) -> str:
     digest.update(b"\x00")
     digest.update(text.encode("utf-8"))
     return digest.hexdigest()
+
+
+def _printable(text: str) -> str:
+    """text with lone surrogates (from `\\ud800` escapes or undecodable file names) spelled as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _excerpt(value: Any) -> str:
@@ -174,9 +192,28 @@ def _check_text(text: Any, source: str, number: int, config: ReaderConfig, raw: 
     return None
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unencodable_field(raw: bytes, obj: dict[str, Any], config: ReaderConfig) -> str | None:
+    """The first field the record keeps that holds a lone surrogate (`"\\ud800"`), which UTF-8 cannot encode."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return None
+    names = (config.text_field, config.url_field, *config.timestamp_fields, *config.keep_fields)
+    return next((name for name in names if name in obj and not _encodable(obj[name])), None)
+
+
 def parse_json_line(raw: bytes, source: str, number: int, config: ReaderConfig) -> Item:
     """Parses one JSON line into a document or a dead letter."""
-    if len(raw) > 8 * config.max_document_bytes + 65536:
+    if len(raw) > record_limit(config, "json"):
         return DeadLetter(source, number, TOO_LARGE, f"line is {len(raw)} bytes", _excerpt(raw))
     try:
         line = raw.decode("utf-8")
@@ -186,6 +223,8 @@ def parse_json_line(raw: bytes, source: str, number: int, config: ReaderConfig) 
         obj = json.loads(line)
     except ValueError as err:
         return DeadLetter(source, number, INVALID_JSON, str(err), _excerpt(line))
+    except RecursionError:
+        return DeadLetter(source, number, INVALID_JSON, "JSON nested too deeply to parse", _excerpt(line))
     if not isinstance(obj, dict):
         return DeadLetter(source, number, NOT_AN_OBJECT, f"JSON value is {type(obj).__name__}, not an object",
                           _excerpt(line))
@@ -194,6 +233,11 @@ def parse_json_line(raw: bytes, source: str, number: int, config: ReaderConfig) 
         return DeadLetter(source, number, MISSING_TEXT,
                           f"no {config.text_field!r} field (fields: {', '.join(sorted(obj)) or 'none'})",
                           _excerpt(line))
+    field = _unencodable_field(raw, obj, config)
+    if field is not None:
+        return DeadLetter(source, number, INVALID_UTF8,
+                          f"{field!r} holds a lone surrogate escape (such as \\ud800), which is not valid UTF-8",
+                          _excerpt(raw))
     problem = _check_text(text, source, number, config, line)
     if problem:
         return problem
@@ -229,12 +273,15 @@ def parse_example(data: bytes, source: str, number: int, config: ReaderConfig) -
     raw_text = text_feature.bytes_list.value[0]
     try:
         text = raw_text.decode("utf-8")
-        extra = records.from_example(example)
+        extra = {k: v for k, v in records.from_example(example).items() if v != []}  # no values: no type to write
     except UnicodeDecodeError as err:
         return DeadLetter(source, number, INVALID_UTF8, str(err), _excerpt(raw_text))
     problem = _check_text(text, source, number, config, text)
     if problem:
         return problem
+    odd = [name for name in records.STRING_FEATURES if name in extra and not isinstance(extra[name], str)]
+    if odd:
+        return DeadLetter(source, number, INVALID_EXAMPLE, f"{odd[0]!r} is not a single bytes value", "")
     url = str(extra.pop(records.URL, "") or "")
     timestamp = str(extra.pop(records.TIMESTAMP, "") or "")
     doc_id = extra.pop(records.ID, None) or None
@@ -255,17 +302,68 @@ def resolve_format(path: str, config: ReaderConfig) -> str:
     return "json"
 
 
+def record_limit(config: ReaderConfig, fmt: str) -> int:
+    """The most bytes of one raw record read into memory; a longer one is skipped as `too_large`.
+
+    For plain text lines that is the text and its line end; a JSON line or TFRecord payload may
+    also hold escapes (up to 6 bytes per character of text), the url and other fields.
+    """
+    if fmt == "lines":
+        return config.max_document_bytes + 2
+    return 8 * config.max_document_bytes + 65536
+
+
+_LINE_CHUNK = 1 << 16
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+class _LongLine(NamedTuple):
+    """A line over the limit, skipped: its length and its first bytes."""
+
+    size: int
+    head: bytes
+
+
 def _open(path: str) -> BinaryIO:
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+    """Opens a file's raw bytes, buffered; a local file that is not a regular file is refused.
+
+    Opening a FIFO would block until a writer came, so the type is checked before opening.
+    """
+    if not io.is_remote(path):
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+        if kind != stat.S_IFREG:
+            raise OSError(f"not a regular file but {_FILE_KINDS.get(kind, 'a special file')}")
+    raw = io.open_read(path)
+    if not hasattr(raw, "peek"):  # readline on an unbuffered stream reads a byte at a time
+        raw = pyio.BufferedReader(raw, _LINE_CHUNK)
+    return raw
 
 
-def _iter_lines(stream: BinaryIO) -> Iterator[bytes]:
+def _iter_lines(stream: BinaryIO, limit: int) -> Iterator[bytes | _LongLine]:
+    """Yields each line (with its line end), or a _LongLine for one over limit bytes, read in bounded pieces."""
     while True:
-        line = stream.readline()
+        line = stream.readline(limit + 1)
         if not line:
             return
-        yield line
+        if len(line) <= limit:
+            yield line
+            continue
+        size, ended = len(line), line.endswith(b"\n")
+        while not ended:
+            piece = stream.readline(_LINE_CHUNK)
+            size += len(piece)
+            ended = not piece or piece.endswith(b"\n")
+        yield _LongLine(size, line[:EXCERPT_CHARS * 4])
+
+
+def _guarded(parse: Callable[[Any, str, int, ReaderConfig], Item], data: Any, source: str, number: int,
+             config: ReaderConfig) -> Item:
+    """parse(data, ...), with any error it raises turned into a `parse_error` dead letter."""
+    try:
+        return parse(data, source, number, config)
+    except Exception as err:  # one record's problem never stops the file
+        return DeadLetter(source, number, PARSE_ERROR, f"{type(err).__name__}: {err}", _excerpt(data))
 
 
 def read_file(path: str, config: ReaderConfig, skip: Callable[[int], bool] | None = None,
@@ -282,44 +380,62 @@ def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int], bool] |
     A truncated gzip member or a corrupt TFRecord ends the file with one dead letter for the
     record at which reading stopped; the records before it are kept. skip(number) True leaves a
     record out unparsed (a resumed job's finished units); max_records > 0 stops after that record.
+    A file that cannot be opened gives one `unreadable_file` dead letter numbered 0.
     """
     skip = skip or (lambda _: False)
     fmt = resolve_format(path, config)
+    limit = record_limit(config, fmt)
     number = 0
     try:
-        stream = _open(path)
-    except Exception as err:  # FileSystems raises various errors for missing/forbidden files
+        raw = _open(path)
+    except Exception as err:  # missing, forbidden, not a regular file, or a storage error
         yield 0, DeadLetter(path, 0, UNREADABLE_FILE, f"cannot open: {err}")
         return
+    stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
     try:
         if fmt == "tfrecord":
             try:
-                for number, data in enumerate(records.iter_tfrecords(stream), start=1):
+                for number, data in enumerate(records.iter_tfrecords(stream, limit), start=1):
                     if max_records and number > max_records:
                         return
                     if not skip(number):
-                        yield number, parse_example(data, path, number, config)
+                        yield number, _parse_payload(data, path, number, config, limit)
             except records.TFRecordError as err:
                 yield number + 1, DeadLetter(path, number + 1, CORRUPT_TFRECORD,
                                              f"{err}; the rest of the file is unreadable")
             return
         parse = parse_text_line if fmt == "lines" else parse_json_line
-        for number, line in enumerate(_iter_lines(stream), start=1):
+        for number, line in enumerate(_iter_lines(stream, limit), start=1):
             if max_records and number > max_records:
                 return
-            if skip(number):
-                continue
-            if fmt == "json" and not line.strip():
-                yield number, DeadLetter(path, number, EMPTY_TEXT, "blank line", "")
-                continue
-            yield number, parse(line, path, number, config)
+            if not skip(number):
+                yield number, _parse_line(line, parse, fmt, path, number, config, limit)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         yield number + 1, DeadLetter(path, number + 1, TRUNCATED_GZIP,
-                         f"gzip stream ends early or is corrupt after record {number}: {err}")
-    except OSError as err:
-        yield number + 1, DeadLetter(path, number + 1, UNREADABLE_FILE, f"read failed after record {number}: {err}")
+                                     f"gzip stream ends early or is corrupt after record {number}: {err}")
+    except Exception as err:  # an I/O or storage error mid-file
+        yield number + 1, DeadLetter(path, number + 1, UNREADABLE_FILE,
+                                     f"read failed after record {number}: {type(err).__name__}: {err}")
     finally:
         stream.close()
+        raw.close()  # a GzipFile leaves the file it was given open
+
+
+def _parse_payload(data: bytes | records.OversizedRecord, path: str, number: int, config: ReaderConfig,
+                   limit: int) -> Item:
+    if isinstance(data, records.OversizedRecord):
+        return DeadLetter(path, number, TOO_LARGE, f"record is {data.length} bytes, over the limit of {limit}")
+    return _guarded(parse_example, data, path, number, config)
+
+
+def _parse_line(line: bytes | _LongLine, parse: Callable[..., Item], fmt: str, path: str, number: int,
+                config: ReaderConfig, limit: int) -> Item:
+    if isinstance(line, _LongLine):
+        return DeadLetter(path, number, TOO_LARGE, f"line is {line.size} bytes, over the limit of {limit}",
+                          _excerpt(line.head))
+    if fmt == "json" and not line.strip():
+        return DeadLetter(path, number, EMPTY_TEXT, "blank line", "")
+    return _guarded(parse, line, path, number, config)
 
 
 def expand_patterns(patterns: Iterable[str]) -> list[str]:
