@@ -296,7 +296,8 @@ def glob(pattern: str, allow_empty: bool = False) -> list[str]:
     pattern = str(pattern)
     try:
         if not is_remote(pattern):
-            paths = [p for p in _glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+            # anything but a directory: a FIFO or socket is the reader's `unreadable_file`, never silently left out
+            paths = [p for p in _glob.glob(pattern, recursive=True) if not os.path.isdir(p)]
         elif _is_gcs(pattern):
             literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
             regex = _pattern_regex(pattern)
