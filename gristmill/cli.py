@@ -4,8 +4,11 @@
     gristmill select --input GLOB --output DIR --score FEATURE --rule RULE --rate R
     gristmill train | experiment | report | tokenizer train | demo
 
-`gristmill <command> --help` lists a command's flags. Beam jobs pass every flag they do not
-know to Beam (`--runner`, `--project`, `--temp_location`, ...).
+`gristmill <command> --help` lists a command's flags; an unknown flag or a stray argument is
+refused (`gristmill.flags`), and Beam jobs pass Beam's own options to Beam (`--runner`,
+`--project`, `--temp_location`, ...). A user error prints one line and exits 2, an environment
+error (OSError) one line and exit 1, a bug its traceback (`gristmill.errors`); `--verbose` or
+GRISTMILL_DEBUG=1 prints the traceback of every error.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import sys
 import traceback
 
+from gristmill import errors
 from gristmill.pipelines.registry import SCORERS
 
 # command words -> (module, function, one-line help). Modules are imported only when used.
@@ -24,6 +28,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     **{("score", name): (module, "run", summary) for name, (module, summary) in SCORERS.items()},
     ("select",): ("gristmill.pipelines.select", "run", "select a subset by top-k, bottom-k, IPS or random"),
     ("curate",): ("gristmill.curate", "run", "run a declared chain of jobs incrementally, publish a selection"),
+    ("gc",): ("gristmill.gc", "run", "remove superseded versions no manifest or published selection references"),
     ("train",): ("gristmill.training.main", "run", "pre-train a T5 on a selection"),
     ("experiment",): ("gristmill.eval.experiment", "run", "run a grid of samplers x rates x sizes"),
     ("report",): ("gristmill.eval.report", "run", "write the HTML report of an experiment"),
@@ -31,14 +36,6 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("tokenizer", "train"): ("gristmill.training.vocab", "run", "train a SentencePiece vocabulary (T5 layout)"),
     ("demo",): ("gristmill.demo", "run", "run every stage on the embedded C4 sample"),
 }
-
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, ImportError)
-
-
-def _is_user_error(err: Exception) -> bool:
-    """Errors that describe bad input or flags: printed as one line (GRISTMILL_DEBUG=1 shows the traceback)."""
-    return isinstance(err, USER_ERRORS) or type(err).__module__.startswith("gristmill.")
-
 
 def _available() -> dict[tuple[str, ...], tuple[str, str, str]]:
     found = {}
@@ -82,8 +79,10 @@ def _configure_logging() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one gristmill command; returns the process exit code (2 for usage and input errors)."""
+    """Runs one gristmill command; returns the process exit code (2 for user errors, 1 for OSError)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv or bool(os.environ.get("GRISTMILL_DEBUG"))
+    argv = [arg for arg in argv if arg != "--verbose"]
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return 0
@@ -96,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     run = getattr(importlib.import_module(module_name), function)
     try:
         run(rest)
-    except Exception as err:  # noqa: BLE001 (turned into a one-line message or re-raised)
-        if not _is_user_error(err):
+    except Exception as err:  # noqa: BLE001 (a user or environment error is one line; a bug is re-raised)
+        code = errors.exit_code(err)
+        if code is None:
             raise
-        if os.environ.get("GRISTMILL_DEBUG"):
+        if verbose:
             traceback.print_exc()
-        print(f"gristmill {' '.join(words)}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"gristmill {' '.join(words)}: error: {err or type(err).__name__}", file=sys.stderr)
+        return code
     return 0
 
 
