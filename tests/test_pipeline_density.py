@@ -52,8 +52,9 @@ def test_density_job_scores_sketch_and_rescoring(tmp_path):
     assert sketch.counts.shape == (64, 4096) and (sketch.counts.sum(axis=1) == sketch.num_points).all()
 
     again = str(tmp_path / "again")
-    score_density.run(["--input", corpus, "--output", again, *SMALL,
-                       "--sketch", sketch_file])
+    rescoring = score_density.run(["--input", corpus, "--output", again, *SMALL, "--sketch", sketch_file])
+    with open(sketch_file, "rb") as f, open(os.path.join(again, rescoring["outputs"]["sketch"]), "rb") as g:
+        assert f.read() == g.read()  # the version keeps its sketch, in the same bytes in every run
     rescored = {r["id"]: r[FEATURE] for r in gm_records.iter_scored_records(again)}
     np.testing.assert_array_equal([rescored[r["id"]] for r in scored], [r[FEATURE] for r in scored])
 

@@ -26,6 +26,7 @@ import heapq
 import io as _bytes_io
 import json
 import logging
+import zipfile
 from typing import Any, Callable, NamedTuple, Optional
 
 import apache_beam as beam
@@ -94,6 +95,17 @@ def array_bytes(array: np.ndarray) -> bytes:
     buffer = _bytes_io.BytesIO()
     np.save(buffer, np.asarray(array), allow_pickle=False)
     return buffer.getvalue()
+
+
+def stable_archive(data: bytes) -> bytes:
+    """An .npz (a zip) rewritten with fixed timestamps, so equal content gives equal bytes in every run."""
+    out = _bytes_io.BytesIO()
+    with zipfile.ZipFile(_bytes_io.BytesIO(data)) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type, fixed.external_attr = info.compress_type, info.external_attr
+            dst.writestr(fixed, src.read(info.filename))
+    return out.getvalue()
 
 
 def save_array(path: str, array: np.ndarray) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def head_bytes(head: heads.AskLLMHead) -> bytes:
         path = os.path.join(tmp, HEAD_FILE)
         head.save(path)
         with open(path, "rb") as f:
-            return f.read()
+            return corpus.stable_archive(f.read())
 
 
 def save_head(head: heads.AskLLMHead, output_dir: str, version: str) -> dict[str, str]:

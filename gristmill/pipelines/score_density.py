@@ -88,12 +88,12 @@ class DensityConfig:
 
 
 def sketch_bytes(sketch: density.Sketch) -> bytes:
-    """A sketch's .npz file as bytes."""
+    """A sketch's .npz file as bytes (the same bytes for the same sketch)."""
     with tempfile.TemporaryDirectory(prefix="gristmill-") as tmp:
         path = os.path.join(tmp, SKETCH_FILE)
         sketch.save(path)
         with open(path, "rb") as f:
-            return f.read()
+            return corpus.stable_archive(f.read())
 
 
 def load_sketch(path: str) -> density.Sketch:
