@@ -251,7 +251,7 @@ def read_unit(output_dir: str, marker: dict[str, Any]) -> tuple[list[records.Rec
     recs = [records.deserialize(payload) for payload in records.iter_tfrecords(_bytes_io.BytesIO(data))]
     x = load_embeddings(output_dir, marker)
     if x.shape[0] != len(recs):
-        raise records.CorruptOutputError(f"unit {marker['key']}: {len(recs)} records but {x.shape[0]} cached embeddings")
+        raise records.CorruptOutputError(f"unit {marker['key']}: {len(recs)} records but {x.shape[0]} embeddings")
     return recs, x
 
 
@@ -313,10 +313,17 @@ def write_aggregate(output_dir: str, version: str, name: str, data: bytes,
     path = io.join(output_dir, rel)
     if io.exists(path):
         found = io.read_bytes(path)
-        if found == data or same(found):
+        if found == data or _holds(same, found):
             return {rel: io.file_info(found)}
         log.warning("%s does not hold version %s's %s; writing it again", path, version, name)
     return {rel: io.atomic_write(path, data)}
+
+
+def _holds(same: Callable[[bytes], bool], found: bytes) -> bool:
+    try:
+        return bool(same(found))
+    except Exception:  # noqa: BLE001 (an unreadable file does not hold the aggregate)
+        return False
 
 
 def reuse_version(output_dir: str, version: str, key: str) -> Optional[dict[str, Any]]:
