@@ -114,3 +114,19 @@ def test_cli_entry_and_a_held_lease(workdir, capsys):
     with lease.acquire(workdir["out"], "a running job"):
         assert cli.main(["gc", workdir["out"]]) != 0
     assert io.exists(os.path.join(workdir["out"], STRAY + ".json"))  # nothing removed while a job held it
+
+
+def test_gc_on_cloud_storage(workdir, gcs_bucket):
+    """The same collection on gs:// (a GCS API server): one listing, the lease by ifGenerationMatch=0."""
+    out, first, second = workdir["out"], workdir["first"], workdir["second"]
+    remote = f"{gcs_bucket}/work/steps/density"
+    for rel in _files(out):
+        with open(os.path.join(out, rel), "rb") as f:
+            io.atomic_write(io.join(remote, rel), f.read())
+    data = [io.join(remote, os.path.relpath(p, out)) for p in workdir["data"]]
+    io.write_json(f"{gcs_bucket}/work/selections/run1/manifest.json", {"selection": {"data": data}})
+    (found,) = gc.gc(remote)
+    left = {io.relative(p, remote) for p in io.list_stats(remote)}
+    assert set(second["files"]) <= left and {os.path.relpath(p, out) for p in workdir["data"]} <= left
+    assert first["outputs"]["sketch"] not in left and STRAY + ".json" not in left
+    assert "versions/sketch.npz.tmp-0a1b" in found.remove and not any(io.is_temporary(p) for p in left)
