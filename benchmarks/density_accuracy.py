@@ -27,7 +27,6 @@ import numpy as np
 import scipy.stats
 from scipy.spatial.distance import pdist, squareform
 
-from gristmill import documents, records
 from gristmill.scoring import density as D
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +43,8 @@ BANDWIDTHS = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.85, 1.0)
 
 def corpus_texts(path: str) -> list[str]:
     """Texts of every readable document of a corpus file (dead letters, e.g. empty texts, dropped)."""
+    from gristmill import documents, records  # here, not at import: records needs TensorFlow
+
     return [item[records.TEXT] for item in documents.read_documents(path)
             if not isinstance(item, documents.DeadLetter)]
 

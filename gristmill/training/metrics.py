@@ -26,7 +26,6 @@ from typing import Any, Mapping, Optional, Protocol, Sequence
 import jax
 import numpy as np
 
-from gristmill import io
 from gristmill.training.configs import TrainError
 
 log = logging.getLogger(__name__)
@@ -73,6 +72,8 @@ class JsonlWriter:
     """
 
     def __init__(self, path: str, resume_step: int = 0):
+        from gristmill import io  # here, not at import: the benchmarks use this module without Cloud Storage
+
         self.path = str(path)
         kept = []
         if io.exists(self.path):
@@ -101,6 +102,8 @@ class JsonlWriter:
         """Uploads the file when it lives in an object store (local files are always current)."""
         self._file.flush()
         if self._remote:
+            from gristmill import io
+
             with open(self._local, "rb") as f:
                 io.atomic_write(self.path, f.read())
 
