@@ -2,22 +2,23 @@
 
 Both sides score the same documents with the same random weights: the JAX side initialises a T5
 preset, exports it in HF layout (``config.json`` + ``model.safetensors``) and the PyTorch side
-loads that with ``T5ForConditionalGeneration.from_pretrained``. The PyTorch half always runs in
-a subprocess (``--peer-python``, default: this interpreter), so a venv without JAX (or without
+loads that with ``T5ForConditionalGeneration.from_pretrained`` (models of 1e9 parameters and more
+are initialised on the device instead: timings only). The PyTorch half always runs in a
+subprocess (``--peer-python``, default: this interpreter), so a venv without JAX (or without
 torch) works on either side and the two runtimes never share a thread pool. The work measured is
 the Ask-LLM score: encoder over the prompt, ONE decoder step from the start token, log-softmax
 over the vocabulary.
 
-A second table measures length bucketing on the real length distribution of the c4-olmo sample
-(Ask-LLM prompt around each document, truncated to ``--seq-len``): padding every batch to
-``--seq-len`` vs padding to the next bucket, in arrival order (what Beam batches give) and
-length-grouped.
+``--attention-impl xla,cudnn`` times every attention implementation in one process (the first,
+then the PyTorch peer, then the others; cuDNN needs a GPU). A second table measures length
+bucketing on the real length distribution of the embedded C4 sample (Ask-LLM prompt around each
+document, truncated to ``--seq-len``): padding every batch to ``--seq-len`` vs padding to the
+next bucket, in arrival order (what Beam batches give) and length-grouped. ``--json`` is
+rewritten as each number arrives, so a run cut short keeps what it measured.
 
 CPU (small T5, default):   python benchmarks/askllm_throughput.py
-GPU (FLAN-T5 shapes):      python benchmarks/askllm_throughput.py --preset flan_t5_large --dtype bfloat16 \
-                               --batch-size 64 --batches 10 --torch-device cuda
-                           python benchmarks/askllm_throughput.py --preset flan_t5_xl --dtype bfloat16 \
-                               --batch-size 32 --batches 10 --torch-device cuda
+GPU (FLAN-T5 shapes):      python benchmarks/askllm_throughput.py --preset flan_t5_xl --dtype bfloat16 \
+                               --batch-size 32 --batches 8 --torch-device cuda --attention-impl xla,cudnn
 """
 from __future__ import annotations
 
@@ -30,12 +31,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from typing import Optional, Sequence
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-C4 = os.path.join(REPO, "..", "shared", "data", "c4-olmo", "c4-sample.00000-of-00001.json.gz")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results import JsonResult  # noqa: E402
+
+C4 = os.path.join(REPO, "gristmill", "data", "c4-olmo", "c4-sample.00000-of-00001.json.gz")
 FIXTURE_SPM = os.path.join(REPO, "tests", "fixtures", "t5", "tiny_v1_1", "spiece.model")
 # Ask-LLM prompt (PAPER.md 1.1, nano-askllm's whitespace); only its length matters here.
 PROMPT = ("###\n{text}\n###\n\nDoes the previous paragraph demarcated within ### and ### contain informative "
@@ -52,7 +57,7 @@ class BenchConfig:
     batches: int = 4
     warmup: int = 1
     dtype: str = "float32"
-    attention_impl: str = "xla"  # "cudnn": fused attention with the position bias (GPU)
+    attention_impls: tuple[str, ...] = ("xla",)  # "cudnn": fused attention with the position bias (GPU)
     seed: int = 0
     peer_python: str = sys.executable
     torch_device: str = "cpu"
@@ -62,6 +67,7 @@ class BenchConfig:
     bucket_docs: int = 96
     buckets: Optional[tuple[int, ...]] = None  # None: the scorer's own (models.batching.length_buckets(seq_len))
     corpus: str = C4
+    xla_flops: bool = False  # also compile the unrolled network to let XLA count FLOPs (printout only)
 
 
 # ----------------------------------------------------------------------------- FLOPs
@@ -169,31 +175,27 @@ def _xla_flops(config, batch_size: int, seq_len: int) -> Optional[float]:
         return None
 
 
-def compare_with_torch(bench: BenchConfig) -> dict:
-    """JAX vs PyTorch eager on ``bench.batches`` random full-length batches; returns rows for the table."""
-    import jax
+def _rates(bench: BenchConfig, config, times: Sequence[float]) -> dict:
+    """docs/s, tokens/s and TFLOP/s of the median batch."""
+    med = float(np.median(times))
+    flops = first_step_flops(config, bench.seq_len) * bench.batch_size
+    return {"docs_per_s": bench.batch_size / med, "tokens_per_s": bench.batch_size * bench.seq_len / med,
+            "tflops": flops / med / 1e12, "median_s": med, "times": list(times)}
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _error(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()[-800:]
+
+
+def _run_peer(bench: BenchConfig, params, config, copy: bool, ids: np.ndarray, mask: np.ndarray) -> tuple[dict, Optional[np.ndarray]]:
+    """Runs the PyTorch half in ``bench.peer_python`` on the same inputs; its timings and first batch."""
     import safetensors.numpy
 
     from gristmill.models import t5
-
-    config = t5.preset(bench.preset, dtype=bench.dtype, attention_impl=bench.attention_impl)
-    n_params = t5.count_params(config)
-    copy = bench.copy_weights if bench.copy_weights is not None else n_params < 1e9
-    params = t5.init_params(config, jax.random.key(bench.seed))
-    rng = np.random.default_rng(bench.seed)
-    shape = (bench.batches, bench.batch_size, bench.seq_len)
-    ids = rng.integers(3, 32000 if config.vocab_size > 32000 else config.vocab_size, shape).astype(np.int32)
-    ids[..., -1] = config.eos_id
-    mask = np.ones(shape, np.int32)
-    rows = {"config": config, "params": n_params, "copied_weights": copy}
-
-    # Inference keeps the weights in the compute dtype (half the memory traffic in bfloat16).
-    jax_times, jax_first = _time_jax(jax.tree.map(lambda a: a.astype(config.dtype), params), config, ids, mask,
-                                     bench.warmup)
-    rows["jax"] = {"times": jax_times, "backend": jax.default_backend(), "version": jax.__version__}
-    rows["xla_flops_per_doc"] = (_xla_flops(config, bench.batch_size, bench.seq_len) or float("nan")) / bench.batch_size
-    if bench.skip_torch:
-        return rows
     with tempfile.TemporaryDirectory(prefix="askllm-bench-") as workdir:
         model_dir = os.path.join(workdir, "model")
         os.makedirs(model_dir)
@@ -205,14 +207,82 @@ def compare_with_torch(bench: BenchConfig) -> dict:
         settings = dataclasses.asdict(bench) | {"copy_weights": copy}
         with open(os.path.join(workdir, "bench.json"), "w") as f:
             json.dump(settings, f)
-        del params  # free host/device memory before the peer loads its copy
         subprocess.run([bench.peer_python, os.path.abspath(__file__), "--torch-worker", workdir], check=True)
         with open(os.path.join(workdir, "torch_result.json")) as f:
-            rows["torch"] = json.load(f)
-        torch_first = np.load(os.path.join(workdir, "torch_first_batch.npy"))
-    if copy:
-        rows["max_abs_logprob_diff"] = float(np.max(np.abs(torch_first - jax_first)))
-    return rows
+            peer = json.load(f)
+        return peer, (np.load(os.path.join(workdir, "torch_first_batch.npy")) if copy else None)
+
+
+def compare_with_torch(bench: BenchConfig, result: Optional[dict] = None,
+                       keep_params: bool = False) -> tuple[dict, Optional[object]]:
+    """Every attention implementation and the PyTorch peer on ``bench.batches`` random full-length
+    batches. Numbers go into ``result`` (a `JsonResult` saves each at once); returns it and, with
+    ``keep_params``, the compute-dtype parameters (for the bucketing measurement)."""
+    import jax
+
+    from gristmill.models import t5
+
+    result = JsonResult(None) if result is None else result
+    impls = bench.attention_impls
+    config = t5.preset(bench.preset, dtype=bench.dtype, attention_impl=impls[0])
+    n_params = t5.count_params(config)
+    copy = bench.copy_weights if bench.copy_weights is not None else n_params < 1e9
+    result.update(params=n_params, gflop_per_doc=first_step_flops(config, bench.seq_len) / 1e9,
+                  copied_weights=copy, impls={})
+    params = jax.jit(t5.init_params, static_argnums=0)(config, jax.random.key(bench.seed))
+    # Inference keeps the weights in the compute dtype (half the memory traffic in bfloat16).
+    compute = jax.tree.map(lambda a: a.astype(config.dtype), params)
+    if not (copy and not bench.skip_torch):
+        del params  # float32 copy only needed for the export
+        params = None
+    rng = np.random.default_rng(bench.seed)
+    shape = (bench.batches, bench.batch_size, bench.seq_len)
+    ids = rng.integers(3, 32000 if config.vocab_size > 32000 else config.vocab_size, shape).astype(np.int32)
+    ids[..., -1] = config.eos_id
+    mask = np.ones(shape, np.int32)
+    info = {"backend": jax.default_backend(), "version": jax.__version__}
+
+    def measure(impl: str) -> Optional[np.ndarray]:
+        if impl == "cudnn" and jax.default_backend() != "gpu":
+            result["impls"][impl] = {"skipped": "cuDNN attention needs a GPU"}
+            result.save()
+            return None
+        try:
+            times, first = _time_jax(compute, config.replace(attention_impl=impl), ids, mask, bench.warmup)
+        except Exception as exc:  # one implementation failing must not lose the others
+            result["impls"][impl] = {"error": _error(exc)}
+            result.save()
+            _say(f"jax {impl} failed: {result['impls'][impl]['error']}")
+            return None
+        result["impls"][impl] = _rates(bench, config, times) | info
+        _say(f"jax {impl}: {result['impls'][impl]['docs_per_s']:.2f} docs/s")
+        if "torch" in result:
+            result["impls"][impl]["ratio_vs_torch"] = result["impls"][impl]["docs_per_s"] / result["torch"]["docs_per_s"]
+        result.save()
+        return first
+
+    first = measure(impls[0])
+    if not bench.skip_torch:
+        try:
+            peer, torch_first = _run_peer(bench, params, config, copy, ids, mask)
+            result["torch"] = _rates(bench, config, peer.pop("times")) | peer
+            _say(f"torch: {result['torch']['docs_per_s']:.2f} docs/s")
+            for entry in result["impls"].values():
+                if "docs_per_s" in entry:
+                    entry["ratio_vs_torch"] = entry["docs_per_s"] / result["torch"]["docs_per_s"]
+            if torch_first is not None and first is not None:
+                result["max_abs_logprob_diff"] = float(np.max(np.abs(torch_first - first)))
+        except Exception as exc:
+            result["torch"] = {"error": _error(exc)}
+            _say(f"torch failed: {result['torch']['error']}")
+        result.save()
+    del params
+    for impl in impls[1:]:
+        measure(impl)
+    if bench.xla_flops:
+        result.update(xla_flops_per_doc=(_xla_flops(config, bench.batch_size, bench.seq_len) or float("nan"))
+                      / bench.batch_size)
+    return result, (compute if keep_params else None)
 
 
 # ----------------------------------------------------------------------------- length bucketing
@@ -254,33 +324,40 @@ def effective_buckets(bench: BenchConfig) -> tuple[int, ...]:
     return tuple(sorted({b for b in bench.buckets if b < bench.seq_len} | {bench.seq_len}))
 
 
-def bucketing_gain(bench: BenchConfig) -> dict:
-    """Padded tokens / FLOPs for each policy over the whole corpus, and measured docs/s on a subset."""
+def bucketing_gain(bench: BenchConfig, params=None, result: Optional[dict] = None) -> dict:
+    """Padded tokens / FLOPs for each policy over the whole corpus, and measured docs/s on a subset
+    (``params``: compute-dtype weights to reuse; fresh random ones if None). Numbers go into
+    ``result["buckets"]`` as they come; returns that dict."""
     import jax
 
     from gristmill.models import t5
     from gristmill.models.batching import pad_batch
 
-    config = t5.preset(bench.preset, dtype=bench.dtype, attention_impl=bench.attention_impl)
+    config = t5.preset(bench.preset, dtype=bench.dtype, attention_impl=bench.attention_impls[0])
     bench = dataclasses.replace(bench, buckets=effective_buckets(bench))
     lengths = prompt_lengths(bench.corpus, bench.seq_len)
-    result = {"distribution": {}, "policies": {}}
+    out = {"buckets": list(bench.buckets), "docs": int(len(next(iter(lengths.values())))),
+           "distribution": {}, "policies": {}, "measured": {}}
+    result = JsonResult(None) if result is None else result
+    result["buckets"] = out
     for name, lens in lengths.items():
-        result["distribution"][name] = {q: float(np.percentile(lens, q)) for q in (10, 50, 90)} | {
+        out["distribution"][name] = {str(q): float(np.percentile(lens, q)) for q in (10, 50, 90)} | {
             "mean": float(lens.mean()), f"share at {bench.seq_len}": float(np.mean(lens >= bench.seq_len))}
         for policy in ("max", "arrival", "grouped"):
             padded = padded_lengths(lens, bench.batch_size, bench.buckets, policy)
-            result["policies"][(name, policy)] = {
+            out["policies"][f"{name}/{policy}"] = {
                 "tokens": sum(p * bench.batch_size for p in padded),
                 "flops": sum(first_step_flops(config, p) * bench.batch_size for p in padded)}
+    result.save()
 
     # Measured: score the first `bucket_docs` real documents (random weights, token ids drawn at the
     # proxy lengths), every shape compiled before timing.
     lens = lengths["chars/4"][:bench.bucket_docs]
     rng = np.random.default_rng(bench.seed)
-    docs = [list(rng.integers(3, 32000, n - 1)) + [config.eos_id] for n in lens]
-    params = jax.tree.map(lambda a: a.astype(config.dtype), t5.init_params(config, jax.random.key(bench.seed)))
-    measured = {}
+    docs = [list(rng.integers(3, min(32000, config.vocab_size), n - 1)) + [config.eos_id] for n in lens]
+    if params is None:
+        params = jax.tree.map(lambda a: a.astype(config.dtype),
+                              jax.jit(t5.init_params, static_argnums=0)(config, jax.random.key(bench.seed)))
     for policy in ("max", "arrival", "grouped"):
         order = sorted(range(len(docs)), key=lambda i: lens[i]) if policy == "grouped" else range(len(docs))
         ordered = [docs[i] for i in order]
@@ -294,103 +371,90 @@ def bucketing_gain(bench: BenchConfig) -> dict:
         for ids, mask in batches:
             t5.first_step_logprobs(params, config, ids, mask).block_until_ready()
         seconds = time.perf_counter() - t0
-        measured[policy] = {"docs_per_s": len(docs) / seconds, "shapes": len({b[0].shape for b in batches}),
-                            "seconds": seconds}
-    result["measured"] = measured
-    return result
+        out["measured"][policy] = {"docs_per_s": len(docs) / seconds, "shapes": len({b[0].shape for b in batches}),
+                                   "seconds": seconds}
+        if policy != "max":
+            out["measured"][policy]["gain_vs_max"] = out["measured"]["max"]["seconds"] / seconds
+        result.save()
+        _say(f"buckets {policy}: {len(docs) / seconds:.2f} docs/s")
+    return out
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def _fmt_rate(docs: int, tokens: int, flops: float, seconds: float) -> tuple[str, str, str]:
-    return f"{docs / seconds:10.2f}", f"{tokens / seconds:12.0f}", f"{flops / seconds / 1e12:9.4f}"
-
-
-def report(bench: BenchConfig, cmp: dict, buckets: Optional[dict]) -> str:
-    config = cmp["config"]
-    lines = [f"Ask-LLM first-step scoring, preset {bench.preset} ({cmp['params'] / 1e6:.1f}M params), "
+def report(bench: BenchConfig, result: dict) -> str:
+    """The printed tables of a (possibly partial) result."""
+    lines = [f"Ask-LLM first-step scoring, preset {bench.preset} ({result.get('params', 0) / 1e6:.1f}M params), "
              f"seq {bench.seq_len}, batch {bench.batch_size}, {bench.batches} timed batches, compute {bench.dtype}",
-             f"model FLOPs/doc (analytic) {first_step_flops(config, bench.seq_len) / 1e9:.2f} G; "
-             f"XLA-counted {cmp['xla_flops_per_doc'] / 1e9:.2f} G"]
-    docs, tokens = bench.batch_size, bench.batch_size * bench.seq_len
-    flops = first_step_flops(config, bench.seq_len) * bench.batch_size
+             f"model FLOPs/doc (analytic) {result.get('gflop_per_doc', float('nan')):.2f} G"
+             + (f"; XLA-counted {result['xla_flops_per_doc'] / 1e9:.2f} G" if "xla_flops_per_doc" in result else "")]
     header = f"{'impl':52s} {'docs/s':>10s} {'tokens/s':>12s} {'TFLOP/s':>9s} {'s/batch (median)':>17s}"
     lines += ["", header, "-" * len(header)]
-    medians = {}
-    for key, label in (("jax", f"JAX/Flax ({cmp['jax']['backend']}, jax {cmp['jax']['version']})"),
-                       ("torch", "HF transformers eager ({device}, torch {torch}, {threads} thr)")):
-        if key not in cmp:
-            continue
-        med = float(np.median(cmp[key]["times"]))
-        medians[key] = med
-        lines.append(f"{label.format(**cmp[key]) if key == 'torch' else label:52s} "
-                     + " ".join(_fmt_rate(docs, tokens, flops, med)) + f" {med:17.3f}")
-    if "torch" in medians:
-        lines.append(f"JAX / PyTorch throughput ratio: {medians['torch'] / medians['jax']:.2f}x")
-    if "max_abs_logprob_diff" in cmp:
-        lines.append(f"same weights, max |logprob_jax - logprob_torch| on batch 0: {cmp['max_abs_logprob_diff']:.2e}")
-    elif not bench.skip_torch:
+    rows = [(f"JAX/Flax {impl} attention" + (f" ({v['backend']}, jax {v['version']})" if "backend" in v else ""), v)
+            for impl, v in result.get("impls", {}).items()]
+    if "torch" in result:
+        v = result["torch"]
+        rows.append((f"HF transformers eager ({v.get('device')}, torch {v.get('torch')}, {v.get('threads')} thr)", v))
+    for label, v in rows:
+        if "docs_per_s" in v:
+            lines.append(f"{label:52s} {v['docs_per_s']:10.2f} {v['tokens_per_s']:12.0f} {v['tflops']:9.4f} "
+                         f"{v['median_s']:17.3f}")
+        else:
+            lines.append(f"{label:52s} {v.get('skipped') or v.get('error')}")
+    for impl, v in result.get("impls", {}).items():
+        if "ratio_vs_torch" in v:
+            lines.append(f"JAX {impl} / PyTorch throughput ratio: {v['ratio_vs_torch']:.2f}x")
+    if "max_abs_logprob_diff" in result:
+        lines.append(f"same weights, max |logprob_jax - logprob_torch| on batch 0: {result['max_abs_logprob_diff']:.2e}")
+    elif "torch" in result and not result.get("copied_weights"):
         lines.append("weights NOT copied (large preset): PyTorch used its own random init; timings only")
-    if buckets:
-        lines += ["", "Length bucketing on c4-olmo (1000 docs, Ask-LLM prompt, capped at "
-                  f"{bench.seq_len}), buckets {effective_buckets(bench)}, batch {bench.batch_size}"]
-        for name, dist in buckets["distribution"].items():
-            lines.append(f"  lengths by {name}: " + ", ".join(f"{k}={v:.0f}" if k != f"share at {bench.seq_len}"
-                                                            else f"{k}={v:.1%}" for k, v in dist.items()))
-        header = f"  {'length proxy':26s} {'policy':9s} {'padded tokens':>14s} {'vs pad-all':>10s} {'FLOPs vs pad-all':>17s}"
+    b = result.get("buckets")
+    if b:
+        lines += ["", f"Length bucketing on the C4 sample ({b['docs']} docs, Ask-LLM prompt, capped at "
+                  f"{bench.seq_len}), buckets {tuple(b['buckets'])}, batch {bench.batch_size}"]
+        for name, dist in b["distribution"].items():
+            lines.append(f"  lengths by {name}: " + ", ".join(f"{k}={v:.1%}" if k.startswith("share") else f"{k}={v:.0f}"
+                                                            for k, v in dist.items()))
+        header = f"  {'length proxy / policy':36s} {'padded tokens':>14s} {'vs pad-all':>10s} {'FLOPs vs pad-all':>17s}"
         lines += [header, "  " + "-" * (len(header) - 2)]
-        for (name, policy), v in buckets["policies"].items():
-            base = buckets["policies"][(name, "max")]
-            lines.append(f"  {name:26s} {policy:9s} {v['tokens']:14d} {v['tokens'] / base['tokens']:10.2f} "
+        for key, v in b["policies"].items():
+            base = b["policies"][key.rsplit("/", 1)[0] + "/max"]
+            lines.append(f"  {key:36s} {v['tokens']:14d} {v['tokens'] / base['tokens']:10.2f} "
                          f"{v['flops'] / base['flops']:17.2f}")
-        m = buckets["measured"]
-        lines.append(f"  measured (JAX, first {bench.bucket_docs} docs, chars/4 lengths): " + "; ".join(
-            f"{p}: {v['docs_per_s']:.2f} docs/s ({v['shapes']} shapes)" for p, v in m.items())
-            + f"; arrival-order gain {m['arrival']['docs_per_s'] / m['max']['docs_per_s']:.2f}x, "
-              f"grouped gain {m['grouped']['docs_per_s'] / m['max']['docs_per_s']:.2f}x")
+        if b["measured"]:
+            lines.append(f"  measured (JAX, first {bench.bucket_docs} docs, chars/4 lengths): " + "; ".join(
+                f"{p}: {v['docs_per_s']:.2f} docs/s ({v['shapes']} shapes"
+                + (f", {v['gain_vs_max']:.2f}x vs pad-all)" if "gain_vs_max" in v else ")")
+                for p, v in b["measured"].items()))
     return "\n".join(lines)
 
 
-def summarize(bench: BenchConfig, cmp: dict, buckets: Optional[dict]) -> dict:
-    """The JSON-able numbers of one run: docs/s and TFLOP/s per side (median batch), the ratio,
-    and the bucketing measurement."""
-    flops = first_step_flops(cmp["config"], bench.seq_len) * bench.batch_size
-    out = {"benchmark": "askllm_throughput", "preset": bench.preset, "dtype": bench.dtype,
-           "attention_impl": bench.attention_impl, "seq_len": bench.seq_len, "batch_size": bench.batch_size,
-           "params": cmp["params"], "gflop_per_doc": flops / bench.batch_size / 1e9}
-    for key in ("jax", "torch"):
-        if key in cmp:
-            med = float(np.median(cmp[key]["times"]))
-            out[key] = {"docs_per_s": bench.batch_size / med, "tflops": flops / med / 1e12,
-                        **{k: v for k, v in cmp[key].items() if k != "times"}}
-    if "jax" in out and "torch" in out:
-        out["ratio"] = out["jax"]["docs_per_s"] / out["torch"]["docs_per_s"]
-    if "max_abs_logprob_diff" in cmp:
-        out["max_abs_logprob_diff"] = cmp["max_abs_logprob_diff"]
-    if buckets:
-        out["buckets_measured"] = buckets["measured"]
-    return out
-
-
-def run(bench: BenchConfig, *, with_buckets: bool = True) -> str:
-    """Runs both measurements and returns the printed report."""
-    cmp = compare_with_torch(bench)
-    return report(bench, cmp, bucketing_gain(bench) if with_buckets else None)
+def run(bench: BenchConfig, *, with_buckets: bool = True, json_path: Optional[str] = None) -> dict:
+    """Both measurements; the result dict (saved to ``json_path`` after every number)."""
+    result = JsonResult(json_path, benchmark="askllm_throughput", preset=bench.preset, dtype=bench.dtype,
+                        attention_impls=list(bench.attention_impls), seq_len=bench.seq_len,
+                        batch_size=bench.batch_size, batches=bench.batches, done=False)
+    _, params = compare_with_torch(bench, result, keep_params=with_buckets)
+    if with_buckets:
+        bucketing_gain(bench, params, result)
+    result.update(done=True)
+    return result
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--torch-worker", metavar="WORKDIR", help=argparse.SUPPRESS)
     d = BenchConfig()
-    parser.add_argument("--preset", default=d.preset, help="t5_1_1_{small,base,large,xl,xxl} or flan_t5_*")
+    parser.add_argument("--preset", default=d.preset, help="t5_1_1_{small,base,large,xl,xxl}, flan_t5_* or tiny")
     parser.add_argument("--seq-len", type=int, default=d.seq_len)
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--batches", type=int, default=d.batches, help="timed batches (after warm-up)")
     parser.add_argument("--warmup", type=int, default=d.warmup)
     parser.add_argument("--dtype", default=d.dtype, choices=("float32", "bfloat16"))
-    parser.add_argument("--attention-impl", default=d.attention_impl, choices=("xla", "cudnn"))
-    parser.add_argument("--json", help="also write the measurements here")
+    parser.add_argument("--attention-impl", default=",".join(d.attention_impls),
+                        help="comma-separated, timed in this order in one process: xla, cudnn")
+    parser.add_argument("--json", help="also write the measurements here (rewritten as they arrive)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--peer-python", default=d.peer_python, help="interpreter with torch + transformers")
     parser.add_argument("--torch-device", default=d.torch_device)
@@ -400,23 +464,26 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--no-buckets", action="store_true", help="skip the length-bucketing measurement")
     parser.add_argument("--bucket-docs", type=int, default=d.bucket_docs)
     parser.add_argument("--corpus", default=d.corpus)
+    parser.add_argument("--xla-flops", action="store_true",
+                        help="also compile the unrolled network for XLA's FLOP count (slow for large presets)")
     args = parser.parse_args(argv)
     if args.torch_worker:
         torch_worker(args.torch_worker)
         return
     sys.path.insert(0, REPO)
+    impls = tuple(args.attention_impl.split(","))
+    for impl in impls:
+        if impl not in ("xla", "cudnn"):
+            parser.error(f"unknown --attention-impl {impl!r} (xla, cudnn)")
     bench = BenchConfig(preset=args.preset, seq_len=args.seq_len, batch_size=args.batch_size, batches=args.batches,
-                        warmup=args.warmup, dtype=args.dtype, attention_impl=args.attention_impl, seed=args.seed,
+                        warmup=args.warmup, dtype=args.dtype, attention_impls=impls, seed=args.seed,
                         peer_python=args.peer_python,
                         torch_device=args.torch_device, torch_threads=args.torch_threads,
                         copy_weights={"auto": None, "yes": True, "no": False}[args.copy_weights],
-                        skip_torch=args.skip_torch, bucket_docs=args.bucket_docs, corpus=args.corpus)
-    cmp = compare_with_torch(bench)
-    buckets = None if args.no_buckets else bucketing_gain(bench)
-    print(report(bench, cmp, buckets), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summarize(bench, cmp, buckets), f, indent=1)
+                        skip_torch=args.skip_torch, bucket_docs=args.bucket_docs, corpus=args.corpus,
+                        xla_flops=args.xla_flops)
+    result = run(bench, with_buckets=not args.no_buckets, json_path=args.json)
+    print(report(bench, result), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ so the number is the model's speed, not the input pipeline's. tokens/s counts in
 
     python benchmarks/train_throughput.py                                  # tiny on CPU, float32
     python benchmarks/train_throughput.py --sizes small,base,large --batch_size 64   # GPU, bfloat16
+
+`--json PATH` writes the rows measured so far after each preset (a run cut short keeps them).
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
+from results import JsonResult  # noqa: E402
 
 from gristmill.models import t5  # noqa: E402
 from gristmill.training import configs, metrics, step  # noqa: E402
@@ -90,12 +94,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--remat", default="none", help="remat policy: none, full, dots, dots_with_no_batch_dims")
     parser.add_argument("--peak_tflops", type=float, default=None, help="per-device peak for MFU")
     parser.add_argument("--vocab_size", type=int, default=32100, help="tokenizer size (T5: 32100, padded to 32128)")
+    parser.add_argument("--json", help="also write the rows here, after each preset")
     args = parser.parse_args(argv)
     device = jax.devices()[0]
-    print(f"devices: {len(jax.devices())} x {device.device_kind} ({jax.default_backend()})")
-    results = [measure(size, args.batch_size, args.steps, args.warmup, args.dtype, args.remat, args.peak_tflops,
-                       args.vocab_size)
-               for size in args.sizes.split(",")]
+    print(f"devices: {len(jax.devices())} x {device.device_kind} ({jax.default_backend()})", flush=True)
+    out = JsonResult(args.json, benchmark="train_throughput", device=device.device_kind, devices=len(jax.devices()),
+                     backend=jax.default_backend(), remat=args.remat, rows=[], done=False)
+    results = []
+    for size in args.sizes.split(","):
+        results.append(measure(size, args.batch_size, args.steps, args.warmup, args.dtype, args.remat,
+                               args.peak_tflops, args.vocab_size))
+        out["rows"].append(results[-1])
+        out.save()
+        print(f"{size}: {results[-1]['tokens_per_s']:,.0f} tokens/s, MFU {results[-1]['mfu']}", flush=True)
+    out.update(done=True)
     header = f"{'size':<11} {'params':>12} {'dtype':>9} {'batch':>6} {'lengths':>8} {'step ms':>9} " \
              f"{'tokens/s':>11} {'TFLOP/s':>8} {'MFU':>6} {'warmup s':>9}"
     print(header)
