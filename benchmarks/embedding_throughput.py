@@ -13,17 +13,20 @@ the peer's version and the smallest cosine between the two sides' embeddings of 
 bfloat16 is opt-in on both sides (`dtype="bfloat16"`, `model.to(torch.bfloat16)`); its accuracy
 cost is the cosine to gristmill's float32 embeddings.
 
-`--model st5-base-random` builds a Sentence-T5-Base-shaped sentence-transformers directory with
-random weights (T5 v1.1 base encoder in HF layout, mean pooling, a bias-free 768x768 Dense,
-Normalize; the 400-piece test SentencePiece model as tokenizer) and runs `SentenceT5Embedder` on
-it; `--device cuda` puts sentence-transformers on the GPU (JAX takes its default device).
+`--model minilm-random` and `--model st5-base-random` build the same shapes with random weights,
+with only tokenizer files from the repository (`benchmarks/tokenizers/minilm/`; the test
+SentencePiece model's `tokenizer.json` for Sentence-T5): a MiniLM-shaped BERT (6 x 384, mean
+pooling, Normalize), and a Sentence-T5-Base-shaped model (T5 v1.1 base encoder in HF layout,
+mean pooling, a bias-free 768x768 Dense, Normalize). Speed does not depend on the weights, and
+the cosine to the peer still checks that both sides compute the same function; accuracy against
+the real weights is `--model minilm` on CPU. `--device cuda` puts sentence-transformers on the GPU
+(JAX takes its default device). `--json` is rewritten after each dtype.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.resources
-import json
 import os
 import sys
 import tempfile
@@ -35,23 +38,70 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 import sidebyside  # noqa: E402
 from askllm_cpu import c4_documents  # noqa: E402
+from results import JsonResult  # noqa: E402
 
-FIXTURE_SPM = os.path.join(os.path.dirname(HERE), "tests", "fixtures", "t5", "tiny_v1_1", "spiece.model")
+FIXTURE_T5 = os.path.join(os.path.dirname(HERE), "tests", "fixtures", "t5", "tiny_v1_1")
+MINILM_TOKENIZER = os.path.join(HERE, "tokenizers", "minilm")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# all-MiniLM-L6-v2's config.json (the shapes; the weights are drawn at random).
+MINILM_CONFIG = {"architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu", "hidden_size": 384,
+                 "intermediate_size": 1536, "num_attention_heads": 12, "num_hidden_layers": 6,
+                 "max_position_embeddings": 512, "type_vocab_size": 2, "vocab_size": 30522, "layer_norm_eps": 1e-12,
+                 "pad_token_id": 0, "initializer_range": 0.02, "position_embedding_type": "absolute"}
+
+
+def _st_modules():
+    """sentence-transformers' module classes (moved in 6.x; the old path still works, with a warning)."""
+    try:
+        from sentence_transformers.sentence_transformer import modules
+    except ImportError:
+        from sentence_transformers import models as modules
+    return modules
+
+
+def _copy_tokenizer(source: str, directory: str) -> None:
+    import shutil
+
+    os.makedirs(directory, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(source, name)):
+            shutil.copy(os.path.join(source, name), directory)
+
+
+def build_random_minilm(directory: str, max_seq_length: int = 256, seed: int = 0, **overrides) -> str:
+    """Writes an all-MiniLM-L6-v2-shaped sentence-transformers model with random weights to `directory`
+    (``overrides``: config fields, e.g. fewer layers for a test)."""
+    import torch
+    import transformers
+    from sentence_transformers import SentenceTransformer
+
+    models = _st_modules()
+    config = MINILM_CONFIG | overrides
+    torch.manual_seed(seed)
+    bert_dir = os.path.join(directory, "bert")
+    transformers.BertModel(transformers.BertConfig(**config)).save_pretrained(bert_dir)
+    _copy_tokenizer(MINILM_TOKENIZER, bert_dir)
+    modules = [models.Transformer(bert_dir, max_seq_length=max_seq_length),
+               models.Pooling(config["hidden_size"], "mean"), models.Normalize()]
+    out = os.path.join(directory, "minilm")
+    SentenceTransformer(modules=modules, device="cpu").save(out)
+    return out
 
 
 def build_random_st5(directory: str, preset: str = "t5_1_1_base", max_seq_length: int = 256, seed: int = 0) -> str:
     """Writes a Sentence-T5-shaped sentence-transformers model with random weights to `directory`."""
     import torch
     import transformers
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
 
     from gristmill.models import t5
 
+    models = _st_modules()
     config = t5.preset(preset)
     torch.manual_seed(seed)
     encoder_dir = os.path.join(directory, "encoder")
     transformers.T5EncoderModel(transformers.T5Config(**t5.to_hf_config(config))).save_pretrained(encoder_dir)
-    transformers.T5TokenizerFast(vocab_file=FIXTURE_SPM, extra_ids=0).save_pretrained(encoder_dir)
+    _copy_tokenizer(FIXTURE_T5, encoder_dir)  # a ready tokenizer.json: no SentencePiece conversion
     d = config.d_model
     modules = [models.Transformer(encoder_dir, max_seq_length=max_seq_length), models.Pooling(d, "mean"),
                models.Dense(d, d, bias=False, activation_function=torch.nn.Identity()), models.Normalize()]
@@ -63,9 +113,9 @@ def build_random_st5(directory: str, preset: str = "t5_1_1_base", max_seq_length
 def _make_embedder(settings: dict):
     from gristmill.scoring.embeddings import MiniLMEmbedder, SentenceT5Embedder
 
-    if settings.get("model_dir"):
+    if settings.get("model_dir") and settings.get("kind") == "st5":
         return SentenceT5Embedder(settings["model_dir"], batch_size=settings["batch_size"], dtype=settings["dtype"])
-    return MiniLMEmbedder(batch_size=settings["batch_size"], dtype=settings["dtype"])
+    return MiniLMEmbedder(settings.get("model_dir"), batch_size=settings["batch_size"], dtype=settings["dtype"])
 
 
 def setup_jax(settings: dict):
@@ -92,7 +142,8 @@ def setup_st(settings: dict):
         return {"embeddings": out.float().cpu().numpy()}
 
     return run_round, {"sentence_transformers": sentence_transformers.__version__, "torch": torch.__version__,
-                       "threads": torch.get_num_threads(), "max_seq_length": model.max_seq_length}
+                       "device": str(model.device), "threads": torch.get_num_threads(),
+                       "max_seq_length": model.max_seq_length}
 
 
 SETUPS = {f"{impl}-{dtype}": setup for impl, setup in (("jax", setup_jax), ("st", setup_st))
@@ -105,35 +156,50 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
 
+MODELS = {"minilm": "all-MiniLM-L6-v2", "minilm-random": "all-MiniLM-L6-v2 shapes, random weights",
+          "st5-base-random": "Sentence-T5-Base shapes, random weights"}
+
+
 def run(docs: int = 128, batch_size: int = 32, rounds: int = 3,
-        dtypes: tuple[str, ...] = ("float32", "bfloat16"), model: str = "minilm", device: str = "cpu") -> dict:
-    """Runs the comparison and returns a JSON-able result."""
+        dtypes: tuple[str, ...] = ("float32", "bfloat16"), model: str = "minilm", device: str = "cpu",
+        json_path: str | None = None, st5_preset: str = "t5_1_1_base") -> dict:
+    """Runs the comparison, one dtype after the other, and returns a JSON-able result (also saved to
+    ``json_path`` after each dtype)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown --model {model!r} ({', '.join(MODELS)})")
+    result = JsonResult(json_path, benchmark="embedding_throughput", model=MODELS[model], device=device, docs=docs,
+                        batch_size=batch_size, rounds=rounds, cpu_count=os.cpu_count(), rows=[], done=False)
     with tempfile.TemporaryDirectory(prefix="embed-bench-") as workdir:
-        base = {"docs": docs, "batch_size": batch_size, "device": device}
+        base = {"docs": docs, "batch_size": batch_size, "device": device, "kind": model.split("-")[0]}
         if model == "st5-base-random":
-            base["model_dir"] = build_random_st5(workdir)
-        elif model != "minilm":
-            raise ValueError(f"unknown --model {model!r} (minilm, st5-base-random)")
-        workers = [sidebyside.Worker(__file__, f"{impl}-{dtype}", dict(base, dtype=dtype))
-                   for dtype in dtypes for impl in ("jax", "st")]
-        timed = sidebyside.compare(workers, rounds, save_dir=workdir)
-        outputs = {side: np.load(r["outputs"])["embeddings"] for side, r in timed.items()}
-    names = {"minilm": "all-MiniLM-L6-v2", "st5-base-random": "Sentence-T5-Base shapes, random weights"}
-    result = {"benchmark": "embedding_throughput", "model": names[model], "device": device, "docs": docs,
-              "batch_size": batch_size, "rounds": rounds, "cpu_count": os.cpu_count(), "rows": []}
-    for dtype in dtypes:
-        ours, peer = timed[f"jax-{dtype}"], timed[f"st-{dtype}"]
-        info = peer["info"]
-        row = {"dtype": dtype, "gristmill_s": ours["best_s"], "peer_s": peer["best_s"],
-               "gristmill_docs_per_s": docs / ours["best_s"], "peer_docs_per_s": docs / peer["best_s"],
-               "ratio": peer["best_s"] / ours["best_s"], "gristmill_times": ours["times"], "peer_times": peer["times"],
-               "gristmill_info": ours["info"], "peer_info": info,
-               "peer": f"sentence-transformers {info['sentence_transformers']}, torch {info['torch']} CPU, "
-                       f"{info['threads']} threads, {dtype}, batch {batch_size}, {info['max_seq_length']} tokens",
-               "min_cosine_vs_peer": _min_cosine(outputs[f"jax-{dtype}"], outputs[f"st-{dtype}"])}
-        if dtype != "float32" and "jax-float32" in outputs:
-            row["min_cosine_vs_float32"] = _min_cosine(outputs[f"jax-{dtype}"], outputs["jax-float32"])
-        result["rows"].append(row)
+            base["model_dir"] = build_random_st5(workdir, preset=st5_preset)
+        elif model == "minilm-random":
+            base["model_dir"] = build_random_minilm(workdir)
+        float32 = None
+        for dtype in dtypes:
+            workers = [sidebyside.Worker(__file__, f"{impl}-{dtype}", dict(base, dtype=dtype))
+                       for impl in ("jax", "st")]
+            timed = sidebyside.compare(workers, rounds, save_dir=workdir)
+            outputs = {side: np.load(r["outputs"])["embeddings"] for side, r in timed.items()}
+            ours, peer = timed[f"jax-{dtype}"], timed[f"st-{dtype}"]
+            info = peer["info"]
+            row = {"dtype": dtype, "gristmill_s": ours["best_s"], "peer_s": peer["best_s"],
+                   "gristmill_docs_per_s": docs / ours["best_s"], "peer_docs_per_s": docs / peer["best_s"],
+                   "ratio": peer["best_s"] / ours["best_s"], "gristmill_times": ours["times"],
+                   "peer_times": peer["times"], "gristmill_info": ours["info"], "peer_info": info,
+                   "peer": f"sentence-transformers {info['sentence_transformers']}, torch {info['torch']} "
+                           f"{info['device']}, {info['threads']} threads, {dtype}, batch {batch_size}, "
+                           f"{info['max_seq_length']} tokens",
+                   "min_cosine_vs_peer": _min_cosine(outputs[f"jax-{dtype}"], outputs[f"st-{dtype}"])}
+            if dtype == "float32":
+                float32 = outputs["jax-float32"]
+            elif float32 is not None:
+                row["min_cosine_vs_float32"] = _min_cosine(outputs[f"jax-{dtype}"], float32)
+            result["rows"].append(row)
+            result.save()
+            print(f"{dtype}: gristmill {row['gristmill_docs_per_s']:.1f} docs/s, peer {row['peer_docs_per_s']:.1f} "
+                  f"docs/s", file=sys.stderr, flush=True)
+    result.update(done=True)
     return result
 
 
@@ -158,15 +224,14 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtypes", default="float32,bfloat16")
-    parser.add_argument("--model", default="minilm", choices=("minilm", "st5-base-random"))
+    parser.add_argument("--model", default="minilm", choices=tuple(MODELS))
+    parser.add_argument("--st5-preset", default="t5_1_1_base", help="T5 shapes of st5-base-random (tiny: tests)")
     parser.add_argument("--device", default="cpu", help="sentence-transformers device (cpu, cuda)")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
-    result = run(args.docs, args.batch_size, args.rounds, tuple(args.dtypes.split(",")), args.model, args.device)
+    result = run(args.docs, args.batch_size, args.rounds, tuple(args.dtypes.split(",")), args.model, args.device,
+                 args.json, args.st5_preset)
     print(report(result), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
 
 
 if __name__ == "__main__":
