@@ -4,6 +4,7 @@
 import json
 import os
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -28,6 +29,21 @@ def test_random_st5_directory_embeds_like_sentence_transformers(tmp_path):
     theirs = sentence_transformers.SentenceTransformer(model_dir, device="cpu").encode(texts)
     np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
     assert ours.shape == (3, 48)
+
+
+def test_random_minilm_directory_embeds_like_sentence_transformers(tmp_path):
+    """The MiniLM-shaped model gpu.sh builds from the repository's tokenizer files alone."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    import embedding_throughput
+
+    from gristmill.scoring.embeddings import MiniLMEmbedder
+
+    model_dir = embedding_throughput.build_random_minilm(str(tmp_path), num_hidden_layers=1)
+    texts = ["A short one.", "Somewhat longer text, with punctuation; and more words than the first.", "x" * 3000]
+    ours = MiniLMEmbedder(model_dir, batch_size=4).embed(texts)
+    theirs = sentence_transformers.SentenceTransformer(model_dir, device="cpu").encode(texts)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
+    assert ours.shape == (3, 384)
 
 
 def test_padded_tokens_counts_buckets_and_longest():
@@ -63,17 +79,50 @@ def test_tables_render_every_row_and_the_accuracy_cost(tmp_path):
     assert lines[-1] == "askllm_cpu gristmill bfloat16 vs peer float32: 3.00x (1800.0 vs 600.0 tokens/s)"
 
 
-def test_gpu_summary_reports_steps_peak_fraction_and_failures(tmp_path):
-    (tmp_path / "device.json").write_text(json.dumps({"device": "NVIDIA H200", "count": 1}))
-    (tmp_path / "askllm_xl.status.json").write_text(json.dumps({"step": "askllm_xl", "rc": 0, "seconds": 90}))
-    (tmp_path / "askllm_xl.json").write_text(json.dumps({
-        "benchmark": "askllm_throughput", "preset": "flan_t5_xl", "attention_impl": "xla", "batch_size": 32,
-        "ratio": 3.0, "jax": {"docs_per_s": 300.0, "tflops": 494.5}, "torch": {"docs_per_s": 100.0, "tflops": 164.8}}))
-    (tmp_path / "train_large.status.json").write_text(json.dumps({"step": "train_large", "rc": 124, "seconds": 300}))
-    (tmp_path / "train_large.log").write_text("compiling\n\nstill compiling\n")
-    summary = gpu_summary.summarize(str(tmp_path))
+def test_gpu_summary_reports_states_ratios_peak_fraction_and_targets(tmp_path):
+    work, results = tmp_path / "work", tmp_path / "results"
+    work.mkdir()
+    results.mkdir()
+    (results / "device.json").write_text(json.dumps({"device": "NVIDIA H200", "count": 1, "platform": "gpu"}))
+    (work / "askllm_xl.status.json").write_text(json.dumps(
+        {"step": "askllm_xl", "order": 1, "state": "ok", "rc": 0, "seconds": 90}))
+    (work / "askllm_xl.json").write_text(json.dumps({
+        "benchmark": "askllm_throughput", "preset": "flan_t5_xl", "batch_size": 32, "done": True,
+        "impls": {"xla": {"docs_per_s": 300.0, "tflops": 494.5, "ratio_vs_torch": 3.0},
+                  "cudnn": {"docs_per_s": 480.0, "tflops": 791.2, "ratio_vs_torch": 4.8}},
+        "torch": {"docs_per_s": 100.0, "tflops": 164.8}}))
+    (work / "train_large.status.json").write_text(json.dumps(
+        {"step": "train_large", "order": 2, "state": "cut", "rc": 124, "seconds": 80, "note": "deadline"}))
+    (work / "train_large.log").write_text("compiling\n\nstill compiling\n")
+    (work / "embed_st5.status.json").write_text(json.dumps(
+        {"step": "embed_st5", "order": 3, "state": "cut", "rc": None, "seconds": 0, "note": "not started"}))
+    summary = gpu_summary.write(str(work), str(results), deadline_s=330, elapsed_s=320)
     xl = summary["steps"]["askllm_xl"]
     assert summary["peak_bf16_tflops"] == 989.0
-    assert xl["ratio"] == 3.0 and xl["jax_fraction_of_peak"] == pytest.approx(0.5)
-    assert summary["steps"]["train_large"]["timed_out"] is True
+    assert xl["jax_xla"]["fraction_of_peak"] == pytest.approx(0.5)
+    assert xl["jax_cudnn"]["ratio_vs_torch"] == 4.8 and xl["best_docs_per_s"] == 480.0
+    assert xl["torch"]["fraction_of_peak"] == pytest.approx(164.8 / 989)
+    assert list(summary["steps"]) == ["askllm_xl", "train_large", "embed_st5"]
+    assert summary["steps"]["train_large"]["state"] == "cut"
     assert summary["steps"]["train_large"]["log_tail"] == ["compiling", "still compiling"]
+    targets = {t["what"]: t for t in summary["targets"]}
+    assert targets["Ask-LLM FLAN-T5-XL shape, bf16, seq 512: documents/s"]["met"] is True
+    assert targets["T5-Large training MFU"]["value"] is None and not targets["T5-Large training MFU"]["met"]
+    assert sorted(os.listdir(results)) == ["device.json", "steps.tar.gz", "summary.json", "summary.txt"]
+    assert json.loads((results / "summary.json").read_text()) == summary
+    assert "train_large: cut after 80 s (deadline)" in (results / "summary.txt").read_text()
+    with tarfile.open(results / "steps.tar.gz") as tar:
+        assert sorted(tar.getnames()) == sorted(f"steps/{p.name}" for p in work.iterdir())
+
+
+def test_json_result_is_on_disk_after_every_update(tmp_path):
+    from results import JsonResult
+
+    path = tmp_path / "r.json"
+    result = JsonResult(str(path), benchmark="x", rows=[])
+    assert json.loads(path.read_text()) == {"benchmark": "x", "rows": []}
+    result["rows"].append({"a": 1})
+    result.save()
+    result.update(done=True)
+    assert json.loads(path.read_text()) == {"benchmark": "x", "rows": [{"a": 1}], "done": True}
+    assert os.listdir(tmp_path) == ["r.json"]
