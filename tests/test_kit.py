@@ -17,8 +17,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from gristmill import cli, documents, io, records
-from gristmill.pipelines import flags, inference, kit, score_density, score_random, units
+from gristmill import cli, documents, flags, io, records
+from gristmill.pipelines import inference, kit, score_density, score_random, units
 from gristmill.scoring import density
 
 

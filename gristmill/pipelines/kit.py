@@ -19,7 +19,6 @@ The kit owns option parsing (flags derived from the scorer's config dataclass), 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -33,8 +32,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 
-from gristmill import documents, io, lease, records
-from gristmill.pipelines import flags, units
+from gristmill import documents, flags, io, lease, records
+from gristmill.pipelines import units
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 COUNTER_NAMESPACE = "gristmill"
@@ -129,19 +128,11 @@ def parse(argv: Optional[list[str]], config_class: type[Any], description: str,
 
     Returns (job options, the job's config dataclass, Beam pipeline options with runner defaults).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Any other flag is a Beam pipeline option (--runner, --project, ...).",
-                                     allow_abbrev=False)
+    parser = flags.Parser(description=description,
+                          epilog="Beam's pipeline options pass through (--runner, --project, --temp_location, ...).")
     flags.add_flags(parser, JobOptions)
     flags.add_flags(parser, config_class, defaults)
-    if "--help" in argv or "-h" in argv:
-        parser.print_help()
-        raise SystemExit(0)
-    try:
-        namespace, rest = parser.parse_known_args(argv)
-    except SystemExit as exit_:
-        raise UsageError("bad flags (see the message above)") from exit_
+    namespace, rest = flags.parse(parser, sys.argv[1:] if argv is None else argv, beam=True)
     options = flags.from_namespace(namespace, JobOptions)
     options = dataclasses.replace(options, output=options.output and absolute(options.output),
                                   input=tuple(",".join(absolute(p.strip()) if p.strip() else p for p in spec.split(","))
@@ -159,6 +150,7 @@ def parse(argv: Optional[list[str]], config_class: type[Any], description: str,
         config = flags.from_namespace(namespace, config_class)
     except (TypeError, ValueError) as err:
         raise UsageError(str(err)) from err
+    flags.checkpoint()
     return options, config, PipelineOptions(with_runner_defaults(rest, options.workers))
 
 
