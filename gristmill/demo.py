@@ -21,9 +21,7 @@ import pathlib
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from absl import flags
-
-from gristmill import flagparse, io, records
+from gristmill import flags, io, records
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +54,28 @@ class DemoConfig:
     (label_documents: only the first N rows of each).
     """
 
-    output: str = "demo-out"
-    corpus: str = dataclasses.field(default_factory=embedded_corpus)
-    workers: int = 0
-    seed: int = 0
-    askllm_model: str = "smollm2-135m-instruct"
-    documents: int = 200
-    askllm_max_length: int = 128
-    train_steps: int = 40
-    seeds: tuple[int, ...] = (0, 1, 2)
-    grid: str = dataclasses.field(default_factory=demo_grid)
-    labels: bool = True
-    label_documents: int = 0  # the first N rows of each labelled set (0: all)
+    output: str = dataclasses.field(default="demo-out", metadata={"help": "Directory for every stage's outputs"})
+    corpus: str = dataclasses.field(default_factory=embedded_corpus, metadata={
+        "help": "Corpus glob (default: the embedded C4 sample)"})
+    workers: int = dataclasses.field(default=0, metadata={"help": "Beam worker processes (0: in-process)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed for scores and selections"})
+    askllm_model: str = dataclasses.field(default="smollm2-135m-instruct", metadata={
+        "help": "Ask-LLM model name or path"})
+    documents: int = dataclasses.field(default=200, metadata={"help": "Documents of the corpus every stage runs on"})
+    askllm_max_length: int = dataclasses.field(default=128, metadata={"help": "Ask-LLM prompt tokens"})
+    train_steps: int = dataclasses.field(default=40, metadata={"help": "Training steps per run (0: no training)"})
+    seeds: tuple[int, ...] = dataclasses.field(default=(0, 1, 2), metadata={
+        "help": "Seeds each training run is repeated with"})
+    grid: str = dataclasses.field(default_factory=demo_grid, metadata={
+        "help": "Training grid (default: the repository's experiments/demo.json)"})
+    labels: bool = dataclasses.field(default=True, metadata={
+        "help": "Also score and evaluate the shipped labelled sets"})
+    label_documents: int = dataclasses.field(default=0, metadata={
+        "help": "Rows of each labelled set to score (0: all)"})
     # the baselines scored after Ask-LLM (main corpus only; in this order, since askllm-head reads the
     # embeddings the clusters job caches beside its units)
-    extra_scorers: tuple[str, ...] = ("clusters", "askllm-head", "perplexity")
+    extra_scorers: tuple[str, ...] = dataclasses.field(default=("clusters", "askllm-head", "perplexity"), metadata={
+        "help": "More scorers for the chain: clusters, askllm-head, perplexity"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,41 +316,9 @@ def format_summary(results: list[StageResult]) -> str:
     return "\n".join(lines)
 
 
-def _flag_values() -> flags.FlagValues:
-    fv = flags.FlagValues()
-    defaults = DemoConfig()
-    flags.DEFINE_string("output", defaults.output, "Directory for every stage's outputs.", flag_values=fv)
-    flags.DEFINE_string("corpus", defaults.corpus, "Corpus glob (default: the embedded C4 sample).", flag_values=fv)
-    flags.DEFINE_integer("workers", defaults.workers, "Beam worker processes (0: in-process).", flag_values=fv)
-    flags.DEFINE_integer("seed", defaults.seed, "Seed for scores and selections.", flag_values=fv)
-    flags.DEFINE_string("askllm_model", defaults.askllm_model, "Ask-LLM model name or path.", flag_values=fv)
-    flags.DEFINE_integer("documents", defaults.documents, "Documents of the corpus every stage runs on.",
-                         flag_values=fv)
-    flags.DEFINE_integer("askllm_max_length", defaults.askllm_max_length, "Ask-LLM prompt tokens.", flag_values=fv)
-    flags.DEFINE_integer("train_steps", defaults.train_steps, "Training steps per run (0: no training).",
-                         flag_values=fv)
-    flags.DEFINE_list("seeds", [str(s) for s in defaults.seeds], "Seeds each training run is repeated with.",
-                      flag_values=fv)
-    flags.DEFINE_string("grid", defaults.grid, "Training grid (default: the repository's experiments/demo.json).",
-                        flag_values=fv)
-    flags.DEFINE_boolean("labels", defaults.labels, "Also score and evaluate the shipped labelled sets.",
-                         flag_values=fv)
-    flags.DEFINE_list("extra_scorers", list(defaults.extra_scorers),
-                      f"More scorers for the chain, of {sorted(EXTRA_SCORERS)}.", flag_values=fv)
-    flags.DEFINE_integer("label_documents", defaults.label_documents,
-                         "Rows of each labelled set to score (0: all).", flag_values=fv)
-    return fv
-
-
 def parse_config(argv: list[str]) -> DemoConfig:
     """Parses demo flags into a DemoConfig."""
-    fv = _flag_values()
-    flagparse.parse(fv, argv, "gristmill demo [--output DIR] [--workers N] [--documents N] [--train_steps N]")
-    return DemoConfig(output=fv.output, corpus=fv.corpus, workers=fv.workers, seed=fv.seed,
-                      askllm_model=fv.askllm_model, documents=fv.documents,
-                      askllm_max_length=fv.askllm_max_length, train_steps=fv.train_steps,
-                      seeds=tuple(int(x) for x in fv.seeds), grid=fv.grid, labels=fv.labels,
-                      label_documents=fv.label_documents, extra_scorers=tuple(fv.extra_scorers))
+    return flags.parse_config(DemoConfig, argv, "gristmill demo", __doc__)
 
 
 def run(argv: list[str]) -> list[StageResult]:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gristmill import cli, flagparse, io, records
+from gristmill import cli, flags, io, records
 from gristmill.models import t5
 from gristmill.training import checkpointing, configs, data, main, model_io, optim, stream
 from gristmill.training import metrics as MX
@@ -480,9 +480,9 @@ def test_parse_config_flags():
                                          model_size="tiny", optimizer="adamw", learning_rate=0.002, batch_size=4,
                                          epochs=3, pack=False, seed=9)
     assert config.optimizer_config().peak_learning_rate == 0.002
-    with pytest.raises(flagparse.FlagError, match="steps"):
+    with pytest.raises(flags.FlagError, match="steps"):
         main.parse_config(["--data=a", "--output=o"])
-    with pytest.raises(flagparse.FlagError, match="model_size"):
+    with pytest.raises(flags.FlagError, match="model_size"):
         main.parse_config(["--data=a", "--output=o", "--steps=1", "--model_size=huge"])
 
 

@@ -65,7 +65,8 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from gristmill import flagparse, io, records, sampling
+from gristmill import flags, io, records, sampling
+from gristmill.errors import UsageError
 from gristmill.eval import metrics
 from gristmill.eval import perplexity as ppl
 
@@ -84,7 +85,7 @@ PERPLEXITY = "perplexity"
 _MANAGED = ("data", "output", "steps", "model_size", "plan", "vocab", "seed", "checkpoint_every", "keep_checkpoints")
 
 
-class ExperimentError(ValueError):
+class ExperimentError(UsageError):
     """The experiment configuration or its corpus is unusable."""
 
 
@@ -608,15 +609,21 @@ def load_config(*, grid_file: Optional[str] = None, config_file: Optional[str] =
     return ExperimentConfig.from_dict(data, output)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentFlags:
+    """`gristmill experiment`'s command line: where the grid comes from and what it runs on."""
+
+    grid: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Grid file (JSON): samplers, rates, models, steps, seeds..."})
+    config: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Experiment config (JSON); its keys override the grid's"})
+    scored: tuple[str, ...] = dataclasses.field(default=(), metadata={
+        "help": "Scored records (output directories or globs); overrides \"scored\""})
+    output: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Experiment directory (overrides the config's \"output\")"})
+
+
 def run(argv: list[str]) -> list[dict[str, Any]]:
     """Entry point of `gristmill experiment --grid GRID.json --scored SPEC --output DIR` (or --config FILE.json)."""
-    from absl import flags
-
-    fv = flags.FlagValues()
-    flags.DEFINE_string("grid", None, "Grid file (JSON): samplers, rates, models, steps, seeds...", flag_values=fv)
-    flags.DEFINE_string("config", None, "Experiment config (JSON); its keys override the grid's.", flag_values=fv)
-    flags.DEFINE_list("scored", [], "Scored records (output directories or globs); overrides \"scored\".",
-                      flag_values=fv)
-    flags.DEFINE_string("output", None, "Experiment directory (overrides the config's \"output\").", flag_values=fv)
-    flagparse.parse(fv, argv, "gristmill experiment --grid GRID.json --scored SPEC --output DIR [--config FILE.json]")
-    return run_experiment(load_config(grid_file=fv.grid, config_file=fv.config, scored=fv.scored, output=fv.output))
+    f = flags.parse_config(ExperimentFlags, argv, "gristmill experiment", __doc__)
+    return run_experiment(load_config(grid_file=f.grid, config_file=f.config, scored=f.scored, output=f.output))

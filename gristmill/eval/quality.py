@@ -40,7 +40,8 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from gristmill import documents, flagparse, io, records, sampling
+from gristmill import documents, flags, io, records, sampling
+from gristmill.errors import UsageError
 from gristmill.eval import scores as scores_lib
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ PAPER_RULES = {"askllm": TOPK, "askllm-head": TOPK, "perplexity": "bottomk", "de
 _CHUNK_DRAWS = 1 << 22
 
 
-class QualityError(ValueError):
+class QualityError(UsageError):
     """Labels or flags that cannot be evaluated (unreadable labels, a grade without a threshold)."""
 
 
@@ -223,11 +224,13 @@ class LabelConfig:
     document, which gives its id.
     """
 
-    label_field: str = "label"
-    threshold_field: Optional[str] = None
-    threshold: Optional[float] = None
-    text_field: str = "text"
-    url_field: str = "url"
+    label_field: str = dataclasses.field(default="label", metadata={"help": "Field holding the 0/1 label"})
+    threshold_field: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Field holding a numeric grade (with --threshold)"})
+    threshold: Optional[float] = dataclasses.field(default=None, metadata={"help": "A grade >= this counts as good"})
+    text_field: str = dataclasses.field(default="text", metadata={
+        "help": "Field of the labels file holding the text"})
+    url_field: str = dataclasses.field(default="url", metadata={"help": "Field of the labels file holding the url"})
 
     def __post_init__(self):
         if self.threshold_field and self.threshold is None:
@@ -346,14 +349,17 @@ def join_labels(ids: Sequence[str], labels: Mapping[str, bool]) -> tuple[np.ndar
 class EvaluateConfig:
     """`gristmill evaluate`: scored records, labels, and how quality is measured (module docstring)."""
 
-    scored: str
-    output: str
-    labels: Optional[str] = None
+    scored: str = dataclasses.field(metadata={"help": "Scored records: output directories or globs, comma-separated"})
+    output: str = dataclasses.field(metadata={"help": "The JSON file to write"})
+    labels: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "JSON lines of {text, url?, label}; default: the records' label feature"})
     label: LabelConfig = LabelConfig()
-    rates: tuple[float, ...] = RATES
-    resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
+    rates: tuple[float, ...] = dataclasses.field(default=RATES, metadata={"help": "Selection rates for precision"})
+    resamples: int = dataclasses.field(default=1000, metadata={
+        "flag": "bootstrap", "help": "Bootstrap resamples for the AUC interval"})
+    confidence: float = dataclasses.field(default=0.95, metadata={"help": "Confidence of the AUC interval"})
+    seed: int = dataclasses.field(default=0, metadata={
+        "help": "Seed of the bootstrap and of the selection plans' hash"})
 
     def __post_init__(self):
         for rate in self.rates:
@@ -413,33 +419,6 @@ def _fmt(x: Optional[float]) -> str:
 
 
 def run(argv: list[str]) -> dict[str, Any]:
-    """Entry point of `gristmill evaluate`."""
-    from absl import flags
-
-    fv = flags.FlagValues()
-    flags.DEFINE_string("scored", None, "Scored records: output directories or globs, comma-separated.",
-                        flag_values=fv)
-    flags.DEFINE_string("labels", None, "JSON lines of {text, url?, label}; default: the records' label feature.",
-                        flag_values=fv)
-    flags.DEFINE_string("label_field", "label", "Field holding the 0/1 label.", flag_values=fv)
-    flags.DEFINE_string("threshold_field", None, "Field holding a numeric grade (with --threshold).", flag_values=fv)
-    flags.DEFINE_float("threshold", None, "A grade >= this counts as good.", flag_values=fv)
-    flags.DEFINE_string("text_field", "text", "Field of the labels file holding the text.", flag_values=fv)
-    flags.DEFINE_string("url_field", "url", "Field of the labels file holding the url.", flag_values=fv)
-    flags.DEFINE_list("rates", [rate_key(r) for r in RATES], "Selection rates for precision.", flag_values=fv)
-    flags.DEFINE_integer("bootstrap", 1000, "Bootstrap resamples for the AUC interval.", flag_values=fv)
-    flags.DEFINE_float("confidence", 0.95, "Confidence of the AUC interval.", flag_values=fv)
-    flags.DEFINE_integer("seed", 0, "Seed of the bootstrap and of the selection plans' hash.", flag_values=fv)
-    flags.DEFINE_string("output", None, "The JSON file to write.", flag_values=fv)
-    for name in ("scored", "output"):
-        flags.mark_flag_as_required(name, flag_values=fv)
-    flagparse.parse(fv, argv, "gristmill evaluate --scored SPEC --labels FILE [--label_field label] "
-                              "[--threshold_field F --threshold T] --output FILE.json")
-    try:
-        rates = tuple(float(r) for r in fv.rates)
-    except ValueError:
-        raise QualityError(f"--rates must be numbers, got {fv.rates}") from None
-    label = LabelConfig(label_field=fv.label_field, threshold_field=fv.threshold_field, threshold=fv.threshold,
-                        text_field=fv.text_field, url_field=fv.url_field)
-    return evaluate(EvaluateConfig(scored=fv.scored, output=fv.output, labels=fv.labels, label=label, rates=rates,
-                                   resamples=fv.bootstrap, confidence=fv.confidence, seed=fv.seed))
+    """Entry point of `gristmill evaluate --scored SPEC [--labels FILE] [--threshold_field F --threshold T]
+    --output FILE.json`."""
+    return evaluate(flags.parse_config(EvaluateConfig, argv, "gristmill evaluate", __doc__))

@@ -33,7 +33,8 @@ from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 import jinja2
 import numpy as np
 
-from gristmill import flagparse, io
+from gristmill import flags, io
+from gristmill.errors import UsageError
 from gristmill.eval import calibration as calibration_lib
 from gristmill.eval import metrics
 from gristmill.eval import scores as scores_lib
@@ -50,7 +51,7 @@ FULL = metrics.FULL
 TEMPLATE = "report.html.j2"
 
 
-class ReportError(ValueError):
+class ReportError(UsageError):
     """The report cannot be built (no experiment, unreadable results)."""
 
 
@@ -422,23 +423,29 @@ def write_report(experiment_dir: Optional[str], output: str, scored: Optional[st
     return report
 
 
-def run(argv: list[str]) -> ReportData:
-    """Entry point of `gristmill report`."""
-    from absl import flags
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ReportFlags:
+    """`gristmill report`'s command line: what the page shows and where it and its data go."""
 
-    fv = flags.FlagValues()
-    flags.DEFINE_string("experiment", None, "Experiment directory (results.jsonl, experiment.json).", flag_values=fv)
-    flags.DEFINE_string("scored", None, "Scored records (output directories or globs, comma-separated); "
-                        "default: the experiment's.", flag_values=fv)
-    flags.DEFINE_string("output", "report.html", "The HTML page to write.", flag_values=fv)
-    flags.DEFINE_string("json", None, "Also write the report's data as JSON here.", flag_values=fv)
-    flags.DEFINE_string("quality", None, "A `gristmill evaluate` JSON to show in the quality section.",
-                        flag_values=fv)
-    flags.DEFINE_string("calibration", None, "Also write the calibration views as JSON here.", flag_values=fv)
-    flags.DEFINE_list("documents", [], "Document ids to show side by side in the calibration section.",
-                      flag_values=fv)
-    flags.DEFINE_integer("bins", 30, "Histogram bins.", flag_values=fv)
-    flags.DEFINE_integer("top", 5, "Highest / lowest documents shown per scorer.", flag_values=fv)
-    flagparse.parse(fv, argv, "gristmill report --experiment DIR [--scored SPEC] --output report.html")
-    return write_report(fv.experiment, fv.output, fv.scored, json_output=fv.json, bins=fv.bins, top_n=fv.top,
-                        quality=fv.quality, calibration_output=fv.calibration, documents=fv.documents)
+    experiment: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Experiment directory (results.jsonl, experiment.json)"})
+    scored: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Scored records (output directories or globs, comma-separated); default: the experiment's"})
+    output: str = dataclasses.field(default="report.html", metadata={"help": "The HTML page to write"})
+    json: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Also write the report's data as JSON here"})
+    quality: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "A `gristmill evaluate` JSON to show in the quality section"})
+    calibration: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Also write the calibration views as JSON here"})
+    documents: tuple[str, ...] = dataclasses.field(default=(), metadata={
+        "help": "Document ids to show side by side in the calibration section"})
+    bins: int = dataclasses.field(default=30, metadata={"help": "Histogram bins"})
+    top: int = dataclasses.field(default=5, metadata={"help": "Highest / lowest documents shown per scorer"})
+
+
+def run(argv: list[str]) -> ReportData:
+    """Entry point of `gristmill report --experiment DIR [--scored SPEC] --output report.html`."""
+    f = flags.parse_config(ReportFlags, argv, "gristmill report", __doc__)
+    return write_report(f.experiment, f.output, f.scored, json_output=f.json, bins=f.bins, top_n=f.top,
+                        quality=f.quality, calibration_output=f.calibration, documents=f.documents)

@@ -31,6 +31,7 @@ import json
 from typing import Any, Mapping, Optional
 
 from gristmill.models import t5
+from gristmill.training import optim
 from gristmill.training.optim import OptimizerConfig
 
 VOCAB_MULTIPLE = 128
@@ -122,34 +123,56 @@ class TrainConfig:
     peak_tflops: accelerator peak for MFU; None looks the device up in `metrics.PEAK_TFLOPS`.
     """
 
-    data: tuple[str, ...]
-    output: str
-    steps: int
-    model_size: str = "small"
-    plan: Optional[str] = None
-    vocab: Optional[str] = None
-    vocab_size: int = 32100
-    vocab_max_documents: int = 100_000
-    batch_size: Optional[int] = None
-    inputs_length: Optional[int] = None
-    targets_length: Optional[int] = None
-    seed: int = 0
-    optimizer: Optional[str] = None
-    learning_rate: Optional[float] = None
-    warmup_steps: Optional[int] = None
-    schedule: Optional[str] = None
-    epochs: Optional[int] = None
-    dtype: Optional[str] = None
-    dropout_rate: Optional[float] = None
-    remat_policy: str = "none"
-    z_loss: float = 1e-4
-    pack: bool = True
-    concat_documents: int = 128
-    shuffle_buffer: int = 10_000
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    log_every: int = 10
-    peak_tflops: Optional[float] = None
+    data: tuple[str, ...] = dataclasses.field(metadata={
+        "help": "Scored TFRecords: globs, files or gristmill output directories"})
+    output: str = dataclasses.field(metadata={"help": "Run directory (checkpoints, metrics.jsonl, model/)"})
+    steps: int = dataclasses.field(metadata={"help": "Optimizer steps (the data repeats as needed)"})
+    model_size: str = dataclasses.field(default="small", metadata={"help": "Model size preset",
+                                                                   "choices": sorted(SIZES)})
+    plan: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Selection plan JSON; none trains on all documents"})
+    vocab: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "SentencePiece model; none trains one into OUTPUT/vocab"})
+    vocab_size: int = dataclasses.field(default=32100, metadata={
+        "help": "Size of a vocabulary trained here (with 100 sentinels); smaller when the data supports fewer "
+                "pieces"})
+    vocab_max_documents: int = dataclasses.field(default=100_000, metadata={
+        "help": "Documents a vocabulary trained here reads"})
+    batch_size: Optional[int] = dataclasses.field(default=None, metadata={
+        "help": "Global batch (sequences); default: the preset's"})
+    inputs_length: Optional[int] = dataclasses.field(default=None, metadata={
+        "help": "Encoder length; default: the preset's (512)"})
+    targets_length: Optional[int] = dataclasses.field(default=None, metadata={
+        "help": "Decoder length; default: the preset's (114)"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the init, dropout, shuffling and span noise"})
+    optimizer: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Default: the preset's (adafactor)", "choices": list(optim.OPTIMIZERS)})
+    learning_rate: Optional[float] = dataclasses.field(default=None, metadata={
+        "help": "Peak learning rate (default: T5's 1/sqrt(warmup) for Adafactor, 1e-3 for AdamW)"})
+    warmup_steps: Optional[int] = dataclasses.field(default=None, metadata={
+        "help": "Warmup steps; default: the preset's (10000)"})
+    schedule: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Default: rsqrt (Adafactor), cosine (AdamW)", "choices": list(optim.SCHEDULES)})
+    epochs: Optional[int] = dataclasses.field(default=None, metadata={
+        "help": "Stop after this many passes over the selection (default: repeat)"})
+    dtype: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Compute dtype (default: bfloat16 on accelerators, float32 on CPU)",
+        "choices": ["float32", "bfloat16"]})
+    dropout_rate: Optional[float] = dataclasses.field(default=None, metadata={
+        "help": "Default: the preset's (0 for T5 v1.1 pre-training)"})
+    remat_policy: str = dataclasses.field(default="none", metadata={
+        "help": "Activation rematerialisation per layer (saves memory)",
+        "choices": ["none", "full", "dots", "dots_with_no_batch_dims"]})
+    z_loss: float = dataclasses.field(default=1e-4, metadata={"help": "Weight of the log(Z)^2 auxiliary loss"})
+    pack: bool = dataclasses.field(default=True, metadata={"help": "Pack several examples per row (--nopack: one)"})
+    concat_documents: int = dataclasses.field(default=128, metadata={
+        "help": "Documents concatenated before splitting into rows (T5: 128)"})
+    shuffle_buffer: int = dataclasses.field(default=10_000, metadata={"help": "Documents in the shuffle buffer"})
+    checkpoint_every: int = dataclasses.field(default=1000, metadata={"help": "Steps between checkpoints"})
+    keep_checkpoints: int = dataclasses.field(default=3, metadata={"help": "Checkpoints kept (the latest ones)"})
+    log_every: int = dataclasses.field(default=10, metadata={"help": "Steps between progress lines"})
+    peak_tflops: Optional[float] = dataclasses.field(default=None, metadata={
+        "help": "Per-device peak TFLOP/s for MFU (default: looked up)"})
 
     # Fields that may change when a run is resumed (they do not change what is computed).
     RESUMABLE_CHANGES = ("steps", "checkpoint_every", "keep_checkpoints", "log_every", "peak_tflops", "epochs")

@@ -28,12 +28,14 @@ says what was trained instead of what was asked.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
 from typing import Iterable, Iterator, Sequence, Union
 
-from gristmill import flagparse
+from gristmill import flags
+from gristmill.errors import UsageError
 from gristmill.models import checkpoints
 from gristmill.models.tokenizers import Tokenizer
 
@@ -45,7 +47,7 @@ PathLike = Union[os.PathLike, pathlib.Path]
 log = logging.getLogger(__name__)
 
 
-class VocabularyError(ValueError):
+class VocabularyError(UsageError):
     """A vocabulary cannot be trained or does not have T5's layout."""
 
 
@@ -222,6 +224,22 @@ def train_sentencepiece(texts_or_files: Union[Iterable[str], PathLike, Sequence[
     return vocabulary
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenizerTrainConfig:
+    """`gristmill tokenizer train`: the corpus, the vocabulary's size and where it is written."""
+
+    input: tuple[str, ...] = dataclasses.field(metadata={
+        "help": "Corpus glob(s) (JSON lines, text lines or TFRecords)"})
+    output: str = dataclasses.field(metadata={"help": "Output prefix: writes PREFIX.model and PREFIX.vocab"})
+    vocab_size: int = dataclasses.field(default=32100, metadata={
+        "help": "Vocabulary size including the 100 sentinels"})
+    text_field: str = dataclasses.field(default="text", metadata={"help": "JSON key of the document text"})
+    max_documents: int = dataclasses.field(default=100_000, metadata={
+        "help": "Train on at most this many documents (the first ones)"})
+    model_type: str = dataclasses.field(default="unigram", metadata={
+        "help": "SentencePiece model type (T5: unigram)", "choices": ["unigram", "bpe"]})
+
+
 def run(argv: list[str]) -> T5Vocabulary:
     """Entry point of `gristmill tokenizer train`: documents (any format `gristmill.documents` reads) ->
     ``PREFIX.model`` / ``PREFIX.vocab`` with T5's layout.
@@ -231,37 +249,21 @@ def run(argv: list[str]) -> T5Vocabulary:
 
     Dead-letter records (unreadable, empty, ...) are skipped and counted in the log line.
     """
-    import logging
-
-    from absl import flags
-
     from gristmill import documents
 
-    fv = flags.FlagValues()
-    flags.DEFINE_list("input", None, "Corpus glob(s), comma-separated (JSON lines, text lines or TFRecords).",
-                      flag_values=fv)
-    flags.DEFINE_integer("vocab_size", 32100, "Vocabulary size including the 100 sentinels.", flag_values=fv)
-    flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.model and PREFIX.vocab.", flag_values=fv)
-    flags.DEFINE_string("text_field", "text", "JSON key of the document text.", flag_values=fv)
-    flags.DEFINE_integer("max_documents", 100_000, "Train on at most this many documents (the first ones).",
-                         flag_values=fv)
-    flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "SentencePiece model type (T5: unigram).",
-                      flag_values=fv)
-    for name in ("input", "output"):
-        flags.mark_flag_as_required(name, flag_values=fv)
-    flagparse.parse(fv, argv, "gristmill tokenizer train --input GLOB --vocab_size N --output PREFIX [flags]")
-    reader = documents.ReaderConfig(text_field=fv.text_field)
+    config = flags.parse_config(TokenizerTrainConfig, argv, "gristmill tokenizer train", run.__doc__)
+    reader = documents.ReaderConfig(text_field=config.text_field)
     texts, dead = [], 0
-    for item in documents.read_documents(fv.input, reader):
+    for item in documents.read_documents(config.input, reader):
         if isinstance(item, documents.DeadLetter):
             dead += 1
             continue
         texts.append(item["text"])
-        if len(texts) >= fv.max_documents:
+        if len(texts) >= config.max_documents:
             break
     if not texts:
-        raise VocabularyError(f"no readable documents in {fv.input} ({dead} dead letters)")
-    vocabulary = train_sentencepiece(texts, fv.vocab_size, fv.output, model_type=fv.model_type)
-    logging.getLogger(__name__).info("trained %r on %d documents (%d unreadable records skipped) -> %s.model",
-                                     vocabulary, len(texts), dead, fv.output)
+        raise VocabularyError(f"no readable documents in {','.join(config.input)} ({dead} dead letters)")
+    vocabulary = train_sentencepiece(texts, config.vocab_size, config.output, model_type=config.model_type)
+    log.info("trained %r on %d documents (%d unreadable records skipped) -> %s.model", vocabulary, len(texts), dead,
+             config.output)
     return vocabulary
