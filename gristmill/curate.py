@@ -33,18 +33,16 @@ directory holds everything. One curate run owns a work directory at a time (its 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import importlib
 import json
 import logging
 import re
-import sys
 import time
 from typing import Any, Mapping, Optional
 
-from gristmill import io, lease, records
+from gristmill import errors, flags, io, lease, records
 from gristmill.pipelines import units
 from gristmill.pipelines.registry import SCORERS
 
@@ -61,10 +59,13 @@ PLAN_FILE = "plan.json"
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "manifest.json"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # used with fullmatch: no trailing newline
+FLAG_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")  # a flag key, used with fullmatch
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000  # values of a YAML config with its aliases expanded (an alias bomb has billions)
 log = logging.getLogger(__name__)
 
 
-class CurationError(ValueError):
+class CurationError(errors.UsageError):
     """A curation config or run that cannot proceed; the message says what to change."""
 
 
@@ -119,14 +120,20 @@ def _check_keys(what: str, raw: Mapping[str, Any], cls: type) -> None:
         raise CurationError(f"{what}: missing required key(s) {', '.join(map(repr, missing))}")
 
 
-def _check_flags(what: str, flags: Any) -> dict[str, Any]:
-    if not isinstance(flags, Mapping):
-        raise CurationError(f"{what}: flags must be an object of flag name -> value, got {type(flags).__name__}")
-    owned = sorted(OWNED_FLAGS & {k.lstrip("-") for k in flags})
+def _check_flags(what: str, named: Any) -> dict[str, Any]:
+    """Flag name -> value with each name checked: a plain flag name (no '=') that curate does not own."""
+    if not isinstance(named, Mapping):
+        raise CurationError(f"{what}: flags must be an object of flag name -> value, got {type(named).__name__}")
+    keys = {key: str(key).lstrip("-") for key in named}
+    owned = sorted(OWNED_FLAGS & {key.split("=", 1)[0] for key in keys.values()})
     if owned:
         raise CurationError(f"{what}: flag(s) {', '.join(owned)} are set by curate (input and output come from "
                             f"the chain, outputs are kept across batches); remove them")
-    return {k.lstrip("-"): v for k, v in flags.items()}
+    for key, name in keys.items():
+        if not isinstance(key, str) or not FLAG_PATTERN.fullmatch(name):
+            raise CurationError(f"{what}: flag key {key!r} is not a flag name (letters, digits, '_'); "
+                                f"write the value as the key's value, e.g. {{\"rate\": 0.2}}")
+    return {keys[key]: value for key, value in named.items()}
 
 
 def parse_config(raw: Mapping[str, Any]) -> CurationConfig:
@@ -178,23 +185,53 @@ def parse_config(raw: Mapping[str, Any]) -> CurationConfig:
 
 
 def load_config(path: str) -> tuple[CurationConfig, dict[str, Any]]:
-    """Reads and validates a curation config file (JSON, or YAML by name); returns it and the raw object."""
+    """Reads and validates a curation config file (JSON, or YAML by name); returns it and the raw object.
+
+    The file may hold at most MAX_CONFIG_BYTES, and a YAML file at most MAX_YAML_NODES values with
+    its aliases expanded, so an alias bomb is refused before it is expanded.
+    """
     if not io.exists(path):
         raise CurationError(f"curation config {path} does not exist")
-    text = io.read_text(path)
-    is_yaml = path.endswith((".yaml", ".yml"))
-    if is_yaml:
-        import yaml
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise CurationError(f"{path}: not valid YAML: {err}") from err
-    else:
-        try:
-            raw = json.loads(text)
-        except ValueError as err:
-            raise CurationError(f"{path}: not valid JSON: {err}") from err
+    size = io.stat(path).size
+    if size > MAX_CONFIG_BYTES:
+        raise CurationError(f"curation config {path} has {size} bytes; a config has at most {MAX_CONFIG_BYTES}")
+    try:
+        text = io.read_bytes(path).decode("utf-8")
+        raw = _parse_yaml(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
+    except CurationError as err:
+        raise CurationError(f"{path}: {err}") from None
+    except RecursionError:
+        raise CurationError(f"{path}: nested too deeply") from None
+    except ValueError as err:  # JSON, and UTF-8
+        raise CurationError(f"{path}: not valid {'UTF-8' if isinstance(err, UnicodeError) else 'JSON'}: {err}") from err
     return parse_config(raw), raw
+
+
+def _parse_yaml(text: str) -> Any:
+    """Safe YAML, refused when its aliases expand to more than MAX_YAML_NODES values."""
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}
+
+        def expanded(n: yaml.Node) -> int:  # a node shared by aliases counts once per use
+            if id(n) not in sizes:
+                children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else (
+                    n.value if isinstance(n, yaml.SequenceNode) else [])
+                sizes[id(n)] = 1 + sum(expanded(c) for c in children)
+            return sizes[id(n)]
+
+        if expanded(node) > MAX_YAML_NODES:
+            raise CurationError(f"its aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?)")
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise CurationError(f"not valid YAML: {err}") from None
+    finally:
+        loader.dispose()
 
 
 # ------------------------------------------------------------------------------------ paths and argv
@@ -210,7 +247,7 @@ def step_inputs(config: CurationConfig, step: StepConfig) -> tuple[str, ...]:
     return config.input if step.input_from is None else (step_dir(config, config.step(step.input_from)),)
 
 
-def flag_args(flags: Mapping[str, Any]) -> list[str]:
+def flag_args(named: Mapping[str, Any]) -> list[str]:
     """Flag name -> value as command-line arguments.
 
     True is a bare `--x`, False `--x=false`, a list is comma-joined, None omits the flag:
@@ -218,7 +255,7 @@ def flag_args(flags: Mapping[str, Any]) -> list[str]:
     -> ["--rate=0.2", "--share_model", "--keep_fields=a,b"].
     """
     args = []
-    for name, value in flags.items():
+    for name, value in named.items():
         if value is None:
             continue
         if value is True:
@@ -245,6 +282,23 @@ def default_run_id() -> str:
 
 
 # ------------------------------------------------------------------------------------ running
+
+
+def check_steps(config: CurationConfig, extra_args: tuple[str, ...] = ()) -> None:
+    """Parses every step's flags as its job will, before any step runs: an unknown flag of any step
+    (the config's or the command line's), a stray argument or a bad value fails the batch up front."""
+    for step in config.steps:
+        run = importlib.import_module(JOBS[step.job]).run
+        try:
+            with flags.checking():
+                run(step_argv(config, step, extra_args))
+        except flags.Checked:
+            continue
+        except Exception as err:  # noqa: BLE001 (a user error names the step; anything else is re-raised)
+            if errors.exit_code(err) != errors.USAGE_EXIT:
+                raise
+            raise CurationError(f"step {step.name!r} ({step.job}): {err}") from err
+        raise RuntimeError(f"job {step.job!r} ran without checking its flags (kit.parse calls flags.checkpoint)")
 
 
 def run_step(config: CurationConfig, step: StepConfig, extra_args: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -324,17 +378,18 @@ def curate(config: CurationConfig, raw: Mapping[str, Any], run_id: Optional[str]
     """Runs every step in order, incrementally, and publishes the selection; returns its manifest.
 
     extra_args go to every step after its flags (command-line flags of `gristmill curate`). The
-    run holds the work directory's lease from start to publication, so runs never overlap.
+    run holds the work directory's lease from start to publication, so runs never overlap. Every
+    step's flags are checked first.
     """
+    run_id = default_run_id() if run_id is None else run_id
+    if not NAME_PATTERN.fullmatch(run_id):
+        raise CurationError(f"--run_id {run_id!r} must be letters, digits, '_', '.', '-' (it names a directory)")
+    check_steps(config, extra_args)
     with lease.acquire(config.workdir, f"gristmill curate {config.name}"):
         return _curate(config, raw, run_id, extra_args)
 
 
-def _curate(config: CurationConfig, raw: Mapping[str, Any], run_id: Optional[str],
-            extra_args: tuple[str, ...]) -> dict[str, Any]:
-    run_id = run_id or default_run_id()
-    if not NAME_PATTERN.fullmatch(run_id):
-        raise CurationError(f"--run_id {run_id!r} must be letters, digits, '_', '.', '-' (it names a directory)")
+def _curate(config: CurationConfig, raw: Mapping[str, Any], run_id: str, extra_args: tuple[str, ...]) -> dict[str, Any]:
     target = io.join(config.workdir, SELECTIONS_DIR, run_id)
     if io.exists(io.join(target, MANIFEST_FILE)):
         raise CurationError(f"selection {run_id!r} is already published ({target}); a run id publishes once, "
@@ -360,19 +415,31 @@ def latest(workdir: str) -> str:
     return io.read_text(path).strip()
 
 
-def run(argv: Optional[list[str]] = None) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CurateFlags:
+    """`gristmill curate`'s own flags; every other flag goes to every step."""
+
+    config: str = dataclasses.field(metadata={"help": "Curation config, JSON or YAML (.yaml/.yml), local or gs://"})
+    run_id: Optional[str] = dataclasses.field(default=None, metadata={
+        "help": "Name of the published selection (default: a UTC timestamp)"})
+
+
+def run(argv: list[str]) -> dict[str, Any]:
     """`gristmill curate --config FILE [--run_id ID] [flags]`: runs the chain, returns the selection manifest.
 
     Any other flag goes to every step after the config's flags, so it wins: e.g. `--runner=DataflowRunner
-    --project=P --region=R --temp_location=gs://...` (what the flex template launcher adds).
+    --project=P --region=R --temp_location=gs://...` (what the flex template launcher adds). Each step
+    refuses what it does not know (`check_steps`), before any step runs.
     """
-    parser = argparse.ArgumentParser(prog="gristmill curate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-                                     epilog="Any other flag is passed to every step (Beam options such as --runner).")
-    parser.add_argument("--config", required=True, help="Curation config, JSON or YAML (.yaml/.yml), local or gs://")
-    parser.add_argument("--run_id", default=None, help="Name of the published selection (default: a UTC timestamp)")
-    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    owned = sorted({a.split("=", 1)[0].lstrip("-") for a in rest if a.startswith("--")} & OWNED_FLAGS)
+    parser = flags.Parser(prog="gristmill curate", description=__doc__,
+                          epilog="Any other flag goes to every step (a job flag, or a Beam option such as --runner).")
+    flags.add_flags(parser, CurateFlags)
+    namespace, rest = parser.parse_known_args(argv)
+    args = flags.from_namespace(namespace, CurateFlags)
+    typo = next((a for a in rest if a.startswith("-") and flags.near(a, flags.names(parser), cutoff=0.8)), None)
+    if typo:
+        raise flags.unknown_flag(typo, flags.names(parser))
+    owned = sorted({a.split("=", 1)[0].lstrip("-") for a in rest if a.startswith("-")} & OWNED_FLAGS)
     if owned:
         raise CurationError(f"flag(s) {', '.join(owned)} are set by curate for each step; remove them")
     config, raw = load_config(args.config)
