@@ -366,23 +366,24 @@ def _guarded(parse: Callable[[Any, str, int, ReaderConfig], Item], data: Any, so
         return DeadLetter(source, number, PARSE_ERROR, f"{type(err).__name__}: {err}", _excerpt(data))
 
 
-def read_file(path: str, config: ReaderConfig, skip: Callable[[int], bool] | None = None,
+def read_file(path: str, config: ReaderConfig, skip: Callable[[int, int], bool] | None = None,
               max_records: int = 0) -> Iterator[Item]:
     """Yields every record of one file as a document or a dead letter, in file order (see read_numbered)."""
     for _, item in read_numbered(path, config, skip, max_records):
         yield item
 
 
-def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int], bool] | None = None,
+def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int, int], bool] | None = None,
                   max_records: int = 0) -> Iterator[tuple[int, Item]]:
     """Yields (record number, document or dead letter) for every record of one file, in file order.
 
     A truncated gzip member or a corrupt TFRecord ends the file with one dead letter for the
-    record at which reading stopped; the records before it are kept. skip(number) True leaves a
-    record out unparsed (a resumed job's finished units); max_records > 0 stops after that record.
-    A file that cannot be opened gives one `unreadable_file` dead letter numbered 0.
+    record at which reading stopped; the records before it are kept. skip(number, raw bytes) is
+    called for every record in file order and True leaves it out unparsed (a resumed job's
+    finished units); max_records > 0 stops after that record. A file that cannot be opened gives
+    one `unreadable_file` dead letter numbered 0.
     """
-    skip = skip or (lambda _: False)
+    skip = skip or (lambda number, size: False)
     fmt = resolve_format(path, config)
     limit = record_limit(config, fmt)
     number = 0
@@ -398,7 +399,8 @@ def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int], bool] |
                 for number, data in enumerate(records.iter_tfrecords(stream, limit), start=1):
                     if max_records and number > max_records:
                         return
-                    if not skip(number):
+                    size = data.length if isinstance(data, records.OversizedRecord) else len(data)
+                    if not skip(number, size):
                         yield number, _parse_payload(data, path, number, config, limit)
             except records.TFRecordError as err:
                 yield number + 1, DeadLetter(path, number + 1, CORRUPT_TFRECORD,
@@ -408,7 +410,7 @@ def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int], bool] |
         for number, line in enumerate(_iter_lines(stream, limit), start=1):
             if max_records and number > max_records:
                 return
-            if not skip(number):
+            if not skip(number, line.size if isinstance(line, _LongLine) else len(line)):
                 yield number, _parse_line(line, parse, fmt, path, number, config, limit)
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         yield number + 1, DeadLetter(path, number + 1, TRUNCATED_GZIP,

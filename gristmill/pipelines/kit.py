@@ -68,6 +68,8 @@ class JobOptions:
         "help": "Documents larger than this (UTF-8 bytes) are dead-lettered as too_large"})
     unit_records: int = dataclasses.field(default=units.DEFAULT_UNIT_RECORDS, metadata={
         "help": "Records of an input file per work unit (the unit of resume and of memory)"})
+    unit_bytes: int = dataclasses.field(default=units.DEFAULT_UNIT_BYTES, metadata={
+        "help": "A unit closes early once its records' raw bytes reach this: bounds a worker's memory"})
     resume: bool = dataclasses.field(default=True, metadata={
         "help": "Reuse finished units of an earlier run of the same configuration (--noresume redoes them)"})
     overwrite: bool = dataclasses.field(default=False, metadata={
@@ -247,15 +249,15 @@ class _ReadUnitsFn(beam.DoFn):
         self.dead = {reason: Metrics.counter(DEAD_LETTER_NAMESPACE, reason) for reason in documents.REASONS}
 
     def process(self, work: units.FileWork):
-        size = work.unit_records
         done = work.done_chunks
-        skip = (lambda number: units.chunk_of(number, size) in done) if done else None
+        chunker = work.chunker()
         pending: list[tuple[int, Any]] = []
         chunk = None
-        for number, item in documents.read_numbered(work.file.path, self.reader, skip=skip,
+        for number, item in documents.read_numbered(work.file.path, self.reader,
+                                                    skip=lambda n, size: chunker.place(n, size) in done,
                                                     max_records=work.file.max_records):
             number = max(number, 1)
-            item_chunk = units.chunk_of(number, size)
+            item_chunk = chunker.chunk_of(number)
             if chunk is not None and item_chunk != chunk:
                 yield from self._emit(work, chunk, pending, last=False)
                 pending = []
@@ -623,6 +625,8 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
     described = config_dict(config)
     shaping = {"scorer": described, "reader": config_dict(options.reader_config()),
                "unit_records": options.unit_records, **(fingerprint_extra or {})}
+    if options.unit_bytes != units.DEFAULT_UNIT_BYTES:  # so the default keeps earlier outputs' unit keys
+        shaping["unit_bytes"] = options.unit_bytes
     fp = units.fingerprint(job, shaping)
     output = options.output
     hold_output(output, f"gristmill {job}")
@@ -642,7 +646,7 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
     except BaseException:
         release_output(output)
         raise
-    work, reused = units.plan_work(files, options.unit_records, fp, markers)
+    work, reused = units.plan_work(files, options.unit_records, fp, markers, options.unit_bytes)
     log.info("%s: %d file(s), %d to read, %d unit(s) reused", job, len(files), len(work), len(reused))
     base = {
         "job": job, "command": " ".join(["gristmill", *job.split()] + sys.argv[1:]) if sys.argv else job,

@@ -328,7 +328,8 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
                            {"inputs": [f.identity() for f in files]}, files=files, replans=True)
     output = options.output
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
-    everything = dataclasses.replace(prepared, work=[units.FileWork(f, options.unit_records, "") for f in files])
+    every_file = [units.FileWork(f, options.unit_records, "", unit_bytes=options.unit_bytes) for f in files]
+    everything = dataclasses.replace(prepared, work=every_file)
     docs = (kit.read(pipeline, everything, "ReadForPlan")
             | "Documents" >> beam.Filter(lambda item: item.kind == kit.RECORD)
             | "Records" >> beam.Map(lambda item: item.value))

@@ -1,9 +1,11 @@
 """Work units: chunks of input files whose outputs are written atomically and recorded.
 
-A unit is records [chunk * unit_records + 1, (chunk + 1) * unit_records] of one input file (record
-numbers as the reader counts them, bad records included), so units are the same whatever the
-runner or worker count. Its key hashes the file's identity (path, size, modification time or
-generation), the chunk, the unit size and the job's configuration fingerprint:
+A unit is a run of consecutive records of one input file (record numbers as the reader counts
+them, bad records included): `unit_records` of them, or fewer when their raw bytes reach
+`unit_bytes` first (`Chunker`), so units are the same whatever the runner or worker count, and a
+unit's memory is bounded even when its documents are huge. Its key hashes the file's identity
+(path, size, modification time or generation), the chunk, the unit size and the job's
+configuration fingerprint:
 
     units/<file base name>.<chunk>.<16 hex of the key hash>.tfrecord     the unit's records
     units/<...>.dead.jsonl                                               its dead letters
@@ -31,6 +33,7 @@ from gristmill.lease import LEASE_FILE
 UNITS_DIR = "units"
 JOB_FILE = "job.json"
 DEFAULT_UNIT_RECORDS = 10_000
+DEFAULT_UNIT_BYTES = 64 << 20
 RECORDS_SUFFIX = ".tfrecord"
 DEAD_SUFFIX = ".dead.jsonl"
 MARKER_SUFFIX = ".json"
@@ -65,6 +68,11 @@ class FileWork:
     unit_records: int
     fingerprint: str
     done_chunks: frozenset[int] = frozenset()
+    unit_bytes: int = DEFAULT_UNIT_BYTES
+
+    def chunker(self) -> Chunker:
+        """A fresh Chunker for reading this file from its first record."""
+        return Chunker(self.unit_records, self.unit_bytes)
 
     def unit_key(self, chunk: int) -> str:
         """The key of one chunk of this file."""
@@ -87,9 +95,30 @@ def unit_key(file: InputFile, chunk: int, unit_records: int, config_fingerprint:
     return f"{base}.{chunk:05d}.{digest}"
 
 
-def chunk_of(record_number: int, unit_records: int) -> int:
-    """The chunk (0-based) holding a 1-based record number."""
-    return (record_number - 1) // unit_records
+class Chunker:
+    """Places a file's records into chunks in file order: a chunk closes after `unit_records` records,
+    or after the record that brings its raw bytes to `unit_bytes`.
+
+    >>> c = Chunker(unit_records=3, unit_bytes=100)
+    >>> [c.place(n, size) for n, size in enumerate([10, 10, 10, 10, 95, 10, 1], start=1)]
+    [0, 0, 0, 1, 1, 2, 2]
+    """
+
+    def __init__(self, unit_records: int, unit_bytes: int = DEFAULT_UNIT_BYTES):
+        self.unit_records, self.unit_bytes = unit_records, unit_bytes
+        self.chunk, self.count, self.bytes, self.last_number = 0, 0, 0, 0
+
+    def place(self, number: int, size: int) -> int:
+        """The chunk of record `number` (called once per record, in order) with `size` raw bytes."""
+        if self.count >= self.unit_records or (self.count and self.bytes >= self.unit_bytes):
+            self.chunk, self.count, self.bytes = self.chunk + 1, 0, 0
+        self.count, self.bytes, self.last_number = self.count + 1, self.bytes + size, number
+        return self.chunk
+
+    def chunk_of(self, number: int) -> int:
+        """The chunk of a record already placed, or of one the reader numbered past the last (a
+        dead letter for where reading stopped), which joins the current chunk with no bytes."""
+        return self.chunk if number <= self.last_number else self.place(number, 0)
 
 
 def unit_path(output_dir: str, key: str, suffix: str) -> str:
@@ -152,7 +181,8 @@ def verified_markers(output_dir: str, markers: dict[str, dict[str, Any]]) -> dic
 
 
 def plan_work(files: Iterable[InputFile], unit_records: int, config_fingerprint: str,
-              markers: dict[str, dict[str, Any]]) -> tuple[list[FileWork], list[dict[str, Any]]]:
+              markers: dict[str, dict[str, Any]],
+              unit_bytes: int = DEFAULT_UNIT_BYTES) -> tuple[list[FileWork], list[dict[str, Any]]]:
     """Splits the inputs into files to read (with their done chunks) and markers of reused units.
 
     A file is complete, and not read at all, when its chunks 0..L all have markers and chunk L's
@@ -166,7 +196,7 @@ def plan_work(files: Iterable[InputFile], unit_records: int, config_fingerprint:
         reused.extend(done[c] for c in sorted(done))
         last = [c for c, m in done.items() if m.get("last")]
         if not (last and len(done) == last[0] + 1):
-            work.append(FileWork(file, unit_records, config_fingerprint, frozenset(done)))
+            work.append(FileWork(file, unit_records, config_fingerprint, frozenset(done), unit_bytes))
     return work, reused
 
 
