@@ -10,7 +10,7 @@ the Ask-LLM score: encoder over the prompt, ONE decoder step from the start toke
 over the vocabulary.
 
 ``--attention-impl xla,cudnn`` times every attention implementation in one process (the first,
-then the PyTorch peer, then the others; cuDNN needs a GPU). A second table measures length
+the length buckets, the PyTorch peer, then the others; cuDNN needs a GPU). A second table measures length
 bucketing on the real length distribution of the embedded C4 sample (Ask-LLM prompt around each
 document, truncated to ``--seq-len``): padding every batch to ``--seq-len`` vs padding to the
 next bucket, in arrival order (what Beam batches give) and length-grouped. ``--json`` is
@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -214,10 +214,11 @@ def _run_peer(bench: BenchConfig, params, config, copy: bool, ids: np.ndarray, m
 
 
 def compare_with_torch(bench: BenchConfig, result: Optional[dict] = None,
-                       keep_params: bool = False) -> tuple[dict, Optional[object]]:
+                       before_peer: Optional[Callable[[Any], None]] = None) -> dict:
     """Every attention implementation and the PyTorch peer on ``bench.batches`` random full-length
-    batches. Numbers go into ``result`` (a `JsonResult` saves each at once); returns it and, with
-    ``keep_params``, the compute-dtype parameters (for the bucketing measurement)."""
+    batches, in this order: the first implementation, ``before_peer(compute-dtype params)`` (the
+    bucketing measurement), the peer, the other implementations. Numbers go into ``result`` (a
+    `JsonResult` saves each at once), which is returned."""
     import jax
 
     from gristmill.models import t5
@@ -262,6 +263,12 @@ def compare_with_torch(bench: BenchConfig, result: Optional[dict] = None,
         return first
 
     first = measure(impls[0])
+    if before_peer is not None:
+        try:
+            before_peer(compute)
+        except Exception as exc:
+            result.update(before_peer_error=_error(exc))
+            _say(f"failed: {result['before_peer_error']}")
     if not bench.skip_torch:
         try:
             peer, torch_first = _run_peer(bench, params, config, copy, ids, mask)
@@ -282,7 +289,7 @@ def compare_with_torch(bench: BenchConfig, result: Optional[dict] = None,
     if bench.xla_flops:
         result.update(xla_flops_per_doc=(_xla_flops(config, bench.batch_size, bench.seq_len) or float("nan"))
                       / bench.batch_size)
-    return result, (compute if keep_params else None)
+    return result
 
 
 # ----------------------------------------------------------------------------- length bucketing
@@ -435,9 +442,7 @@ def run(bench: BenchConfig, *, with_buckets: bool = True, json_path: Optional[st
     result = JsonResult(json_path, benchmark="askllm_throughput", preset=bench.preset, dtype=bench.dtype,
                         attention_impls=list(bench.attention_impls), seq_len=bench.seq_len,
                         batch_size=bench.batch_size, batches=bench.batches, done=False)
-    _, params = compare_with_torch(bench, result, keep_params=with_buckets)
-    if with_buckets:
-        bucketing_gain(bench, params, result)
+    compare_with_torch(bench, result, (lambda params: bucketing_gain(bench, params, result)) if with_buckets else None)
     result.update(done=True)
     return result
 

@@ -16,8 +16,8 @@
 #   askllm_xl    FLAN-T5-XL shape, bf16, seq 512, batch 32: XLA attention, HF transformers eager bf16,
 #                then the fused cuDNN attention, in one process (the peer in a subprocess)
 #   train_large  T5-Large training step, bf16, batch 64, 512/114: tokens/s and MFU
-#   askllm_large FLAN-T5-Large shape, batch 64, against the peer with the same weights (log-prob check),
-#                then the C4 sample's length mix: length buckets vs padding everything to 512
+#   askllm_large FLAN-T5-Large shape, batch 64; the C4 sample's length mix: length buckets vs padding
+#                everything to 512; then the peer with the same weights (log-prob check)
 #   embed_minilm all-MiniLM-L6-v2 shape vs sentence-transformers, bf16 then float32
 #   embed_st5    Sentence-T5-Base shape vs sentence-transformers, bf16
 # Results (at most 4 files, rewritten after every step): device.json (device, driver, versions),
