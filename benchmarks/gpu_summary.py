@@ -39,7 +39,10 @@ def _load(path: str):
 
 def peak_tflops(device_kind: str) -> Optional[float]:
     """Dense bf16 peak of a device kind from the training metrics table, or None."""
-    from gristmill.training.metrics import PEAK_TFLOPS
+    try:
+        from gristmill.training.metrics import PEAK_TFLOPS
+    except ImportError:  # no JAX: nothing ran, and the summary still says why
+        return None
 
     for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
         if key.lower() in device_kind.lower():
@@ -142,6 +145,8 @@ def text(summary: dict) -> str:
     lines = [f"device: {d.get('device')} x{d.get('count')} driver {d.get('driver')}; dense bf16 peak "
              f"{summary.get('peak_bf16_tflops')} TFLOP/s; elapsed {summary.get('elapsed_s')} s of "
              f"{summary.get('deadline_s')} s" + (" (SMOKE: CPU, tiny shapes)" if summary.get("smoke") else "")]
+    if d.get("error"):
+        lines.append(f"device error: {d['error']}")
     for name, s in summary["steps"].items():
         note = f" ({s['note']})" if s.get("note") else ""
         lines.append(f"{name}: {s.get('state')} after {s.get('seconds')} s{note}")
