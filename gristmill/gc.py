@@ -11,11 +11,12 @@ references:
   `selection.selected_records`, `selection.files`, the plan) of DIR, and of WORKDIR when DIR is a
   curate step `WORKDIR/steps/<name>`.
 
-A unit's or version's marker (`<key>.json`) stays while a file of its key stays; a unit's, also
-while a kept manifest lists the unit. Files at the top of DIR (job.json, the bandwidth, latest copies) are never
-touched; staging leftovers of killed writes (`.tmp-`) anywhere are removed. Given a curate work
-directory, gc cleans each of its steps. It holds the directory's lease while it runs, so it never
-races a job; files of an unfinished run (no manifest yet) are removed, and that run redoes them.
+A unit's files stay while a kept manifest lists the unit (so a manifest of an older gristmill,
+without `files`, keeps all it needs); a version's marker stays while a file of its key stays.
+Files at the top of DIR (job.json, the bandwidth, latest copies) are never touched; staging
+leftovers of killed writes (`.tmp-`) anywhere are removed. Given a curate work directory, gc
+cleans each of its steps. It holds the directory's lease while it runs, so it never races a job;
+files of an unfinished run (no manifest yet) are removed, and that run redoes them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 from typing import Any, Iterable, Optional
 
@@ -32,6 +34,7 @@ from gristmill import io, lease, records
 UNITS_DIR, VERSIONS_DIR, MANIFESTS_DIR = "units", "versions", "manifests"
 SELECTIONS_DIR, STEPS_DIR = "selections", "steps"
 CLEANED = (UNITS_DIR, VERSIONS_DIR, MANIFESTS_DIR)
+_UNIT_KEY = re.compile(r"^(.+\.\d{5}\.[0-9a-f]{16})\.")  # units.unit_key: <base>.<chunk>.<16 hex>
 log = logging.getLogger(__name__)
 
 
@@ -103,14 +106,15 @@ def collect(directory: str, keep: int = 1) -> Collection:
 
 
 def _marker_kept(rel: str, refs: set[str], unit_keys: set[str]) -> bool:
-    """A marker `<dir>/<key>.json` stays while a file of its key stays, or (under units/) while a kept
-    manifest lists the unit."""
-    if not rel.endswith(".json") or rel.startswith(MANIFESTS_DIR + "/"):
-        return False
-    folder, key = io.dirname(rel), io.basename(rel)[: -len(".json")]
-    if folder == UNITS_DIR and key in unit_keys:
+    """A unit's file (`units/<key>.*`) stays while a kept manifest lists the unit; a version's marker
+    (`versions/<v>/<key>.json`) while a file of its key stays."""
+    folder, name = io.dirname(rel), io.basename(rel)
+    unit = _UNIT_KEY.match(name)
+    if folder == UNITS_DIR and unit and unit.group(1) in unit_keys:
         return True
-    prefix = f"{folder}/{key}."
+    if not name.endswith(".json") or folder.startswith(MANIFESTS_DIR):
+        return False
+    prefix = f"{folder}/{name[: -len('.json')]}."
     return any(r.startswith(prefix) for r in refs)
 
 

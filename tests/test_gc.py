@@ -130,3 +130,17 @@ def test_gc_on_cloud_storage(workdir, gcs_bucket):
     assert set(second["files"]) <= left and {os.path.relpath(p, out) for p in workdir["data"]} <= left
     assert first["outputs"]["sketch"] not in left and STRAY + ".json" not in left
     assert "versions/sketch.npz.tmp-0a1b" in found.remove and not any(io.is_temporary(p) for p in left)
+
+
+def test_a_manifest_without_file_lists_keeps_every_file_of_its_units(workdir):
+    out = workdir["out"]
+    for rel in ["manifest.json"] + [p for p in _files(out) if p.startswith("manifests/")]:
+        older = gm_records.read_manifest(out) if rel == "manifest.json" else json.load(open(os.path.join(out, rel)))
+        older.pop("files")  # as an older gristmill wrote it
+        with open(os.path.join(out, rel), "w") as f:
+            json.dump(older, f)
+    unit_files = {p for p in _files(out) if p.startswith("units/") and not p.startswith(STRAY)}
+    gc.gc(out)
+    left = _files(out)
+    assert unit_files <= left and not any(p.startswith(STRAY) for p in left)
+    assert set(workdir["second"]["outputs"]["records"]) <= left
