@@ -11,9 +11,9 @@
     the head, the report --> versions/<v>/head.npz, versions/<v>/head_report.json
 
 The input is a gristmill output directory whose units carry cached embeddings (a `score density`
-output: `DIR/units/<u>.emb.npy` beside `DIR/units/<u>.tfrecord`, rows in record order). An input
-file without a cache is embedded here (`--embedder`, default: the input run's embedder, else
-minilm). The embeddings are kept beside this job's units too, so the output chains into jobs that
+output: `DIR/units/<u>.emb.npy`, rows in the order of the unit's records, named by each record
+file's marker). An input file without a cache is embedded here (`--embedder`, default: the input
+run's embedder, else minilm). The embeddings are kept beside this job's units too, so the output chains into jobs that
 reuse them (`gristmill.pipelines.corpus`). A later batch fits a new head into a new version; the
 files of earlier versions, which a published selection may name, are never rewritten.
 
