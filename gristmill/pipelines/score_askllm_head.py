@@ -13,9 +13,10 @@
 The input is a gristmill output directory whose units carry cached embeddings (a `score density`
 output: `DIR/units/<u>.emb.npy`, rows in the order of the unit's records, named by each record
 file's marker). An input file without a cache is embedded here (`--embedder`, default: the input
-run's embedder, else minilm). The embeddings are kept beside this job's units too, so the output chains into jobs that
-reuse them (`gristmill.pipelines.corpus`). A later batch fits a new head into a new version; the
-files of earlier versions, which a published selection may name, are never rewritten.
+run's embedder, else minilm). The embeddings are kept beside this job's units too, so the output
+chains into jobs that reuse them (`gristmill.pipelines.corpus`). A later batch fits a new head into
+a new version; the files of earlier versions, which a published selection may name, are never
+rewritten.
 
 Every document gets `score/askllm-head/<model_name>`, the head's predicted Ask-LLM log-odds
 (higher = better, select with top-k). The documents of the sample also keep what the LLM said:
