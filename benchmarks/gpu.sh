@@ -110,7 +110,7 @@ else
     LARGE=(--preset flan_t5_large --seq-len 512 --batch-size 64 --batches 8 --bucket-docs 512)
     TRAIN=(--sizes large --batch_size 64 --steps 10 --warmup 2 --remat "${TRAIN_REMAT:-dots_with_no_batch_dims}")
     EMBED=(--docs 1000 --batch-size 256 --rounds 3)
-    MINILM_DTYPES=bfloat16,float32 ST5=()
+    MINILM_DTYPES=bfloat16,float32 ST5=(--st5-preset t5_1_1_base)
 fi
 
 step askllm_xl "$CAP_XL" "$PY" $B/askllm_throughput.py "${XL[@]}" --dtype bfloat16 --attention-impl xla,cudnn \
