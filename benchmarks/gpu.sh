@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmark set, side by side with the PyTorch peers, under one deadline; installs nothing.
 #
-#   bash benchmarks/gpu.sh [RESULTS_DIR]     # default: $OUT if set, else gpu-results
+#   bash benchmarks/gpu.sh [RESULTS_DIR]     # default: $OUT if set, else gpu-results (here)
 #   DEADLINE=330 ONLY="askllm_xl train_large" bash benchmarks/gpu.sh
 #   SMOKE=1 bash benchmarks/gpu.sh /tmp/r    # the same script on CPU, tiny shapes (tests/test_gpu_bench_smoke.py)
 #   CAP_XL=150 CAP_TRAIN=100 CAP_LARGE=90 CAP_EMBED=60: each step's own cap in seconds (SMOKE: none)
@@ -25,8 +25,9 @@
 # chip's dense bf16 peak, the targets of issue 19), steps.tar.gz (each step's log, status and JSON).
 # XLA_FLOPS=1 adds the unrolled compile that lets XLA count the Ask-LLM FLOPs (printout only).
 set -u
-cd "$(dirname "$0")/.."
 RESULTS=${1:-${OUT:-gpu-results}}
+case $RESULTS in /*) ;; *) RESULTS="$PWD/$RESULTS" ;; esac  # relative to where it was called from
+cd "$(dirname "$0")/.."
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 PEER=${PEER_PYTHON:-$PY}
 SMOKE=${SMOKE:-0}
