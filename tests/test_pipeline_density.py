@@ -165,3 +165,16 @@ def test_corrupt_unit_is_refused_naming_the_file(tmp_path):
     open(path, "wb").write(bytes(data))
     with pytest.raises(gm_records.CorruptOutputError, match=re.escape(path)):
         corpus_kit.load_embeddings(out, marker)
+
+
+def test_embedder_batches_never_mix_padding_buckets():
+    """Beam's length buckets (lower-inclusive) are the embedder's padding buckets, so an embedding
+    does not depend on its batch-mates and two runs cache the same bytes."""
+    import bisect
+
+    from gristmill.models import batching
+    buckets = batching.length_buckets(512, smallest=32)
+    beam_bucket = [bisect.bisect_right(corpus_kit.EMBED_LENGTH_BOUNDARIES, n) for n in range(1, 513)]
+    pad = [batching.bucket_length(n, buckets) for n in range(1, 513)]
+    assert all((beam_bucket[i] == beam_bucket[j]) == (pad[i] == pad[j]) for i in range(512) for j in (i - 1, i + 1)
+               if 0 <= j < 512)

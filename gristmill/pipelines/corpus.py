@@ -42,8 +42,12 @@ VERSIONS_DIR = kit.VERSIONS_DIR
 DEFAULT_EMBEDDER = "minilm"
 EMBED_BATCH = 32  # documents per Beam batch; the embedder picks its rows per model call
 # Token lengths that split batches into groups of similar length, so the embedder pads each batch
-# to a short bucket instead of the longest document: the embedders' own buckets (up to Sentence-T5's 512).
-EMBED_LENGTH_BOUNDARIES = batching.length_buckets(512, smallest=32)[:-1]
+# to a short bucket instead of the longest document: the embedders' own buckets (up to Sentence-T5's
+# 512), plus one, because Beam's boundaries are lower-inclusive and a bucket's top length belongs
+# to it. Every document of a batch then pads to its own bucket, so its embedding does not depend on
+# which documents it was batched with (a 32-token document padded to 64 moves by ~1e-7), and two
+# runs cache the same bytes.
+EMBED_LENGTH_BOUNDARIES = tuple(b + 1 for b in batching.length_buckets(512, smallest=32)[:-1])
 log = logging.getLogger(__name__)
 
 
