@@ -1,11 +1,13 @@
-"""Reading corpora: C4 / JSON lines (plain or gzip), plain text lines and TFRecords of tf.train.Example.
+"""Reading corpora: C4 / JSON lines and plain text lines (plain, gzip or zstd), Parquet (FineWeb's
+format) and TFRecords of tf.train.Example.
 
 Every input record comes out either as a document (a record dict in the schema of
 `gristmill.records`, with a stable `id`) or as a `DeadLetter` naming the file, the record number
 and the reason, so nothing disappears: read = documents + dead letters.
 
 Record numbers are 1-based: the line number for JSON lines and text lines, the record ordinal for
-TFRecords. Files are opened through `gristmill.io`, so local paths and `gs://` both work.
+TFRecords, the row number (across row groups) for Parquet. Files are opened through
+`gristmill.io`, so local paths and `gs://` both work.
 
 Memory is bounded per record: a line or TFRecord payload over `record_limit` bytes is skipped as
 `too_large` in pieces of at most 64 KiB (1 MiB for TFRecords), never held whole, so a gzip bomb
@@ -41,14 +43,18 @@ EMPTY_TEXT = "empty_text"
 INVALID_UTF8 = "invalid_utf8"
 TOO_LARGE = "too_large"
 TRUNCATED_GZIP = "truncated_gzip"
+TRUNCATED_ZSTD = "truncated_zstd"
 CORRUPT_TFRECORD = "corrupt_tfrecord"
 INVALID_EXAMPLE = "invalid_example"
 UNREADABLE_FILE = "unreadable_file"
 PARSE_ERROR = "parse_error"
 REASONS = (INVALID_JSON, NOT_AN_OBJECT, MISSING_TEXT, NON_STRING_TEXT, EMPTY_TEXT, INVALID_UTF8,
-           TOO_LARGE, TRUNCATED_GZIP, CORRUPT_TFRECORD, INVALID_EXAMPLE, UNREADABLE_FILE, PARSE_ERROR)
+           TOO_LARGE, TRUNCATED_GZIP, TRUNCATED_ZSTD, CORRUPT_TFRECORD, INVALID_EXAMPLE, UNREADABLE_FILE,
+           PARSE_ERROR)
 
-FORMATS = ("auto", "json", "lines", "tfrecord")
+FORMATS = ("auto", "json", "lines", "tfrecord", "parquet")
+COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
+PARQUET_BATCH_ROWS = 1024
 EXCERPT_CHARS = 200
 
 
@@ -228,17 +234,23 @@ def parse_json_line(raw: bytes, source: str, number: int, config: ReaderConfig) 
     if not isinstance(obj, dict):
         return DeadLetter(source, number, NOT_AN_OBJECT, f"JSON value is {type(obj).__name__}, not an object",
                           _excerpt(line))
+    if obj.get(config.text_field) is not None:
+        field = _unencodable_field(raw, obj, config)
+        if field is not None:
+            return DeadLetter(source, number, INVALID_UTF8,
+                              f"{field!r} holds a lone surrogate escape (such as \\ud800), which is not valid UTF-8",
+                              _excerpt(raw))
+    return document_from_object(obj, source, number, config, line)
+
+
+def document_from_object(obj: dict[str, Any], source: str, number: int, config: ReaderConfig, raw: Any) -> Item:
+    """A parsed record (a JSON object, a Parquet row) -> a document or a dead letter; raw is for excerpts."""
     text = obj.get(config.text_field)
     if text is None:
         return DeadLetter(source, number, MISSING_TEXT,
                           f"no {config.text_field!r} field (fields: {', '.join(sorted(obj)) or 'none'})",
-                          _excerpt(line))
-    field = _unencodable_field(raw, obj, config)
-    if field is not None:
-        return DeadLetter(source, number, INVALID_UTF8,
-                          f"{field!r} holds a lone surrogate escape (such as \\ud800), which is not valid UTF-8",
                           _excerpt(raw))
-    problem = _check_text(text, source, number, config, line)
+    problem = _check_text(text, source, number, config, raw)
     if problem:
         return problem
     url = obj.get(config.url_field) or ""
@@ -294,7 +306,11 @@ def resolve_format(path: str, config: ReaderConfig) -> str:
     """The format a file is read in: the configured one, or one guessed from the file name."""
     if config.format != "auto":
         return config.format
-    name = path.lower().removesuffix(".gz")
+    name = path.lower()
+    for suffix in COMPRESSED_SUFFIXES:
+        name = name.removesuffix(suffix)
+    if name.endswith((".parquet", ".pq")):
+        return "parquet"
     if ".tfrecord" in name:
         return "tfrecord"
     if name.endswith((".txt", ".utf8", ".text")):
@@ -392,7 +408,13 @@ def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int, int], bo
     except Exception as err:  # missing, forbidden, not a regular file, or a storage error
         yield 0, DeadLetter(path, 0, UNREADABLE_FILE, f"cannot open: {err}")
         return
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+    if fmt == "parquet":
+        try:
+            yield from _read_parquet(raw, path, config, skip, max_records)
+        finally:
+            raw.close()
+        return
+    stream = _decompressed(raw, path)
     try:
         if fmt == "tfrecord":
             try:
@@ -415,12 +437,113 @@ def read_numbered(path: str, config: ReaderConfig, skip: Callable[[int, int], bo
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         yield number + 1, DeadLetter(path, number + 1, TRUNCATED_GZIP,
                                      f"gzip stream ends early or is corrupt after record {number}: {err}")
+    except _zstd_error() as err:
+        yield number + 1, DeadLetter(path, number + 1, TRUNCATED_ZSTD,
+                                     f"zstd stream ends early or is corrupt after record {number}: {err}")
     except Exception as err:  # an I/O or storage error mid-file
         yield number + 1, DeadLetter(path, number + 1, UNREADABLE_FILE,
                                      f"read failed after record {number}: {type(err).__name__}: {err}")
     finally:
         stream.close()
         raw.close()  # a GzipFile leaves the file it was given open
+
+
+class TruncatedZstd(Exception):
+    """A zstd stream ends inside a frame."""
+
+
+def _zstd_error() -> tuple[type[Exception], ...]:
+    import zstandard
+    return (zstandard.ZstdError, TruncatedZstd)
+
+
+class _ZstdFrames(pyio.RawIOBase):
+    """The decompressed bytes of a zstd file of one or more frames, in bounded pieces.
+
+    Unlike zstandard's stream reader, which ends quietly at a frame cut short, a stream that
+    ends inside a frame raises TruncatedZstd, so the reader dead-letters the rest of the file.
+    """
+
+    # Compressed bytes fed per call: zstd expands a block at most ~32,000x, so one call yields at
+    # most ~32 MB even for a zstd bomb (decompressobj has no output cap of its own).
+    FEED = 1024
+
+    def __init__(self, raw: BinaryIO):
+        import zstandard
+        self._raw, self._dctx = raw, zstandard.ZstdDecompressor()
+        self._frame, self._started = self._dctx.decompressobj(), False
+        self._pending, self._offset = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._offset >= len(self._pending):
+            chunk = self._raw.read(self.FEED)
+            if not chunk:
+                if self._started and not self._frame.eof:
+                    raise TruncatedZstd("the stream ends inside a zstd frame")
+                return 0
+            out = []
+            while chunk:
+                self._started = True
+                out.append(self._frame.decompress(chunk))
+                chunk = self._frame.unused_data if self._frame.eof else b""
+                if self._frame.eof:
+                    self._frame, self._started = self._dctx.decompressobj(), bool(chunk)
+            self._pending, self._offset = b"".join(out), 0
+        n = min(len(buffer), len(self._pending) - self._offset)
+        buffer[:n] = memoryview(self._pending)[self._offset:self._offset + n]
+        self._offset += n
+        return n
+
+
+def _decompressed(raw: BinaryIO, path: str) -> BinaryIO:
+    """The decompressed stream of a file by its name (`.gz`, `.zst` / `.zstd`), else the file itself."""
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if lower.endswith((".zst", ".zstd")):
+        return pyio.BufferedReader(_ZstdFrames(raw), _LINE_CHUNK)
+    return raw
+
+
+def _parquet_value(value: Any) -> Any:
+    """A Parquet cell as the JSON-like value the reader expects (timestamps and dates as ISO text)."""
+    return value.isoformat() if hasattr(value, "isoformat") else value
+
+
+def _read_parquet(raw: BinaryIO, path: str, config: ReaderConfig, skip: Callable[[int, int], bool],
+                  max_records: int) -> Iterator[tuple[int, Item]]:
+    """Rows of a Parquet file, row group by row group in batches, reading only the columns the job uses.
+
+    A file pyarrow cannot open is one `unreadable_file` dead letter naming the format; a row group
+    that fails to decode ends the file with one dead letter for the row where reading stopped.
+    """
+    import pyarrow.parquet as pq
+    number = 0
+    try:
+        parquet = pq.ParquetFile(raw)
+    except Exception as err:  # not Parquet, truncated footer, unsupported encoding
+        yield 0, DeadLetter(path, 0, UNREADABLE_FILE, f"cannot read as Parquet: {type(err).__name__}: {err}")
+        return
+    wanted = (config.text_field, config.url_field, *config.timestamp_fields, *config.keep_fields)
+    columns = [name for name in parquet.schema_arrow.names if name in wanted]
+    try:
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            for row in batch.to_pylist():
+                number += 1
+                if max_records and number > max_records:
+                    return
+                text = row.get(config.text_field)
+                size = len(text.encode("utf-8", "replace")) if isinstance(text, str) else 0
+                if not skip(number, size):
+                    obj = {k: _parquet_value(v) for k, v in row.items()}
+                    yield number, _guarded(lambda o, *a: document_from_object(o, *a, raw=o), obj, path, number,
+                                           config)
+    except Exception as err:  # a corrupt page or row group
+        yield number + 1, DeadLetter(path, number + 1, UNREADABLE_FILE,
+                                     f"Parquet read failed after row {number}: {type(err).__name__}: {err}")
 
 
 def _parse_payload(data: bytes | records.OversizedRecord, path: str, number: int, config: ReaderConfig,

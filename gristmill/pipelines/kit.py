@@ -59,7 +59,7 @@ class JobOptions:
         "help": "Input file globs, local or gs://, or a gristmill output directory (read through its manifest)"})
     output: Optional[str] = dataclasses.field(default=None, metadata={"help": "Output directory, local or gs://"})
     format: str = dataclasses.field(default="auto", metadata={
-        "help": "Input format: json (C4 / JSON lines, .gz ok), lines, tfrecord, or auto by name",
+        "help": "Input format: json (C4 / JSON lines; .gz and .zst ok), lines, tfrecord, parquet, or auto by name",
         "choices": documents.FORMATS})
     text_field: str = dataclasses.field(default="text", metadata={"help": "JSON key holding the document text"})
     keep_fields: tuple[str, ...] = dataclasses.field(default=(), metadata={
@@ -704,7 +704,7 @@ def run_pipeline(pipeline: beam.Pipeline, prepared: Prepared, is_test: bool) -> 
                 manifest.get("started_at") != prepared.base["started_at"]:
             raise IncompleteJobError(f"{output}: the pipeline finished but wrote no manifest of this run "
                                      f"(the manifest there is of a run started at {manifest.get('started_at')})")
-        check_not_all_missing_text(manifest, prepared.options)
+        check_not_all_dead(manifest, prepared.options)
         return manifest
     except Exception:
         if not is_test:
@@ -752,16 +752,33 @@ def release_output(output_dir: str) -> None:
         held.release()
 
 
-def check_not_all_missing_text(manifest: dict[str, Any], options: JobOptions) -> None:
-    """Fails a job whose every record lacked the text field, quoting a dead letter that names the fields."""
+# What to do when every record of a job fell to one reason: the likely cause and the flag to check.
+ALL_DEAD_ADVICE = {
+    documents.MISSING_TEXT: "pass --text_field naming the field that holds the text",
+    documents.INVALID_UTF8: "the input is not UTF-8 text as read: a compressed or binary file (Parquet, zstd) "
+                            "under a name that does not say so? Name it .parquet / .zst, or pass --format",
+    documents.INVALID_JSON: "the input is not JSON lines: pass --format (lines, tfrecord, parquet) or check the "
+                            "file's name (.gz, .zst, .parquet)",
+    documents.UNREADABLE_FILE: "no input file could be read (permissions, format, a special file)",
+}
+
+
+def check_not_all_dead(manifest: dict[str, Any], options: JobOptions) -> None:
+    """Fails a job whose every record became a dead letter, naming the reasons, quoting one dead letter
+    and saying what to check: a wrong --text_field or format is not a result."""
     counts = manifest["counts"]
-    missing = counts["dead_lettered_by_reason"].get(documents.MISSING_TEXT, 0)
-    if counts["read"] and counts["written"] == 0 and missing == counts["read"]:
-        first = json.loads(io.read_text(io.join(options.output, manifest["outputs"]["dead_letters"])).splitlines()[0])
-        raise documents.InputError(
-            f"every one of the {counts['read']} records lacks the text field {options.text_field!r} "
-            f"({first['source']} record {first['record']}: {first['detail']}); pass --text_field naming the "
-            f"field that holds the text")
+    reasons = counts["dead_lettered_by_reason"]
+    if not counts["read"] or counts["written"] or counts["dead_lettered"] != counts["read"]:
+        return
+    ranked = sorted(reasons, key=lambda r: (-reasons[r], r))
+    lines = io.read_text(io.join(options.output, manifest["outputs"]["dead_letters"])).splitlines()
+    first = next(d for d in map(json.loads, lines) if d["reason"] == ranked[0])
+    advice = ALL_DEAD_ADVICE.get(ranked[0], "see the dead letters for the detail")
+    what = (f"lacks the text field {options.text_field!r}" if ranked == [documents.MISSING_TEXT] else
+            "was dead-lettered (" + ", ".join(f"{reasons[r]} {r}" for r in ranked) + ")")
+    raise documents.InputError(
+        f"every one of the {counts['read']} records {what} ({first['source']} record {first['record']}: "
+        f"{first['detail']}); {advice}")
 
 
 # ------------------------------------------------------------------------------------ scorers
