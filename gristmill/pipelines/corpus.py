@@ -41,12 +41,9 @@ EMBEDDINGS_SUFFIX = ".emb.npy"
 VERSIONS_DIR = kit.VERSIONS_DIR
 DEFAULT_EMBEDDER = "minilm"
 EMBED_BATCH = 32  # documents per Beam batch; the embedder picks its rows per model call
-# Token lengths that split batches into groups of similar length, so the embedder pads each batch
-# to a short bucket instead of the longest document: the embedders' own buckets (up to Sentence-T5's
-# 512), plus one, because Beam's boundaries are lower-inclusive and a bucket's top length belongs
-# to it. Every document of a batch then pads to its own bucket, so its embedding does not depend on
-# which documents it was batched with (a 32-token document padded to 64 moves by ~1e-7), and two
-# runs cache the same bytes.
+# Token lengths that split batches into groups of similar length (the embedders' own padding buckets,
+# up to Sentence-T5's 512, plus one: Beam's boundaries are lower-inclusive). Beam applies them only in
+# its stateful batching; `PerBucket` gives the same grouping to every batch.
 EMBED_LENGTH_BOUNDARIES = tuple(b + 1 for b in batching.length_buckets(512, smallest=32)[:-1])
 log = logging.getLogger(__name__)
 
@@ -60,12 +57,34 @@ def model_name(embedder: str) -> str:
     return kind if not path else io.basename(path.rstrip("/"))
 
 
+class PerBucket:
+    """An embedder called once per padding bucket of a batch, so each document is padded to its own
+    bucket and its embedding does not depend on its batch-mates (a 72-token document padded to 256
+    with longer ones moves by ~1e-7): two runs cache the same bytes whatever Beam's batches were."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def score_encoded(self, batch: list) -> list:
+        buckets = getattr(self.model, "buckets", None)
+        if not buckets:
+            return self.model.score_encoded(batch)
+        groups: dict[int, list[int]] = {}
+        for i, encoded in enumerate(batch):
+            groups.setdefault(batching.bucket_length(min(encoded.length, max(buckets)), buckets), []).append(i)
+        out: list = [None] * len(batch)
+        for members in groups.values():
+            for i, vector in zip(members, self.model.score_encoded([batch[i] for i in members])):
+                out[i] = vector
+        return out
+
+
 def embed_spec(embedder: str, share_model: bool, options: kit.JobOptions) -> inference.ModelSpec:
     """The model spec of an embedder: records get their embedding under EMBEDDING."""
     from gristmill.scoring import embeddings
 
     return inference.ModelSpec(
-        name="embed", load_model=lambda: embeddings.make_embedder(embedder),
+        name="embed", load_model=lambda: PerBucket(embeddings.make_embedder(embedder)),
         load_encoder=lambda: embeddings.make_encoder(embedder),
         attach=lambda record, vector: {**record, EMBEDDING: vector},
         batch_size=EMBED_BATCH, batches_per_call=2, length_boundaries=EMBED_LENGTH_BOUNDARIES,
