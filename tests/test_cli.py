@@ -178,8 +178,8 @@ def test_a_yaml_alias_bomb_is_refused_quickly(tmp_path, capsys):
     assert "expand to more than" in _one_line(capsys.readouterr().err)
     anchors = tmp_path / "anchors.yaml"  # a few aliases are fine
     raw = _chain(tmp_path)
-    anchors.write_text(f"name: t\ninput: {raw['input']}\nworkdir: {raw['workdir']}\nflags: &shared {{unit_records: 5}}\n"
-                       "steps:\n- {name: random, job: score random, flags: *shared}\n"
+    anchors.write_text(f"name: t\ninput: {raw['input']}\nworkdir: {raw['workdir']}\n"
+                       "flags: &shared {unit_records: 5}\nsteps:\n- {name: random, job: score random, flags: *shared}\n"
                        "- {name: top, job: select, input_from: random, flags: {score: s, rule: random, rate: 0.5}}\n")
     assert curate.load_config(str(anchors))[0].steps[0].flags == {"unit_records": 5}
 
