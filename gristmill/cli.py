@@ -20,7 +20,7 @@ import os
 import sys
 import traceback
 
-from gristmill import errors
+from gristmill import errors, shutdown
 from gristmill.pipelines.registry import SCORERS
 
 # command words -> (module, function, one-line help). Modules are imported only when used.
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     module_name, function, _ = target
     run = getattr(importlib.import_module(module_name), function)
     try:
-        run(rest)
+        shutdown.run_stoppable(lambda: run(rest), f"gristmill {' '.join(words)}")  # Ctrl-C / SIGTERM: one line
     except Exception as err:  # noqa: BLE001 (a user or environment error is one line; a bug is re-raised)
         code = errors.exit_code(err)
         if code is None:

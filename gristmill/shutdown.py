@@ -4,45 +4,34 @@
 
 Beam's local runners start worker processes (`--workers N`) and threads that a plain
 KeyboardInterrupt unwinds slowly and noisily (a long traceback, seconds of shutdown), and a
-SIGTERM'd launcher would leave its workers running. Here SIGTERM is turned into the same
-interrupt as Ctrl-C; on either, every descendant process is killed, this process's leases are
-released (finished units stay, so a rerun resumes), one line is printed, and the process exits
-at once with 128 + the signal number.
+SIGTERM'd launcher would leave its workers running. Here either signal wakes a watcher thread
+that kills every descendant process, releases this process's leases (finished units stay, so a
+rerun resumes), prints one line and exits at once with 128 + the signal number.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import sys
+import threading
 from typing import Callable
 
-log = logging.getLogger(__name__)
 
-
-class Stopped(KeyboardInterrupt):
-    """The job was asked to stop (SIGINT or SIGTERM)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum, _frame):
-    raise Stopped(signum)
-
-
-def kill_descendants() -> int:
-    """Kills (SIGKILL) every process this one started, recursively; returns how many."""
+def descendants() -> list:
+    """Every process this one started, recursively (psutil.Process objects)."""
     import psutil
-    children = psutil.Process().children(recursive=True)
-    for child in children:
+    return psutil.Process().children(recursive=True)
+
+
+def kill(processes: list) -> None:
+    """Kills processes with SIGKILL and waits for them briefly."""
+    import psutil
+    for process in processes:
         with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(children, timeout=5)
-    return len(children)
+            process.kill()
+    psutil.wait_procs(processes, timeout=5)
 
 
 def release_leases() -> None:
@@ -54,20 +43,48 @@ def release_leases() -> None:
                 kit.release_output(output)
 
 
+def _stop(signum: int, what: str) -> None:
+    workers = descendants()
+    print(f"{what}: stopped by {signal.Signals(signum).name}"
+          f"{f' ({len(workers)} worker process(es) killed)' if workers else ''}; finished units are kept, "
+          f"rerun the same command to resume", file=sys.stderr, flush=True)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # Beam's threads complain of the killed workers: not news
+    kill(workers)
+    release_leases()
+    os._exit(128 + signum)  # Beam's threads and gRPC servers would take seconds to wind down
+
+
+def _watch(fd: int, what: str) -> None:
+    """Waits on the signal wake-up pipe; stops the process at the first SIGINT or SIGTERM."""
+    try:
+        while True:
+            data = os.read(fd, 1)
+            if not data:
+                return
+            if data[0] in (signal.SIGINT, signal.SIGTERM):
+                _stop(data[0], what)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+
+
 def run_stoppable(fn: Callable[[], object], what: str) -> int:
-    """Runs fn; on SIGINT/SIGTERM stops everything at once and exits with 128 + signal (see module doc)."""
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    """Runs fn; on SIGINT/SIGTERM stops everything at once and exits with 128 + signal (see module doc).
+
+    The stop runs in a watcher thread woken by the signal itself (Python's wake-up fd), so it
+    does not wait for the main thread, which may be blocked inside Beam or gRPC.
+    """
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
+    threading.Thread(target=_watch, args=(read_fd, what), name="gristmill-stop", daemon=True).start()
     try:
         fn()
         return 0
-    except KeyboardInterrupt as stop:
-        signum = getattr(stop, "signum", signal.SIGINT)
-        killed = kill_descendants()
-        release_leases()
-        print(f"{what}: stopped by {signal.Signals(signum).name}"
-              f"{f' ({killed} worker process(es) killed)' if killed else ''}; finished units are kept, "
-              f"rerun the same command to resume", file=sys.stderr, flush=True)
-        logging.shutdown()
-        os._exit(128 + signum)  # Beam's threads and gRPC servers would take seconds to wind down
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(previous_fd)
+        os.close(write_fd)  # the watcher reads EOF and ends
