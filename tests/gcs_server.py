@@ -7,19 +7,29 @@ The emulator implements the JSON API that google-cloud-storage speaks, but it ig
 replacement rely on. This wrapper adds it to uploads and deletes (412 when the object's
 generation differs; 0 means "must not exist"), and can add a fixed latency to every request,
 so races that GCS's round trips open can be reproduced. Everything else is the emulator's.
+
+Requests are served concurrently, like GCS: each connection has its own thread, which reads the
+whole request and waits out the latency on its own, so a client that is stopped or killed in the
+middle of a request delays nobody else (the emulator alone serves one connection at a time). The
+emulator's handlers then run one at a time under a lock, so a precondition's check and the write
+it guards are one atomic step, as on GCS.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sys
+import threading
 import time
 from http import HTTPStatus
+from http import server as http_server
 
 from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
 
 LATENCY = [0.0]
+HANDLING = threading.Lock()  # one handler at a time: the emulator's storage is not thread-safe
 
 
 def _generation(storage, bucket: str, name: str) -> int:
@@ -31,7 +41,6 @@ def _generation(storage, bucket: str, name: str) -> int:
 
 def _with_precondition(handler, name_of):
     def wrapped(request, response, storage, *args, **kwargs):
-        time.sleep(LATENCY[0])
         want = request.query.get("ifGenerationMatch")
         if want:
             bucket, name = request.params["bucket_name"], name_of(request)
@@ -61,7 +70,40 @@ objects.get = _with_precondition(objects.get, lambda request: None)
 objects.ls = _with_precondition(objects.ls, lambda request: None)
 objects.download = _with_precondition(objects.download, lambda request: None)
 
-from gcp_storage_emulator.server import create_server  # noqa: E402  (after the handlers are wrapped)
+from gcp_storage_emulator import server as emulator_server  # noqa: E402  (after the handlers are wrapped)
+from gcp_storage_emulator.server import create_server  # noqa: E402
+
+
+def _read_body(handler) -> bytes:
+    """The request's whole body as the client sent it (Content-Length or chunked), read before any lock."""
+    length = handler.headers.get("Content-Length")
+    if length:
+        return handler.rfile.read(int(length))
+    if (handler.headers.get("Transfer-Encoding") or "").lower() != "chunked":
+        return b""
+    chunks = []
+    while True:
+        line = handler.rfile.readline()
+        size = int(line.strip() or b"0", 16)
+        chunks.append(line)
+        if size == 0:
+            chunks.append(handler.rfile.readline())
+            return b"".join(chunks)
+        chunks.append(handler.rfile.read(size) + handler.rfile.readline())
+
+
+def _serialised(do):
+    def wrapped(self):
+        self.rfile = io.BytesIO(_read_body(self))
+        time.sleep(LATENCY[0])
+        with HANDLING:
+            do(self)
+    return wrapped
+
+
+for _method in ("do_GET", "do_POST", "do_PUT", "do_PATCH", "do_DELETE"):
+    setattr(emulator_server.RequestHandler, _method, _serialised(getattr(emulator_server.RequestHandler, _method)))
+http_server.HTTPServer = http_server.ThreadingHTTPServer  # the emulator's API thread builds its server from this name
 
 
 def main(argv: list[str]) -> None:

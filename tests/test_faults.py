@@ -250,6 +250,7 @@ def selection_summary(data: bytes, workdir: str) -> dict[str, Any]:
     # select's file names hash its inputs' identities, and its history manifest's name holds the time
     text = faults.HASH_NAME.sub("<hash>", json.dumps(found["selection"], sort_keys=True))
     selection = json.loads(re.sub(r"\d{8}T\d{6}", "<time>", text))
+    selection.get("counts", {}).pop("units_reused", None)  # a resumed select step reuses its units
     return {"name": found["name"], "run_id": found["run_id"], "config": found["config"], "steps": steps,
             "selection": selection}
 

@@ -34,11 +34,14 @@ def _curation(tmp_path, workdir: str, corpus: str) -> str:
     return path
 
 
-def _wait_for(path: str, proc) -> None:
+def _wait_for(path: str, proc, log_path: str) -> None:
     """Polls until path exists (the process holds its lease); fails if the process ends first."""
     deadline = time.monotonic() + faults.SUBPROCESS_TIMEOUT
     while not faults.exists(path):
-        assert proc.poll() is None, f"the first run ended ({proc.returncode}) before it was seen holding {path}"
+        if proc.poll() is not None:
+            output = faults.finish(proc, log_path).stdout
+            raise AssertionError(f"the first run ended ({proc.returncode}) before it was seen holding {path}:\n"
+                                 f"{faults.tail(output)}")
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.005)
 
@@ -50,11 +53,12 @@ def test_two_overlapping_curate_runs_one_proceeds_the_other_names_the_holder(out
     first_log = str(tmp_path / "first.log")
     first = faults.start(["curate", "--config", config, "--run_id", "first"], env, log_path=first_log)
     try:
-        _wait_for(faults.join(workdir, "lease.json"), first)
+        _wait_for(faults.join(workdir, "lease.json"), first, first_log)
         os.kill(first.pid, signal.SIGSTOP)  # the first run now holds the work directory for as long as we like
         second = faults.run_command(["curate", "--config", config, "--run_id", "second"], env)
     finally:
-        os.kill(first.pid, signal.SIGCONT)
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
     done = faults.finish(first, first_log)
     assert done.returncode == 0, f"the first run failed:\n{faults.tail(done.stdout)}"
     assert second.returncode not in (0, faults.KILLED), (
