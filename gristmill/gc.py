@@ -73,6 +73,8 @@ def selection_references(directory: str) -> set[str]:
             selection = io.read_json(path).get("selection", {})
             named = list(selection.get("data", [])) + list(selection.get("selected_records", []))
             named += list(selection.get("files", {}))
+            if isinstance(selection.get("select_manifest"), str):  # the select run's history manifest
+                named.append(selection["select_manifest"])
             if isinstance(selection.get("plan"), str):
                 named.append(io.join(io.dirname(path), selection["plan"]))
             for p in map(_absolute, named):
