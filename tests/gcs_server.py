@@ -9,10 +9,10 @@ generation differs; 0 means "must not exist"), and can add a fixed latency to ev
 so races that GCS's round trips open can be reproduced. Everything else is the emulator's.
 
 Requests are served concurrently, like GCS: each connection has its own thread, which reads the
-whole request and waits out the latency on its own, so a client that is stopped or killed in the
-middle of a request delays nobody else (the emulator alone serves one connection at a time). The
-emulator's handlers then run one at a time under a lock, so a precondition's check and the write
-it guards are one atomic step, as on GCS.
+whole request and waits out the latency on its own, and sends the response after its turn, so a
+client that is stopped or killed in the middle of a request delays nobody else (the emulator alone
+serves one connection at a time). The emulator's handlers run one at a time under a lock, so a
+precondition's check and the write it guards are one atomic step, as on GCS.
 """
 
 from __future__ import annotations
@@ -74,30 +74,52 @@ from gcp_storage_emulator import server as emulator_server  # noqa: E402  (after
 from gcp_storage_emulator.server import create_server  # noqa: E402
 
 
+class _ShortBody(Exception):
+    """The client went away before sending its whole request (GCS discards such an upload)."""
+
+
 def _read_body(handler) -> bytes:
     """The request's whole body as the client sent it (Content-Length or chunked), read before any lock."""
     length = handler.headers.get("Content-Length")
     if length:
-        return handler.rfile.read(int(length))
+        body = handler.rfile.read(int(length))
+        if len(body) < int(length):
+            raise _ShortBody()
+        return body
     if (handler.headers.get("Transfer-Encoding") or "").lower() != "chunked":
         return b""
     chunks = []
     while True:
         line = handler.rfile.readline()
+        if not line:
+            raise _ShortBody()
         size = int(line.strip() or b"0", 16)
         chunks.append(line)
         if size == 0:
             chunks.append(handler.rfile.readline())
             return b"".join(chunks)
-        chunks.append(handler.rfile.read(size) + handler.rfile.readline())
+        data = handler.rfile.read(size)
+        if len(data) < size:
+            raise _ShortBody()
+        chunks.append(data + handler.rfile.readline())
 
 
 def _serialised(do):
+    """do_<METHOD> reading the request before, and sending the response after, the handler's turn."""
     def wrapped(self):
-        self.rfile = io.BytesIO(_read_body(self))
+        try:
+            self.rfile = io.BytesIO(_read_body(self))
+        except _ShortBody:
+            self.close_connection = True
+            return
         time.sleep(LATENCY[0])
-        with HANDLING:
-            do(self)
+        connection, self.wfile = self.wfile, io.BytesIO()
+        try:
+            with HANDLING:
+                do(self)
+        finally:
+            response, self.wfile = self.wfile.getvalue(), connection
+            self.wfile.write(response)
     return wrapped
 
 
