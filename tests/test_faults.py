@@ -4,8 +4,10 @@ Each case runs a first batch to a finished output, then starts the next batch as
 `gristmill` process with GRISTMILL_CRASH_AT=<label>, which SIGKILLs itself in the middle of that
 write (data staged, not yet published). After the kill:
 
-(a) every file the first batch's manifest lists is still there, byte for byte, and was not even
-    rewritten; the top-level manifest.json is still the first batch's;
+(a) every file the finished batch's manifest lists is still there, byte for byte, and was not even
+    rewritten; the top-level manifest.json is still that batch's (not checked after `--overwrite`,
+    whose job is to remove it; for a curation: every step's listed files, the published selection
+    and LATEST);
 (b) a plain rerun of the same command finishes, leaves no staging file, and its manifest lists the
     same files with the same bytes as an uninterrupted run of the same batches (the manifest
     itself agrees, apart from timestamps, the command and the output directory's name).
@@ -37,6 +39,7 @@ CASES = [
     ("random", "unit_dead_letters"),  # a new unit's dead letters
     ("random", "marker"),             # a new unit's marker (its files are written, the marker is not)
     ("random", "manifest"),           # the top-level manifest.json (everything else is written)
+    ("noop", "manifest"),             # a rerun with nothing to do, as it replaces manifest.json
     ("overwrite", "overwrite"),       # half-way through --overwrite's removal of a finished run
     ("density", "embeddings"),        # a new unit's embedding cache
     ("density", "sketch"),            # the new version's sketch
@@ -81,6 +84,8 @@ def batches(scenario: str, corpus: dict[str, str], out: str, config_dir: str) ->
     second = [*job, "--input", corpus["all"], "--output", out]
     if scenario == "overwrite":  # a finished run of the same command, then the same command with --overwrite
         return [second, second + ["--overwrite"]]
+    if scenario == "noop":  # a finished run, then the same command again (nothing left to do)
+        return [first, second, second]
     return [first, second]
 
 
@@ -124,7 +129,7 @@ class References:
         self.root, self.corpus, self.done = root, corpus, {}
 
     def get(self, scenario: str) -> str:
-        scenario = "random" if scenario == "overwrite" else scenario
+        scenario = "random" if scenario in ("overwrite", "noop") else scenario
         if scenario not in self.done:
             out = str(self.root / scenario)
             for argv in batches(scenario, self.corpus, out, str(self.root)):
