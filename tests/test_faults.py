@@ -12,8 +12,9 @@ write (data staged, not yet published). After the kill:
     same files with the same bytes as an uninterrupted run of the same batches (the manifest
     itself agrees, apart from timestamps, the command and the output directory's name).
 
-The killed processes of one storage backend are started together (each import of Beam, TF and
-JAX costs seconds), then each case checks and reruns in this process.
+The selected cases are prepared together: each killed process starts as soon as its first batch
+is done, while this process runs the next case's (each import of Beam, TF and JAX costs
+seconds); then each case checks and reruns in this process.
 """
 
 from __future__ import annotations
@@ -163,51 +164,65 @@ class Case:
 
 
 class KilledRuns:
-    """Prepares every case of a backend at once: first batches in this process, then all kills concurrently."""
+    """Prepares the selected cases once: each first batch in this process, each kill in a subprocess
+    started as soon as its case is ready (two at a time), while this process prepares the next case."""
 
-    def __init__(self, root, corpus, server_factory):
+    def __init__(self, root, corpus, server_factory, wanted: set[tuple[str, str, str]]):
         self.root, self.corpus, self.server_factory = root, corpus, server_factory
+        self.wanted = wanted
         self.cases: dict[tuple[str, str, str], Case] = {}
-        self.prepared: set[str] = set()
+        self.prepared = False
 
     def env(self, backend: str) -> dict[str, str]:
         return self.server_factory().env() if backend == "gs" else {}
 
     def get(self, scenario: str, label: str, backend: str) -> Case:
-        if backend not in self.prepared:
-            self.prepared.add(backend)
-            self._prepare(backend)
+        if not self.prepared:
+            self.prepared = True
+            self._prepare()
         return self.cases[(scenario, label, backend)]
 
-    def _prepare(self, backend: str) -> None:
-        env = self.env(backend)
-        cases = []
-        with faults.environment(env):
-            for scenario, label in CASES:
-                local = self.root / backend / f"{scenario}-{label}"
-                local.mkdir(parents=True)
-                out = f"gs://{self.server_factory().new_bucket()}/{scenario}" if backend == "gs" else str(local / "out")
-                case = Case(scenario, label, backend, out, str(local), self.corpus)
-                self.cases[(scenario, label, backend)] = case
-                try:
-                    for argv in case.commands[:-1]:
-                        faults.run_in_process(argv)
-                    case.before, case.before_generations = finished_state(scenario, out)
-                    cases.append(case)
-                except Exception as err:  # noqa: BLE001 (reported by the case's own test)
-                    case.error = err
-
-        def kill(case: Case) -> None:
+    def _prepare(self) -> None:
+        def kill(case: Case, env: dict[str, str]) -> None:
             log = os.path.join(case.config_dir, "killed.log")
             case.killed = faults.finish(faults.start(case.commands[-1], env, case.label, log), log)
 
         with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            list(pool.map(kill, cases))
+            futures = []
+            for backend in BACKENDS:
+                if not any(w[2] == backend for w in self.wanted):
+                    continue
+                env = self.env(backend)
+                with faults.environment(env):
+                    for scenario, label in CASES:
+                        if (scenario, label, backend) in self.wanted:
+                            case = self._first_batches(scenario, label, backend)
+                            if case.error is None:
+                                futures.append(pool.submit(kill, case, env))
+            for future in futures:
+                future.result()
+
+    def _first_batches(self, scenario: str, label: str, backend: str) -> Case:
+        local = self.root / backend / f"{scenario}-{label}"
+        local.mkdir(parents=True)
+        out = f"gs://{self.server_factory().new_bucket()}/{scenario}" if backend == "gs" else str(local / "out")
+        case = self.cases[(scenario, label, backend)] = Case(scenario, label, backend, out, str(local), self.corpus)
+        try:
+            for argv in case.commands[:-1]:
+                faults.run_in_process(argv)
+            case.before, case.before_generations = finished_state(scenario, out)
+        except Exception as err:  # noqa: BLE001 (reported by the case's own test)
+            case.error = err
+        return case
 
 
 @pytest.fixture(scope="module")
 def killed_runs(tmp_path_factory, corpus, request) -> KilledRuns:
-    return KilledRuns(tmp_path_factory.mktemp("killed"), corpus, lambda: request.getfixturevalue("gcs_server"))
+    wanted = {(item.callspec.params["scenario"], item.callspec.params["label"], item.callspec.params["backend"])
+              for item in request.session.items
+              if item.module is request.module and hasattr(item, "callspec") and "label" in item.callspec.params}
+    return KilledRuns(tmp_path_factory.mktemp("killed"), corpus, lambda: request.getfixturevalue("gcs_server"),
+                      wanted)
 
 
 # --------------------------------------------------------------------------- the test
