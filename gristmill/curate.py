@@ -386,6 +386,7 @@ def curate(config: CurationConfig, raw: Mapping[str, Any], run_id: Optional[str]
         raise CurationError(f"--run_id {run_id!r} must be letters, digits, '_', '.', '-' (it names a directory)")
     check_steps(config, extra_args)
     with lease.acquire(config.workdir, f"gristmill curate {config.name}"):
+        io.remove_temporaries(io.join(config.workdir, SELECTIONS_DIR))  # a killed publication's staging files
         return _curate(config, raw, run_id, extra_args)
 
 

@@ -344,6 +344,16 @@ def write_file(output_dir: str, relative_path: str, data: bytes) -> dict[str, di
     return {relative_path: io.atomic_write(io.join(output_dir, relative_path), data)}
 
 
+def write_once(output_dir: str, relative_path: str, data: bytes) -> dict[str, dict[str, Any]]:
+    """Writes a version's file unless it is there already (a rerun of the same version), which is
+    never rewritten; returns {relative_path: {"size", "crc32c"}} of the file as it stands."""
+    path = io.join(output_dir, relative_path)
+    if io.create_exclusive(path, data):
+        return {relative_path: io.file_info(data)}
+    found = io.stat(path)
+    return {relative_path: {"size": found.size, "crc32c": found.crc32c or io.file_checksum(path)}}
+
+
 def records_bytes(recs: Iterable[records.Record]) -> bytes:
     """Records as the bytes of a TFRecord file of tf.train.Examples."""
     return b"".join(records.encode_tfrecord(records.serialize(r)) for r in recs)
@@ -547,7 +557,7 @@ def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]
             dead_lines.append(io.read_bytes(io.join(output_dir, m["dead_letters"])))
     version = output_version(base, markers)
     dead_letters = version_path(version, DEAD_LETTER_FILE)
-    infos = write_file(output_dir, dead_letters, b"".join(dead_lines))
+    infos = write_once(output_dir, dead_letters, b"".join(dead_lines))
     io.atomic_write(io.join(output_dir, DEAD_LETTER_FILE), b"".join(dead_lines))
     infos.update(listed_files(output_dir, [rel for rel in (files or {}).values() if rel]))
     manifest = build_manifest(base, markers, reused, {**(files or {}), "dead_letters": dead_letters}, infos)

@@ -190,7 +190,7 @@ def _approximate_plan(config: SelectConfig, summary: dict[str, int], quantiles: 
 def _write_file(output_dir: str, version: str, name: str, data: bytes) -> None:
     """Writes a job file of this version (`versions/<v>/<name>`, listed in the manifest, never replaced)
     and its latest copy at the top level (`<name>`, replaced by the next version)."""
-    io.atomic_write(io.join(output_dir, kit.version_path(version, name)), data)
+    kit.write_once(output_dir, kit.version_path(version, name), data)  # a rerun keeps the version's file
     io.atomic_write(io.join(output_dir, name), data)
 
 

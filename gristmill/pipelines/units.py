@@ -226,8 +226,10 @@ def missing_units(files: Iterable[InputFile], unit_records: int, config_fingerpr
                 key = unit_key(file, chunk, unit_records, config_fingerprint)
                 missing.append(f"{file.path} chunk {chunk} (unit {key})")
         if not last:
+            key = unit_key(file, end, unit_records, config_fingerprint)
             missing.append(f"{file.path}: no unit after chunk {end - 1} is marked the file's last, so its end "
-                           f"never arrived" if mine else f"{file.path}: no unit arrived")
+                           f"never arrived (chunk {end}, unit {key}, or a later one)" if mine
+                           else f"{file.path}: no unit arrived")
     return missing
 
 
