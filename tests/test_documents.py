@@ -82,7 +82,7 @@ def test_unreadable_file_and_empty_glob(tmp_path):
 
 def test_bad_config():
     with pytest.raises(ValueError, match="unknown input format"):
-        documents.ReaderConfig(format="parquet")
+        documents.ReaderConfig(format="csv")
 
 
 def test_keep_fields_become_typed_features(tmp_path):

@@ -44,11 +44,11 @@ def test_sigterm_stops_a_two_worker_job_and_a_rerun_resumes(tmp_path):
     corpus.mkdir()
     for n in range(4):
         with open(corpus / f"part-{n}.jsonl", "w") as f:
-            for i in range(20000):
+            for i in range(8000):
                 f.write(json.dumps({"text": f"file {n} document {i} " + "words " * 30}) + "\n")
     out = str(tmp_path / "out")
     argv = [sys.executable, "-m", "gristmill.cli", "score", "random", "--input", str(corpus / "*.jsonl"),
-            "--output", out, "--workers=2", "--unit_records=2000"]
+            "--output", out, "--workers=2", "--unit_records=1000"]
     job = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc = psutil.Process(job.pid)
     deadline = time.monotonic() + 120  # a guard: wait for the worker processes to start
@@ -66,4 +66,4 @@ def test_sigterm_stops_a_two_worker_job_and_a_rerun_resumes(tmp_path):
     rerun = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     with open(os.path.join(out, "manifest.json")) as f:
-        assert json.load(f)["counts"]["written"] == 80000
+        assert json.load(f)["counts"]["written"] == 32000
