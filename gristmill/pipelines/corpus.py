@@ -26,6 +26,8 @@ import heapq
 import io as _bytes_io
 import json
 import logging
+import os
+import tempfile
 import zipfile
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -118,6 +120,15 @@ def array_bytes(array: np.ndarray) -> bytes:
     buffer = _bytes_io.BytesIO()
     np.save(buffer, np.asarray(array), allow_pickle=False)
     return buffer.getvalue()
+
+
+def saved_bytes(save: Callable[[str], Any], name: str) -> bytes:
+    """The bytes an object's `save(path)` writes (an .npz archive), with fixed archive timestamps."""
+    with tempfile.TemporaryDirectory(prefix="gristmill-") as tmp:
+        path = os.path.join(tmp, name)
+        save(path)
+        with open(path, "rb") as f:
+            return stable_archive(f.read())
 
 
 def stable_archive(data: bytes) -> bytes:

@@ -170,11 +170,7 @@ def head_digest(head: heads.AskLLMHead, llm: dict) -> bytes:
 
 def head_bytes(head: heads.AskLLMHead) -> bytes:
     """A head's .npz file as bytes."""
-    with tempfile.TemporaryDirectory(prefix="gristmill-") as tmp:
-        path = os.path.join(tmp, HEAD_FILE)
-        head.save(path)
-        with open(path, "rb") as f:
-            return corpus.stable_archive(f.read())
+    return corpus.saved_bytes(head.save, HEAD_FILE)
 
 
 def save_head(head: heads.AskLLMHead, output_dir: str, version: str) -> dict[str, str]:

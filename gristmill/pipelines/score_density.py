@@ -29,8 +29,6 @@ from __future__ import annotations
 import dataclasses
 import io as _bytes_io
 import logging
-import os
-import tempfile
 from typing import Optional
 
 import apache_beam as beam
@@ -89,11 +87,7 @@ class DensityConfig:
 
 def sketch_bytes(sketch: density.Sketch) -> bytes:
     """A sketch's .npz file as bytes (the same bytes for the same sketch)."""
-    with tempfile.TemporaryDirectory(prefix="gristmill-") as tmp:
-        path = os.path.join(tmp, SKETCH_FILE)
-        sketch.save(path)
-        with open(path, "rb") as f:
-            return corpus.stable_archive(f.read())
+    return corpus.saved_bytes(sketch.save, SKETCH_FILE)
 
 
 def load_sketch(path: str) -> density.Sketch:
