@@ -30,9 +30,8 @@ import zlib
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, NamedTuple, Union
 
 from google.protobuf.message import DecodeError
-from tensorflow.core.example import example_pb2
 
-from gristmill import io, records
+from gristmill import example_proto, io, records
 
 # Dead-letter reason codes (also the Beam counter names under the `gristmill.dead_letters` namespace).
 INVALID_JSON = "invalid_json"
@@ -271,7 +270,7 @@ def parse_text_line(raw: bytes, source: str, number: int, config: ReaderConfig) 
 def parse_example(data: bytes, source: str, number: int, config: ReaderConfig) -> Item:
     """Parses one serialised tf.train.Example into a document (all its features kept) or a dead letter."""
     try:
-        example = example_pb2.Example.FromString(data)
+        example = example_proto.Example.FromString(data)
     except DecodeError as err:
         return DeadLetter(source, number, INVALID_EXAMPLE, f"not a tf.train.Example: {err}", _excerpt(data))
     features = example.features.feature

@@ -24,7 +24,8 @@ import struct
 from typing import Any, BinaryIO, Iterator, Mapping, NamedTuple
 
 import google_crc32c
-from tensorflow.core.example import example_pb2, feature_pb2
+
+from gristmill import example_proto as pb
 
 ID = "id"
 TEXT = "text"
@@ -66,30 +67,30 @@ def dist_feature(name: str) -> str:
     return f"dist/{name}"
 
 
-def _feature(name: str, value: Any) -> feature_pb2.Feature:
+def _feature(name: str, value: Any) -> pb.Feature:
     values = value if isinstance(value, (list, tuple)) else [value]
     if not values:
         raise ValueError(f"feature {name!r} has an empty list: its type cannot be written")
     first = values[0]
     if isinstance(first, (str, bytes)):
         raw = [v.encode("utf-8") if isinstance(v, str) else v for v in values]
-        return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=raw))
+        return pb.Feature(bytes_list=pb.BytesList(value=raw))
     if isinstance(first, bool) or isinstance(first, int):
-        return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v) for v in values]))
+        return pb.Feature(int64_list=pb.Int64List(value=[int(v) for v in values]))
     if isinstance(first, float) or hasattr(first, "dtype"):
         if hasattr(first, "dtype") and first.dtype.kind in "iub":
-            return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=[int(v) for v in values]))
-        return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=[float(v) for v in values]))
+            return pb.Feature(int64_list=pb.Int64List(value=[int(v) for v in values]))
+        return pb.Feature(float_list=pb.FloatList(value=[float(v) for v in values]))
     raise TypeError(f"feature {name!r} has unsupported type {type(first).__name__}")
 
 
-def to_example(record: Mapping[str, Any]) -> example_pb2.Example:
+def to_example(record: Mapping[str, Any]) -> pb.Example:
     """Builds a tf.train.Example from a record dict; `id` and `text` are required."""
     for required in (ID, TEXT):
         if required not in record:
             raise ValueError(f"record has no {required!r} feature (keys: {sorted(record)})")
     features = {name: _feature(name, value) for name, value in record.items() if value is not None}
-    return example_pb2.Example(features=feature_pb2.Features(feature=features))
+    return pb.Example(features=pb.Features(feature=features))
 
 
 def serialize(record: Mapping[str, Any]) -> bytes:
@@ -97,7 +98,7 @@ def serialize(record: Mapping[str, Any]) -> bytes:
     return to_example(record).SerializeToString(deterministic=True)
 
 
-def from_example(example: example_pb2.Example) -> Record:
+def from_example(example: pb.Example) -> Record:
     """Turns a tf.train.Example into a record dict (single values unwrapped, lists kept as lists)."""
     record: Record = {}
     for name, feature in example.features.feature.items():
@@ -118,7 +119,7 @@ def from_example(example: example_pb2.Example) -> Record:
 
 def deserialize(data: bytes) -> Record:
     """Parses tf.train.Example bytes into a record dict."""
-    return from_example(example_pb2.Example.FromString(data))
+    return from_example(pb.Example.FromString(data))
 
 
 # --- TFRecord framing -----------------------------------------------------------------------

@@ -55,3 +55,28 @@ def test_truncated_or_corrupt_framing_raises(cut):
 def test_missing_required_feature():
     with pytest.raises(ValueError, match="'text'"):
         records.serialize({"id": "x"})
+
+
+def test_serialized_bytes_equal_tensorflows_own_example():
+    """gristmill.example_proto declares tf.train.Example without TensorFlow: the bytes must be TF's bytes."""
+    from tensorflow.core.example import example_pb2, feature_pb2
+
+    def tf_feature(value):
+        values = value if isinstance(value, list) else [value]
+        if isinstance(values[0], (str, bytes)):
+            raw = [v.encode() if isinstance(v, str) else v for v in values]
+            return feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=raw))
+        if isinstance(values[0], int):
+            return feature_pb2.Feature(int64_list=feature_pb2.Int64List(value=values))
+        return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=values))
+
+    rng = np.random.default_rng(0)
+    for i in range(300):
+        record = {"id": f"{i:032x}", "text": "é" * int(rng.integers(0, 40)), "url": "https://x/" + str(i),
+                  "score/a/b": float(rng.random()), "tokens/t": int(rng.integers(-5, 10**12)),
+                  "multi": [float(x) for x in rng.random(int(rng.integers(1, 5)))], "raw": b"\x00\xff"}
+        ours = records.serialize(record)
+        theirs = example_pb2.Example(features=feature_pb2.Features(
+            feature={k: tf_feature(v) for k, v in record.items()})).SerializeToString(deterministic=True)
+        assert ours == theirs
+        assert records.deserialize(ours) == records.deserialize(theirs)
