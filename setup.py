@@ -34,7 +34,7 @@ setuptools.setup(
     install_requires=CORE,
     extras_require={
         "dev": ["pytest>=7", "scipy>=1.10", "regex>=2023", "ruff>=0.5", "hypothesis>=6.100",
-                "gcp-storage-emulator>=2024.8"],
+                "gcp-storage-emulator>=2024.8", "datasets>=2.19", "datatrove>=0.3", "orjson>=3.9"],
         "gpu": ["jax[cuda12]>=0.4.30"],
         "ref": ["torch==2.13.0", "transformers>=4.40", "sentence-transformers>=3"],
         "dataflow": ["apache-beam[gcp]>=2.60,<3"],

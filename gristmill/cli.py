@@ -29,6 +29,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("select",): ("gristmill.pipelines.select", "run", "select a subset by top-k, bottom-k, IPS or random"),
     ("curate",): ("gristmill.curate", "run", "run a declared chain of jobs incrementally, publish a selection"),
     ("gc",): ("gristmill.gc", "run", "remove superseded versions no manifest or published selection references"),
+    ("export",): ("gristmill.export", "run", "write an output or a selection as Parquet or JSON lines (zstd)"),
     ("train",): ("gristmill.training.main", "run", "pre-train a T5 on a selection"),
     ("experiment",): ("gristmill.eval.experiment", "run", "run a grid of samplers x rates x sizes"),
     ("report",): ("gristmill.eval.report", "run", "write the HTML report of an experiment"),
