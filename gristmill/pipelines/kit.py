@@ -690,10 +690,35 @@ def write(prepared: Prepared, items, files: Optional[dict[str, str]] = None, aft
                                             manifest_generation=prepared.manifest_generation)
 
 
+FLEX_TEMPLATE_PY_FILE = "FLEX_TEMPLATE_PYTHON_PY_FILE"  # set in a flex template launcher image
+
+
+def staged_only(pipeline_options: PipelineOptions) -> Optional[str]:
+    """Why this process only stages or submits the job and must not wait for it, or None when it runs it.
+
+    `--template_location` makes DataflowRunner write the job file and submit nothing; Dataflow's
+    flex template launcher passes one (`.../template_launches/<id>/job_object`) and submits the
+    file after this process exits. The launcher image runs FLEX_TEMPLATE_PYTHON_PY_FILE, so a
+    DataflowRunner job started as that file is a launch even if no template location was passed.
+    """
+    options = pipeline_options.get_all_options()
+    if options.get("dry_run"):
+        return None
+    if options.get("template_location"):
+        return f"staged as a Dataflow template at {options['template_location']}"
+    py_file = os.environ.get(FLEX_TEMPLATE_PY_FILE)
+    launched = py_file and sys.argv and os.path.abspath(sys.argv[0]) == os.path.abspath(py_file)
+    if launched and "Dataflow" in str(options.get("runner")):
+        return "submitted by the flex template launcher"
+    return None
+
+
 def run_pipeline(pipeline: beam.Pipeline, prepared: Prepared, is_test: bool) -> Optional[dict[str, Any]]:
     """Runs a built pipeline to completion and returns its manifest (None for a test pipeline run elsewhere).
 
-    The job's lease on its output is released at the end, whatever happened; a test pipeline runs
+    A template launch (`staged_only`) returns None once the job is staged or submitted: the
+    pipeline's own last step writes the manifest. The job's lease on its output is released at the
+    end, whatever happened, so on Dataflow templates it guards the launch only; a test pipeline runs
     after this returns, without the lease.
     """
     output = prepared.options.output
@@ -703,6 +728,13 @@ def run_pipeline(pipeline: beam.Pipeline, prepared: Prepared, is_test: bool) -> 
         start = time.monotonic()
         result = pipeline.run()
         if prepared.pipeline_options.get_all_options().get("dry_run"):
+            return None
+        staged = staged_only(prepared.pipeline_options)
+        if staged:
+            job_id = result.job_id() if getattr(result, "has_job", False) else None
+            log.info("%s: job %s%s; its manifest will be written to %s by the pipeline's last step",
+                     prepared.base["job"], staged, f" (Dataflow job {job_id})" if job_id else "",
+                     io.join(output, MANIFEST_FILE))
             return None
         result.wait_until_finish()
         log.info("pipeline finished in %.1f s", time.monotonic() - start)
