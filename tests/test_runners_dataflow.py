@@ -7,31 +7,39 @@ pipeline is `pipeline.runner.proto_pipeline`: its environments name the worker c
 and a transform's resource hints live on the environment it runs in.
 
 `dry_run` below is the reusable helper: it builds a gristmill job's pipeline under DataflowRunner
-and returns the translation. Needs the `dataflow` extra (apache-beam[gcp]); no network, no cloud.
+and returns the translation. Every Beam job the CLI offers is translated.
+
+The flex template launch is run for real except for Dataflow's service: the launcher's `main` with
+`--template_location` on a local path makes DataflowRunner stage the pipeline (to a bucket on the
+test GCS server, `tests/gcs_server.py`) and write the job file locally, and gristmill returns
+without waiting. Needs the `dataflow` extra (apache-beam[gcp]); no network beyond 127.0.0.1, no cloud.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 
 import apache_beam as beam
 import pytest
 from apache_beam.internal import pickler
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
-from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult, DataflowRunner
 
-from gristmill import cli, io
-from gristmill.pipelines import resources, score_askllm, score_density, score_random, select
+from gristmill import cli, documents, io, lease, records
+from gristmill.pipelines import kit, resources, score_random
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 LAUNCHER = os.path.join(ROOT, "deploy", "dataflow", "launcher.py")
 METADATA = os.path.join(ROOT, "deploy", "dataflow", "metadata.json")
+DOCKERFILES = {name: os.path.join(ROOT, "deploy", "dataflow", f"{name}.Dockerfile") for name in ("worker", "launcher")}
 IMAGE = "us-central1-docker.pkg.dev/gristmill-dry-run/gristmill/worker:test"
 GPU = "type:nvidia-l4;count:1;install-nvidia-driver"
 ACCELERATOR_URN = common_urns.resource_hints.ACCELERATOR.urn
@@ -111,13 +119,21 @@ def scored_dir(tmp_path_factory, embedded_glob):
     return out
 
 
-JOBS = {
-    "score random": (score_random.run, []),
-    "score askllm": (score_askllm.run, ["--model=smollm2-135m-instruct"]),
-    "score density": (score_density.run, ["--embedder=minilm"]),
-    "select": (select.run, ["--score=score/random/seed-0", "--rule=topk", "--rate=0.5"]),
+# Every Beam job the CLI offers (`gristmill.pipelines.registry` + select) -> the module that runs it.
+CLI_JOBS = {" ".join(words): module for words, (module, _, _) in cli.COMMANDS.items()
+            if module.startswith("gristmill.pipelines.")}
+# The flags each job needs besides --input and --output (small samples: nothing runs in a dry run).
+JOB_FLAGS = {
+    "score random": [],
+    "score askllm": ["--model=smollm2-135m-instruct"],
+    "score density": ["--embedder=minilm"],
+    "score clusters": ["--k=4", "--sample=100"],
+    "score perplexity": ["--model=smollm2-135m-instruct"],
+    "score askllm-head": ["--model=smollm2-135m-instruct", "--sample=24"],
+    "select": ["--score=score/random/seed-0", "--rule=topk", "--rate=0.5"],
 }
-MODEL_JOBS = ("score askllm", "score density")
+JOBS = {name: (importlib.import_module(CLI_JOBS[name]).run, flags) for name, flags in JOB_FLAGS.items()}
+MODEL_JOBS = tuple(name for name in JOBS if name not in ("score random", "select"))
 
 
 def job_argv(name: str, tmp_path, embedded_glob, scored_dir) -> tuple:
@@ -127,6 +143,10 @@ def job_argv(name: str, tmp_path, embedded_glob, scored_dir) -> tuple:
 
 
 # ------------------------------------------------------------------------------------ translation
+
+
+def test_the_translation_covers_every_beam_job_the_cli_offers():
+    assert set(JOB_FLAGS) == set(CLI_JOBS)
 
 
 @pytest.mark.parametrize("name", list(JOBS))
@@ -187,6 +207,67 @@ def test_flex_template_launcher_builds_each_job_without_submitting(name, tmp_pat
     assert not io.exists(io.join(str(tmp_path / "out"), "manifest.json"))
 
 
+@pytest.fixture
+def offline_launch(monkeypatch):
+    """A template launch with nothing beyond 127.0.0.1, and proof that gristmill neither waits nor reads a manifest."""
+    # Beam asks the bucket for its soft-delete policy with default credentials (retried for ~20 s
+    # when there are none); the check only warns, and Beam itself skips it in dry runs.
+    monkeypatch.setattr(GoogleCloudOptions, "_warn_if_soft_delete_policy_enabled", lambda self, name: None)
+
+    def must_not(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"a template launch {what}")
+        return fail
+    monkeypatch.setattr(DataflowPipelineResult, "wait_until_finish", must_not("waited for the job"))
+    monkeypatch.setattr(records, "read_manifest", must_not("read the manifest"))
+
+
+def test_flex_template_launch_stages_the_job_locally_and_returns(tmp_path, embedded_glob, gcs_server, gcs_bucket,
+                                                                 offline_launch, caplog):
+    # What Dataflow's launcher does: run launcher.py with the parameters and a --template_location
+    # (there gs://.../template_launches/<id>/job_object; a local file here), then submit that file.
+    out, job_file = str(tmp_path / "out"), str(tmp_path / "job.json")
+    caplog.set_level(logging.INFO, logger="gristmill")
+    argv = ["--command=score random", f"--input={embedded_glob}", f"--output={out}", "--limit=60",
+            "--project=gristmill-test", "--region=us-central1", "--no_auth",
+            f"--temp_location={gcs_bucket}/tmp", f"--staging_location={gcs_bucket}/staging",
+            f"--template_location={job_file}", f"--sdk_container_image={IMAGE}"]
+    assert _launcher().main(argv) == 0
+
+    with open(job_file) as f:
+        job = json.load(f)
+    (pool,) = job["environment"]["workerPools"]
+    assert {image["containerImage"] for image in pool["sdkHarnessContainerImages"]} == {IMAGE}
+    assert job["environment"]["sdkPipelineOptions"]["options"]["template_location"] == job_file
+    # The pipeline it points to, as staged (on the test GCS server): every DoFn in the worker image.
+    staged = job["environment"]["sdkPipelineOptions"]["options"]["pipelineUrl"]
+    assert staged.startswith(f"{gcs_bucket}/staging/")
+    bucket, name = staged[len("gs://"):].split("/", 1)
+    proto = beam_runner_api_pb2.Pipeline.FromString(gcs_server.client().bucket(bucket).blob(name).download_as_bytes())
+    translation = Translation(proto, job)
+    assert translation.images() == {IMAGE} and translation.unpickle_all() >= 3
+
+    assert not os.path.exists(os.path.join(out, records.MANIFEST_FILE))  # the job's last step writes it
+    assert not os.path.exists(os.path.join(out, lease.LEASE_FILE))  # the launcher exits: no lease left
+    lease.acquire(out, "the next writer").release()
+    staged_lines = [r.getMessage() for r in caplog.records if "staged as a Dataflow template" in r.getMessage()]
+    assert len(staged_lines) == 1 and job_file in staged_lines[0] and "last step" in staged_lines[0]
+
+
+def test_a_template_launch_is_recognised_by_its_location_or_the_launcher_file(monkeypatch, tmp_path):
+    def staged(*flags):
+        return kit.staged_only(PipelineOptions(list(flags)))
+    assert staged("--runner=DataflowRunner", "--template_location=gs://b/staging/template_launches/1/job_object")
+    assert staged("--runner=DataflowRunner", "--template_location=/tmp/job.json", "--dry_run=True") is None
+    assert staged("--runner=DataflowRunner") is None
+    py_file = str(tmp_path / "launcher.py")
+    monkeypatch.setenv(kit.FLEX_TEMPLATE_PY_FILE, py_file)
+    assert staged("--runner=DataflowRunner") is None  # the launcher image's env, another program (curate on Cloud Run)
+    monkeypatch.setattr("sys.argv", [py_file, "--command=select"])
+    assert "flex template launcher" in staged("--runner=DataflowRunner")
+    assert staged(f"--runner={kit.LOCAL_RUNNER}") is None
+
+
 def test_flex_template_launcher_defaults_to_dataflow_and_needs_a_command():
     launcher = _launcher()
     assert launcher.command_line(["--command=score askllm", "--input=gs://b/c4/*.json.gz"]) == [
@@ -199,17 +280,49 @@ def test_flex_template_launcher_defaults_to_dataflow_and_needs_a_command():
         launcher.command_line(["--command=train"])
 
 
-def test_launcher_and_worker_images_share_python_and_start_the_launcher():
-    def lines(name):
-        with open(os.path.join(ROOT, "deploy", "dataflow", name)) as f:
-            return [line.strip() for line in f]
-    worker = next(line for line in lines("worker.Dockerfile") if line.startswith("FROM "))
-    launcher = lines("launcher.Dockerfile")
-    base = next(line for line in launcher if line.startswith("FROM "))
-    py = re.search(r"beam_python(3\.[0-9]+)_sdk", worker).group(1)
-    assert re.search(r"python(3)([0-9]+)-template-launcher-base", base).group(1, 2) == tuple(py.split("."))
+def test_curate_is_not_a_template_and_says_where_it_runs():
+    launcher = _launcher()
+    assert sorted(launcher.launchable()) == sorted(CLI_JOBS)
+    with pytest.raises(SystemExit, match="Cloud Run job or an Airflow task") as err:
+        launcher.command_line(["--command=curate", "--config=gs://b/c.json"])
+    assert "docs/deploy.md" in str(err.value)
+    with open(os.path.join(ROOT, "docs", "deploy.md")) as f:
+        assert "curate on a schedule" in f.read().lower()
+
+
+def _dockerfile(name: str) -> str:
+    with open(DOCKERFILES[name]) as f:
+        return f.read()
+
+
+def _arg_default(text: str, name: str) -> str:
+    return re.search(rf"^ARG {name}=(\S+)$", text, re.MULTILINE).group(1)
+
+
+def test_images_pin_the_beam_that_builds_the_job_and_a_dated_launcher_base():
+    installed = beam.__version__
+    for name in DOCKERFILES:
+        text = _dockerfile(name)
+        assert _arg_default(text, "BEAM_VERSION") == installed, name  # bump both with apache-beam
+        froms = re.findall(r"^FROM (\S+)", text, re.MULTILINE)
+        assert froms[-1] == "apache/beam_python3.11_sdk:${BEAM_VERSION}", name
+        assert '"apache-beam[gcp]==${BEAM_VERSION}"' in text, name  # pip keeps the image's Beam
+        assert "assert apache_beam.__version__ == '${BEAM_VERSION}'" in text, name
+    base = _arg_default(_dockerfile("launcher"), "LAUNCHER_BASE")
+    assert re.fullmatch(r"gcr\.io/dataflow-templates-base/python311-template-launcher-base"
+                        r"(:flex_templates_base_image_release_\d{8}_RC\d\d|@sha256:[0-9a-f]{64})", base), base
+    assert "latest" not in base
+
+
+def test_launcher_image_starts_the_launcher_on_the_template_file():
+    launcher = _dockerfile("launcher")
+    assert "FROM ${LAUNCHER_BASE} AS template_launcher" in launcher
+    assert ("COPY --from=template_launcher /opt/google/dataflow/python_template_launcher "
+            "/opt/google/dataflow/python_template_launcher") in launcher
+    assert 'ENTRYPOINT ["/opt/google/dataflow/python_template_launcher"]' in launcher
     assert "COPY deploy/dataflow/launcher.py /template/launcher.py" in launcher
     assert "ENV FLEX_TEMPLATE_PYTHON_PY_FILE=/template/launcher.py" in launcher
+    assert 'ENTRYPOINT ["/opt/apache/beam/boot"]' in _dockerfile("worker")
 
 
 def _help_flags(run, capsys) -> set[str]:
@@ -223,14 +336,13 @@ def test_metadata_parameters_are_flags_of_the_jobs(capsys):
         metadata = json.load(f)
     params = {p["name"]: p for p in metadata["parameters"]}
     assert all(p["label"] and p["helpText"] for p in params.values())
-    job_words = {" ".join(words) for words, (module, _, _) in cli.COMMANDS.items() if ".pipelines." in module}
-    assert set(JOBS) <= job_words
     job_regex = params["command"]["regexes"][0]
-    assert all(re.fullmatch(job_regex, name) for name in JOBS) and not re.fullmatch(job_regex, "train")
+    offered = [name for name in (*JOBS, "curate", "train", "gc") if re.fullmatch(job_regex, name)]
+    assert sorted(offered) == sorted(_launcher().launchable())  # every job the launcher runs, no curate
+    format_regex = params["format"]["regexes"][0]
+    assert all(re.fullmatch(format_regex, f) for f in documents.FORMATS)
     known = set().union(*(_help_flags(run, capsys) for run, _ in JOBS.values()))
     beam_options = set(PipelineOptions([]).get_all_options())
-    assert re.fullmatch(job_regex, "curate")
-    known |= {"--config", "--run_id"}  # curate's own flags (gristmill/curate.py)
     for name in params:
         if name != "command":
             assert f"--{name}" in known or name in beam_options, name

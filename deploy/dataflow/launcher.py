@@ -8,7 +8,11 @@ parameter as a `--name=value` flag and no positional words, so the command trave
 
 Without `--runner` gristmill would run the job in-process on the launcher VM, so DataflowRunner is
 the default here. Every other flag passes through: the job's own flags and Beam's (project,
-region, temp_location, sdk_container_image, ...).
+region, temp_location, sdk_container_image, ...), the launcher's `--template_location` included:
+the job is staged there, this process exits, and Dataflow starts it (`kit.staged_only`).
+
+`curate` is refused: it waits for each job of its chain before starting the next, and a template
+launch stages one job and exits. It runs as a Cloud Run job or an Airflow task (docs/deploy.md).
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ import sys
 from gristmill import cli
 
 COMMAND = "--command"
+NOT_LAUNCHABLE = {
+    "curate": "curate runs a chain of jobs and waits for each, but a template launch stages one job and "
+              "exits; run `gristmill curate --runner=DataflowRunner ...` as a Cloud Run job or an Airflow "
+              "task instead (docs/deploy.md, \"curate on a schedule\"), or launch each step's job here",
+}
 
 
 def launchable() -> list[str]:
-    """The commands a template may run: the Beam jobs, and `curate` (a chain of them) when installed."""
-    words = [w for w, (module, _, _) in cli.COMMANDS.items() if module.startswith("gristmill.pipelines.")]
-    words += [w for w in cli.COMMANDS if w == ("curate",)]
-    return [" ".join(w) for w in words]
+    """The commands a template may run: the Beam jobs (one pipeline each, staged and left to Dataflow)."""
+    return [" ".join(w) for w, (module, _, _) in cli.COMMANDS.items() if module.startswith("gristmill.pipelines.")]
 
 
 def command_line(args: list[str]) -> list[str]:
@@ -44,6 +51,8 @@ def command_line(args: list[str]) -> list[str]:
     if command is None:
         raise SystemExit(f"launcher: {COMMAND} is required, one of: {', '.join(choices)}")
     command = " ".join(command.split())
+    if command in NOT_LAUNCHABLE:
+        raise SystemExit(f"launcher: {COMMAND}={command!r} is not offered as a template: {NOT_LAUNCHABLE[command]}")
     if command not in choices:
         raise SystemExit(f"launcher: {COMMAND}={command!r} cannot run on Dataflow; one of: {', '.join(choices)}")
     if not any(a == "--runner" or a.startswith("--runner=") for a in rest):
