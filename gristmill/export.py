@@ -11,11 +11,12 @@ pandas, DuckDB and Spark read these directly.
 Columns: `--features` names them in order (`fnmatch` patterns such as `score/*` expand to the
 matching features, sorted); by default every string feature (`id`, `text`, `url`, `timestamp`,
 `source`, those present) and every `score/...` feature. Types are fixed for the whole export by a
-first pass over the input: bytes -> string, floats -> float32, int64 -> int64, and a feature that
-holds other than one value in any record -> a list column of that type (a one-value record gives a
-list of one). A record without a chosen feature is an error naming the file, record and feature,
-unless `--allow_missing` (then null). In JSON lines, floats are written exactly (the float32 value
-as a double) and NaN / infinity as null.
+first pass over the input: bytes -> string, floats -> float32, int64 -> int64 (ints in some
+records and floats in others -> float64), and a feature that holds other than one value in any
+record -> a list column of that type (a one-value record gives a list of one). A record without
+a chosen feature is an error naming the file, record and feature, unless `--allow_missing` (then
+null). In JSON lines, floats are written exactly (the float32 value as a double) and NaN /
+infinity as null.
 
 Outputs are written like every gristmill output: each file atomically (`gristmill.io`, local or
 gs://), then its marker `.export/<file>.json` (rows, size, CRC32C, the source file's checksum),
@@ -53,7 +54,8 @@ EXPORT_FORMAT = 1  # bump when the same flags would write different bytes
 MANIFEST_FILE = "export_manifest.json"
 MARKERS_DIR = ".export"
 FORMATS = {"parquet": ".parquet", "jsonl": ".jsonl", "jsonl.zst": ".jsonl.zst"}
-STRING, FLOAT, INT = "string", "float32", "int64"
+STRING, FLOAT, INT, FLOAT64 = "string", "float32", "int64", "float64"
+NUMBERS = frozenset({FLOAT, INT, FLOAT64})
 SELECTIONS_DIR, LATEST_FILE = "selections", "LATEST"
 PROGRESS_SECONDS = 10.0
 log = logging.getLogger(__name__)
@@ -204,7 +206,7 @@ def read_source_file(file: SourceFile) -> Iterator[tuple[int, records.Record]]:
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-    """One exported feature: its name, its type (string, float32, int64), and whether it is a list."""
+    """One exported feature: its name, its type (string, float32, int64, float64), and whether it is a list."""
 
     name: str
     type: str
@@ -264,6 +266,8 @@ class Survey:
             if stats is None:
                 stats = self.features[name] = FeatureStats(kind, is_list, where,
                                                            first_lacking=self.first if self.records else None)
+            elif kind is not None and stats.type is not None and kind != stats.type and {kind, stats.type} <= NUMBERS:
+                stats.type = FLOAT64  # ints in some records, floats in others: exact as doubles
             elif kind is not None and stats.type is not None and kind != stats.type and stats.conflict is None:
                 stats.conflict = (f"feature {name!r} is {kind} in {where[0]} record {where[1]} but {stats.type} in "
                                   f"{stats.first[0]} record {stats.first[1]}")
@@ -348,6 +352,8 @@ def cell(column: Column, value: Any, where: tuple[str, int], allow_missing: bool
 
 def _scalar(column: Column, value: Any, where: tuple[str, int]) -> Any:
     kind, _ = value_type(value)
+    if column.type == FLOAT64 and kind in NUMBERS:
+        return float(value)
     if kind != column.type:
         raise ExportError(f"{where[0]} record {where[1]}: feature {column.name!r} is {kind}, its column {column.type}")
     if isinstance(value, bytes):
@@ -392,9 +398,9 @@ def jsonl_bytes(batch: Iterable[list[Any]], columns: list[Column], zstd_level: O
 
 
 def arrow_schema(columns: list[Column]):
-    """The Parquet schema of the columns: string, float32, int64, or a list of one of those."""
+    """The Parquet schema of the columns: string, float32, int64, float64, or a list of one of those."""
     import pyarrow as pa
-    types = {STRING: pa.string(), FLOAT: pa.float32(), INT: pa.int64()}
+    types = {STRING: pa.string(), FLOAT: pa.float32(), INT: pa.int64(), FLOAT64: pa.float64()}
     return pa.schema([pa.field(c.name, pa.list_(types[c.type]) if c.list else types[c.type]) for c in columns])
 
 
@@ -590,6 +596,8 @@ def _export(config: ExportConfig, source: Source, output: str, fingerprint: str)
         columns = [Column(**c) for c in next(iter(done.values()))["schema"]]
     else:
         found = survey(source, Progress("first pass", len(source.files), source.records))
+        if not found.records:
+            raise ExportError(f"{source.directory} holds no records: there is nothing to export")
         columns = choose_columns(found, config.features, config.allow_missing)
     log.info("export: %d column(s): %s; %d of %d file(s) already written", len(columns),
              ", ".join(f"{c.name} ({c.type}{'[]' if c.list else ''})" for c in columns), len(done), len(names))

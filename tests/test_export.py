@@ -18,12 +18,13 @@ from gristmill import cli, curate, export, io, records
 from gristmill.pipelines import score_random
 
 SCORE = "score/random/seed-0"
-ALL = ("id", "text", "label", "vec", "lang", "score/*")
+ALL = ("id", "text", "label", "vec", "lang", "quality", "score/*")
 
 
 def _doc(n: int) -> dict:
     doc = {"text": f"Document {n} talks about topic {n % 5}. Ünïcödé stays.", "url": f"https://example.com/{n}",
-           "label": n % 2, "vec": [0.5] if n % 3 == 0 else [0.1 * n, 0.25, -1.0], "lang": "en"}
+           "label": n % 2, "vec": [0.5] if n % 3 == 0 else [0.1 * n, 0.25, -1.0], "lang": "en",
+           "quality": n if n % 2 else n + 0.5}  # ints in some records, floats in others
     if n % 10 == 4:
         del doc["lang"]  # two of the fourteen records lack it
     return doc
@@ -38,7 +39,7 @@ def scored(tmp_path_factory):
             out.writelines(json.dumps(_doc(f * 10 + i)) + "\n" for i in range(7))
     output = str(root / "scored")
     score_random.run(["--input", str(root / "*.jsonl"), "--output", output, "--unit_records", "4",
-                      "--keep_fields", "label,vec,lang"])
+                      "--keep_fields", "label,vec,lang,quality"])
     return output
 
 
@@ -87,7 +88,8 @@ def test_parquet_has_a_stable_schema_and_reads_back_with_pyarrow_and_hf_datasets
     assert [os.path.basename(p) for p in parts] == [f"part-0000{i}-of-00004.parquet" for i in range(4)]
     assert manifest["outputs"]["records"] == [os.path.basename(p) for p in parts]
     expected_schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("label", pa.int64()),
-                                 ("vec", pa.list_(pa.float32())), ("lang", pa.string()), (SCORE, pa.float32())])
+                                 ("vec", pa.list_(pa.float32())), ("lang", pa.string()), ("quality", pa.float64()),
+                                 (SCORE, pa.float32())])
     for part in parts:  # the same schema in every file, even where a file's vec values all have one element
         assert pq.read_schema(part).remove_metadata() == expected_schema
     assert pq.ParquetFile(parts[0]).num_row_groups == 2  # 4 rows in groups of 3
@@ -128,13 +130,14 @@ def test_zstd_json_lines_round_trip_and_read_with_hf_datasets_and_datatrove(scor
             lines += zstandard.ZstdDecompressor().stream_reader(f).read().decode("utf-8").splitlines()
     got = [json.loads(line) for line in lines]
     assert got == [_expected_row(r, manifest["columns"]) for r in _records(scored)]
-    assert list(got[0]) == ["id", "text", "label", "vec", "lang", SCORE]  # every key on every line, in order
+    assert list(got[0]) == ["id", "text", "label", "vec", "lang", "quality", SCORE]
+    assert [type(g["quality"]) for g in got[:2]] == [float, float]  # every key on every line, in order
     import datasets
     ds = datasets.load_dataset("json", data_files=parts, split="train", cache_dir=str(tmp_path / "hf"))
     assert ds.num_rows == 14 and ds["id"] == [g["id"] for g in got]
     pytest.importorskip("datatrove")
     from datatrove.pipeline.readers import JsonlReader
-    docs = list(JsonlReader(str(out), glob_pattern="*.jsonl.zst")())
+    docs = list(JsonlReader(str(out), glob_pattern="part-*.jsonl.zst")())
     assert [d.id for d in docs] == [g["id"] for g in got]
     assert docs[0].text == got[0]["text"] and docs[0].metadata[SCORE] == got[0][SCORE]
 
