@@ -64,11 +64,19 @@ def _resolve(argv: list[str]):
     return None, None, argv
 
 
+# Warnings a user cannot act on, by the text that identifies them: Beam's optional GCP client
+# libraries; RunInference's memory probe, which fails to import its optional model manager and then
+# warns on every batch; orbax opening gristmill's own checkpoints read-only on purpose (training's resume).
+NOISE = ("apitools not found", "Resource module is not available for current platform",
+         "is read only", "Given directory is read only")
+
+
 class _DropNoise(logging.Filter):
-    """Drops Beam's warning about optional GCP client libraries that gristmill does not use."""
+    """Drops the warnings in NOISE."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "apitools not found" not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in NOISE)
 
 
 def _configure_logging() -> None:
@@ -76,6 +84,8 @@ def _configure_logging() -> None:
                         datefmt="%H:%M:%S")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropNoise())
+    for name in ("absl", "apache_beam.ml.inference.base"):  # records logged on these loggers directly
+        logging.getLogger(name).addFilter(_DropNoise())
     logging.getLogger("gristmill").setLevel(logging.INFO)
 
 

@@ -187,6 +187,20 @@ def input_files(options: JobOptions) -> list[units.InputFile]:
     return files
 
 
+def documents_in(options: JobOptions) -> Optional[int]:
+    """The records the input holds when known without reading it (None when not): --limit, or the
+    manifests of gristmill output directories given as --input. For progress totals only."""
+    if options.limit > 0:
+        return options.limit
+    total = 0
+    for pattern in options.input:
+        for part in (p.strip() for p in pattern.split(",") if p.strip()):
+            if any(ch in part for ch in "*?[") or not io.exists(io.join(part, MANIFEST_FILE)):
+                return None
+            total += records.read_manifest(part)["counts"]["written"]
+    return total
+
+
 def _count_records(path: str, reader: documents.ReaderConfig, cap: int) -> int:
     """Records of a file up to cap (a --limit trial reads this little twice)."""
     return sum(1 for _ in documents.read_numbered(path, reader, max_records=cap))
@@ -218,34 +232,66 @@ class Item(NamedTuple):
 UNIT, RECORD, DEAD, EXCLUDED = "unit", "record", "dead", "excluded"
 
 
-class Progress:
-    """Logs counts and rate every few seconds while a worker processes elements."""
+def duration(seconds: float) -> str:
+    """A short human duration: 45 s, 3 min 12 s, 2 h 05 min."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
-    def __init__(self, what: str, every_seconds: float = PROGRESS_SECONDS):
+
+class Progress:
+    """Logs count, total, percentage, rate and ETA at a steady interval while a worker processes elements.
+
+    The rate is measured from the first element, not from setup (model loading), so the ETA is
+    the time the remaining elements take at the current pace. total: the elements expected in the
+    whole job when known (None: the count and rate only). Each worker process logs its own count.
+    """
+
+    def __init__(self, what: str, total: Optional[int] = None, every_seconds: float = PROGRESS_SECONDS):
         self.what = what
+        self.total = total
         self.every = every_seconds
         self.count = 0
-        self.start = self.last = time.monotonic()
+        self.start: Optional[float] = None
+        self.last = time.monotonic()
 
     def tick(self, n: int = 1) -> None:
         """Counts n more elements and logs when the interval has passed."""
-        self.count += n
         now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        self.count += n
         if now - self.last >= self.every:
             self.last = now
-            log.info("%s: %d so far (%.1f/s)", self.what, self.count, self.count / max(now - self.start, 1e-9))
+            log.info("%s", self.line(now))
+
+    def line(self, now: Optional[float] = None) -> str:
+        """The progress line: `documents read: 1,200 of 10,000 (12.0%) at 40.1/s, ETA 3 min 40 s`."""
+        now = time.monotonic() if now is None else now
+        elapsed = max(now - (self.start or now), 1e-9)
+        rate = self.count / elapsed if self.count > 1 else 0.0
+        if not self.total:
+            return f"{self.what}: {self.count:,} at {rate:.1f}/s"
+        left = max(self.total - self.count, 0)
+        eta = f", ETA {duration(left / rate)}" if rate > 0 and left else ""
+        return (f"{self.what}: {self.count:,} of {self.total:,} ({100 * self.count / self.total:.1f}%) "
+                f"at {rate:.1f}/s{eta}")
 
 
 class _ReadUnitsFn(beam.DoFn):
     """FileWork -> Items: each document, each dead letter and one UnitInfo per unit not done."""
 
-    def __init__(self, reader: documents.ReaderConfig):
+    def __init__(self, reader: documents.ReaderConfig, total: Optional[int] = None):
         self.reader = reader
+        self.total = total
         self.read = Metrics.counter(COUNTER_NAMESPACE, "documents_read")
         self.units = Metrics.counter(COUNTER_NAMESPACE, "units_read")
 
     def setup(self):
-        self.progress = Progress("documents read")
+        self.progress = Progress("documents read", self.total)
         self.dead = {reason: Metrics.counter(DEAD_LETTER_NAMESPACE, reason) for reason in documents.REASONS}
 
     def process(self, work: units.FileWork):
@@ -296,14 +342,15 @@ class ReadUnits(beam.PTransform):
     Item and one `record` Item.
     """
 
-    def __init__(self, reader: documents.ReaderConfig):
+    def __init__(self, reader: documents.ReaderConfig, total: Optional[int] = None):
         super().__init__()
         self.reader = reader
+        self.total = total
 
     def expand(self, work):
         return (work
                 | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadAndValidate" >> beam.ParDo(_ReadUnitsFn(self.reader)))
+                | "ReadAndValidate" >> beam.ParDo(_ReadUnitsFn(self.reader, self.total)))
 
 
 def map_records(fn: Callable[[records.Record], Any]) -> Callable[[Item], Item]:
@@ -568,10 +615,14 @@ def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]
     io.atomic_write(io.join(output_dir, manifest["history"]), data)
     io.atomic_write(io.join(output_dir, MANIFEST_FILE), data, if_generation=manifest_generation)
     counts = manifest["counts"]
-    log.info("manifest %s: read %d, written %d, dead-lettered %d, excluded %d, units %d (%d reused)%s",
-             io.join(output_dir, MANIFEST_FILE), counts["read"], counts["written"], counts["dead_lettered"],
+    seconds = (datetime.datetime.fromisoformat(manifest["finished_at"])
+               - datetime.datetime.fromisoformat(base["started_at"])).total_seconds()
+    rate = "" if counts["units_reused"] else f" at {counts['read'] / max(seconds, 1e-9):.1f}/s"
+    log.info("done in %s: read %d%s, written %d, dead-lettered %d, excluded %d; units %d (%d reused)%s; %s",
+             duration(seconds), counts["read"], rate, counts["written"], counts["dead_lettered"],
              sum(counts["excluded"].values()), counts["units_total"], counts["units_reused"],
-             "" if manifest["reconciled"] else " (COUNTS DO NOT RECONCILE)")
+             "" if manifest["reconciled"] else " (COUNTS DO NOT RECONCILE)",
+             io.join(output_dir, MANIFEST_FILE))
     return manifest
 
 
@@ -616,6 +667,7 @@ class Prepared:
     base: dict[str, Any]
     manifest_generation: int = 0  # manifest.json's generation when the job started (0: none)
     fresh: bool = False  # the output held no job before this one: a failure before any unit undoes the start
+    documents: Optional[int] = None  # the input's records when known up front (progress totals)
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -665,7 +717,9 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
         "pipeline_options": pipeline_options.get_all_options(drop_default=True, retain_unknown_options=True),
         "inputs": [f.identity() for f in files], "versions": package_versions(), "started_at": utc_now(),
     }
-    return Prepared(options, config, pipeline_options, files, work, reused, base, generation or 0, fresh)
+    total = documents_in(options)
+    to_read = None if total is None else max(total - sum(m.get("read", 0) for m in reused), 0)
+    return Prepared(options, config, pipeline_options, files, work, reused, base, generation or 0, fresh, to_read)
 
 
 def new_pipeline(pipeline_options: PipelineOptions, save_main_session: bool, test_pipeline=None) -> beam.Pipeline:
@@ -679,7 +733,7 @@ def new_pipeline(pipeline_options: PipelineOptions, save_main_session: bool, tes
 def read(pipeline: beam.Pipeline, prepared: Prepared, label: str = "Read"):
     """The Item stream of the units still to do."""
     work = pipeline | f"{label}Work" >> beam.Create(prepared.work)
-    return work | label >> ReadUnits(prepared.options.reader_config())
+    return work | label >> ReadUnits(prepared.options.reader_config(), prepared.documents)
 
 
 def write(prepared: Prepared, items, files: Optional[dict[str, str]] = None, after: Iterable[Any] = (),

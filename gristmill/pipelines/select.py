@@ -329,7 +329,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     output = options.output
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     every_file = [units.FileWork(f, options.unit_records, "", unit_bytes=options.unit_bytes) for f in files]
-    everything = dataclasses.replace(prepared, work=every_file)
+    everything = dataclasses.replace(prepared, work=every_file, documents=kit.documents_in(options))
     docs = (kit.read(pipeline, everything, "ReadForPlan")
             | "Documents" >> beam.Filter(lambda item: item.kind == kit.RECORD)
             | "Records" >> beam.Map(lambda item: item.value))
