@@ -62,7 +62,8 @@ class DemoConfig:
     askllm_model: str = dataclasses.field(default="smollm2-135m-instruct", metadata={
         "help": "Ask-LLM model name or path"})
     documents: int = dataclasses.field(default=200, metadata={"help": "Documents of the corpus every stage runs on"})
-    askllm_max_length: int = dataclasses.field(default=128, metadata={"help": "Ask-LLM prompt tokens"})
+    askllm_max_length: int = dataclasses.field(default=512, metadata={
+        "help": "Ask-LLM prompt tokens (512: about 70% of the sample's documents fit whole)"})
     train_steps: int = dataclasses.field(default=40, metadata={"help": "Training steps per run (0: no training)"})
     seeds: tuple[int, ...] = dataclasses.field(default=(0, 1, 2), metadata={
         "help": "Seeds each training run is repeated with"})
@@ -129,7 +130,10 @@ def run_askllm(config: DemoConfig, scored: str, prefix: str = "", notes: bool = 
     feature = records.score_feature(score_askllm.SCORER_NAME, askllm.model_name_of(config.askllm_model))
     ranked = sorted((r for r in records.iter_scored_records(out) if feature in r),
                     key=lambda r: -r[feature])
-    lines = ["highest P(yes):"] + [_excerpt(r, feature) for r in ranked[:3]]
+    cut = sum(1 for r in ranked if r.get(records.truncated_feature(score_askllm.SCORER_NAME)))
+    lines = [f"truncated to --max_length {config.askllm_max_length} tokens: {cut} of {len(ranked)} documents "
+             f"({100 * cut / max(len(ranked), 1):.0f}%)", "highest P(yes):"]
+    lines += [_excerpt(r, feature) for r in ranked[:3]]
     lines += ["lowest P(yes):"] + [_excerpt(r, feature) for r in ranked[-3:]]
     return dataclasses.replace(result, notes="\n".join(lines))
 
@@ -138,7 +142,7 @@ def run_askllm(config: DemoConfig, scored: str, prefix: str = "", notes: bool = 
 # named in --extra_scorers (by default all three) and registered.
 EXTRA_SCORERS: dict[str, tuple[str, ...]] = {"perplexity": ("--max_length=64", "--batch_size=16"),
                                              "clusters": ("--k=4",),
-                                             "askllm-head": ("--sample=40", "--max_length=128", "--batch_size=8")}
+                                             "askllm-head": ("--sample=40", "--max_length=512", "--batch_size=8")}
 
 
 def run_registered(config: DemoConfig, name: str, scored: str, prefix: str = "") -> Optional[StageResult]:

@@ -14,14 +14,17 @@ def test_progress_line_has_total_percentage_rate_and_eta():
     line = progress.line()
     assert line.startswith("documents read: 200 of 1,000 (20.0%) at ")
     rate = float(line.split(" at ")[1].split("/s")[0])
-    assert 19.0 < rate <= 20.0
-    assert line.endswith("ETA 40 s") or line.endswith("ETA 41 s") or "ETA 4" in line
+    assert 19.8 < rate <= 19.9             # 199 documents after the first, in 10 s
+    assert line.endswith("ETA 40 s")
 
 
 def test_progress_without_total_says_count_and_rate_only():
     progress = kit.Progress("documents scored by embed", every_seconds=3600)
     progress.tick(5)
-    assert progress.line().startswith("documents scored by embed: 5 at ")
+    assert progress.line() == "documents scored by embed: 5"   # no rate from one instant
+    progress.start -= 2.0
+    progress.tick(4)
+    assert progress.line() == "documents scored by embed: 9 at 2.0/s"
     assert "ETA" not in progress.line()
 
 

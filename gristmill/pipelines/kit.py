@@ -254,7 +254,7 @@ class Progress:
         self.what = what
         self.total = total
         self.every = every_seconds
-        self.count = 0
+        self.count = self.first = 0
         self.start: Optional[float] = None
         self.last = time.monotonic()
 
@@ -262,7 +262,7 @@ class Progress:
         """Counts n more elements and logs when the interval has passed."""
         now = time.monotonic()
         if self.start is None:
-            self.start = now
+            self.start, self.first = now, n
         self.count += n
         if now - self.last >= self.every:
             self.last = now
@@ -271,14 +271,14 @@ class Progress:
     def line(self, now: Optional[float] = None) -> str:
         """The progress line: `documents read: 1,200 of 10,000 (12.0%) at 40.1/s, ETA 3 min 40 s`."""
         now = time.monotonic() if now is None else now
-        elapsed = max(now - (self.start or now), 1e-9)
-        rate = self.count / elapsed if self.count > 1 else 0.0
+        elapsed = now - (self.start or now)
+        rate = (self.count - self.first) / elapsed if elapsed >= 1.0 else 0.0  # from the first element on
+        pace = f" at {rate:.1f}/s" if rate > 0 else ""
         if not self.total:
-            return f"{self.what}: {self.count:,} at {rate:.1f}/s"
+            return f"{self.what}: {self.count:,}{pace}"
         left = max(self.total - self.count, 0)
         eta = f", ETA {duration(left / rate)}" if rate > 0 and left else ""
-        return (f"{self.what}: {self.count:,} of {self.total:,} ({100 * self.count / self.total:.1f}%) "
-                f"at {rate:.1f}/s{eta}")
+        return f"{self.what}: {self.count:,} of {self.total:,} ({100 * self.count / self.total:.1f}%){pace}{eta}"
 
 
 class _ReadUnitsFn(beam.DoFn):
@@ -326,10 +326,10 @@ class _ReadUnitsFn(beam.DoFn):
                 yield Item(DEAD, key, number, item)
             else:
                 n_docs += 1
+                self.progress.tick()
                 yield Item(RECORD, key, number, item)
         self.read.inc(n_docs)
         self.units.inc()
-        self.progress.tick(n_docs)
         yield Item(UNIT, key, 0, UnitInfo(key, work.file, chunk, last, n_docs, n_dead))
 
 
