@@ -1,8 +1,9 @@
 """How well does the Ask-LLM score separate good from bad web text? ROC-AUC against human labels.
 
-Data: ../shared/data/hplt-v2-annotations/eng_Latn_batch0.tsv, 200 English HPLT v2 documents
-(each ~1,000 characters: 500 from the start of each half) labelled by a person. A row is BAD when
-it is marked `unnatural?` (SEO word lists, boilerplate) or `porn?`, GOOD otherwise (170 / 30).
+Data: `annot_round1/eng_Latn/batch0.tsv` of github.com/hplt-project/release2_inspection (the rows
+of gristmill/data/labels/hplt-v2-eng.jsonl; `TSV` below says where it is read from), 200 English
+HPLT v2 documents (each ~1,000 characters: 500 from the start of each half) labelled by a person.
+A row is BAD when it is marked `unnatural?` (SEO word lists, boilerplate) or `porn?`, GOOD otherwise (170 / 30).
 The AUC is P(score of a random good row > score of a random bad row), ties counting one half,
 with a percentile bootstrap 95% interval; the AUC of log P(yes) - log P(no) (a yes/no
 renormalisation, not the paper's score) is printed beside it for reference.

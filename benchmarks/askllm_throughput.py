@@ -42,7 +42,7 @@ from results import JsonResult  # noqa: E402
 
 C4 = os.path.join(REPO, "gristmill", "data", "c4-olmo", "c4-sample.00000-of-00001.json.gz")
 FIXTURE_SPM = os.path.join(REPO, "tests", "fixtures", "t5", "tiny_v1_1", "spiece.model")
-# Ask-LLM prompt (PAPER.md 1.1, nano-askllm's whitespace); only its length matters here.
+# Ask-LLM prompt (docs/paper.md §1.1, nano-askllm's whitespace); only its length matters here.
 PROMPT = ("###\n{text}\n###\n\nDoes the previous paragraph demarcated within ### and ### contain informative "
           "signal for pre-training a large-language model? An informative datapoint should be well-formatted, "
           "contain some usable knowledge of the world, and strictly NOT have any harmful, racist, sexist, etc. "

@@ -12,12 +12,12 @@ pick exactly the same documents:
 The randomness of every rule is `u = uniform_from_id(id, seed)`, a uniform in [0, 1) from a hash
 of the document id, so a decision needs no RNG state and is independent of sharding and order.
 
-Rules (PAPER.md §4):
+Rules (docs/paper.md §4):
 - `TopK`: keep iff `(score, u) > (threshold_score, threshold_u)` lexicographically: a global score
   threshold whose ties are broken by the hash, so the realised size is exact on in-memory corpora.
 - `BottomK`: keep iff `(-score, u) > (-threshold_score, threshold_u)`: the lowest scores, same ties.
 - `IPS`: keep iff `u < pi = min(1, c / score)` (Poisson sampling without replacement, Density's
-  rule, PAPER.md §2.4: keep probability proportional to 1/score). `c` is solved exactly so that
+  rule, docs/paper.md §2.4: keep probability proportional to 1/score). `c` is solved exactly so that
   the expected kept size equals the target; documents whose `c / score` exceeds 1 are capped at 1
   and their excess share is redistributed to the others.
 - `Random`: keep iff `u < threshold`. Planned exactly (the threshold is the u of the first

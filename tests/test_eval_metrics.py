@@ -1,7 +1,7 @@
 """Over-scaling, speed-up, Kendall tau-b and histograms against hand-computed values and scipy.
 
 Expected over-scaling and speed-up numbers are worked out by hand in the comments (the paper's
-definition, PAPER.md §5.4 and §6.3); Kendall tau-b is checked against scipy.stats.kendalltau.
+definition, docs/paper.md §5.4 and §6.3); Kendall tau-b is checked against scipy.stats.kendalltau.
 """
 
 import math

@@ -1,7 +1,7 @@
 """Evaluation: held-out perplexity, the paper's over-scaling and speed-up, selection quality, calibration, the report.
 
 - `metrics`: pure functions over result tables and score arrays (over-scaling, speed-up,
-  Kendall tau-b, histograms), with the paper's definitions (PAPER.md §5.4, §6.2, §6.3).
+  Kendall tau-b, histograms), with the paper's definitions (docs/paper.md §5.4, §6.2, §6.3).
 - `scores`: scored records as aligned columns, one per `score/...` feature present.
 - `quality`: `gristmill evaluate`, each scorer against labelled documents: ROC-AUC with a
   bootstrap interval, and the precision of top-k and of its paper rule at 10/20/40%.

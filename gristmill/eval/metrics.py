@@ -5,7 +5,7 @@ one trained model (`model` size, `sampler`, sampling `rate`, training budget `st
 checkpoint (`step`, `tokens` seen). Functions return plain values (floats, tuples, numpy
 arrays); rendering lives in `gristmill.eval.report`.
 
-Over-scaling (PAPER.md §5.4, [P §4.3]): "the relative improvement of a model when compared
+Over-scaling (docs/paper.md §5.4, [P §4.3]): "the relative improvement of a model when compared
 against the next-largest model size, averaged over all downstream evaluations":
 
     OverScaling = mean_metric 100 * (Perf(M, sampled) - Perf(M, full)) / (Perf(M_next, full) - Perf(M, full))
@@ -15,7 +15,7 @@ model size trained on all the data scores 100%. Worked example: T5-L full 80, T5
 T5-L sampled 81 gives 100 * 1 / 4 = 25%; a perplexity (lower is better) of L full 20, XL full 16,
 L sampled 19 gives 100 * (-(19 - 20)) / (-(16 - 20)) = 25%; the over-scaling is their mean, 25%.
 
-Speed-up (PAPER.md §6.3, "X% of the data, corresponding to an X% training speedup"; the exact
+Speed-up (docs/paper.md §6.3, "X% of the data, corresponding to an X% training speedup"; the exact
 computation is not given): the training tokens a sampled run needs to reach the final value of
 the full-data run, `speed-up % = 100 * (1 - tokens_needed / tokens_full)`.
 """
@@ -144,7 +144,7 @@ def over_scaling_terms(results: Iterable[ResultLike], *, model: str, sampler: st
 def over_scaling(results: Iterable[ResultLike], *, model: str, sampler: str, next_model: str,
                  metrics: Sequence[str], lower_is_better: Collection[str] = (), full_sampler: str = FULL,
                  rate: Optional[float] = None, steps: Optional[int] = None) -> float:
-    """Over-scaling (%) of `model` trained on `sampler`'s data, relative to `next_model` (PAPER.md §5.4).
+    """Over-scaling (%) of `model` trained on `sampler`'s data, relative to `next_model` (docs/paper.md §5.4).
 
         100 * mean over metrics of gain(model, sampler) / gain(next_model, full)
         gain(model, sampler)  = s * (Perf(model, sampler) - Perf(model, full))
@@ -153,7 +153,7 @@ def over_scaling(results: Iterable[ResultLike], *, model: str, sampler: str, nex
     with s = -1 for metrics in `lower_is_better` (perplexities) and +1 otherwise: both gains are
     improvements, positive when better. Negating both leaves each ratio unchanged, so the flip
     does not change the number; it fixes what the ratio means (the paper's "improvement", whose
-    sign convention for perplexities it leaves unstated, PAPER.md §9.7) and lets the function
+    sign convention for perplexities it leaves unstated, docs/paper.md §9.7) and lets the function
     check the premise of the definition, that the next model size is better on every metric.
     Where it is not (gain(next_model, full) <= 0), the ratio would be meaningless (its sign
     inverted, or a division by zero) and MetricError is raised naming the metric.
@@ -196,7 +196,7 @@ def _curve(points: Iterable[Sequence[float]], name: str) -> tuple[np.ndarray, np
 
 def speed_up(curve_sampler: Iterable[Sequence[float]], curve_full: Iterable[Sequence[float]], *,
              lower_is_better: bool) -> SpeedUp:
-    """How much sooner a sampled run reaches the full-data run's final value (PAPER.md §6.3).
+    """How much sooner a sampled run reaches the full-data run's final value (docs/paper.md §6.3).
 
     Curves are (training tokens, metric value) points at logged checkpoints. The target is the
     full curve's value at its last point (tokens_full). tokens_needed is where the sampled curve

@@ -1,7 +1,7 @@
 """Held-out perplexity of a trained T5: the span-corruption perplexity on a fixed text set.
 
-The paper reports "C4 perplexity" and "HQ perplexity" (PAPER.md §5.3) but does not say how a
-T5's perplexity is computed (PAPER.md §9.3). gristmill's definition:
+The paper reports "C4 perplexity" and "HQ perplexity" (docs/paper.md §5.3) but does not say how a
+T5's perplexity is computed (docs/paper.md §9.3). gristmill's definition:
 
     perplexity = exp( sum of -log p(target token) / number of target tokens )
 

@@ -13,13 +13,13 @@ sections (their HTML ids):
 - `quality`: selection quality against labels, from a `gristmill evaluate` JSON (`--quality`).
 - `curves`: learning curves, held-out perplexity vs training tokens, one line per run.
 - `results`: final values, over-scaling against the next model size of the grid and speed-up
-  against the full-data run of the same size (PAPER.md §5.4, §6.3), or n/a with the reason.
+  against the full-data run of the same size (docs/paper.md §5.4, §6.3), or n/a with the reason.
 
 Every score feature present in the records gets its histogram, calibration rows and a row and
 column of the tau matrix. The data of every section is computed by pure functions
 (`score_summary`, `histograms`, `extremes`, `calibration.calibration`, `learning_curves`,
 `results_table`) into a `ReportData`; writers (`HtmlWriter`, `JsonWriter`) only render it
-(STYLE rule 19). Inputs and outputs may be local or gs:// paths (`gristmill.io`).
+(CONTRIBUTING.md style rule 19). Inputs and outputs may be local or gs:// paths (`gristmill.io`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ sentence-transformers in ``tests/test_embeddings.py`` and against transformers i
   everywhere, exact (erf) GELU, attention logits scaled by ``1/sqrt(head_dim)``, padded keys masked;
 * the pooler (``tanh(W h_CLS)``) is not part of the network: sentence embeddings pool tokens.
 
-The module computes activations only (STYLE rule 1); public functions take ``params`` explicitly
+The module computes activations only (CONTRIBUTING.md style rule 1); public functions take ``params`` explicitly
 and are jitted with the frozen :class:`BertConfig` static. Parameters are float32; ``dtype`` is
 the compute dtype (LayerNorm statistics and softmax stay float32).
 """

@@ -20,7 +20,7 @@ attention query N(0, (d_model*d_kv)^-1) (the folded 1/sqrt(d_kv)), key/value N(0
 output N(0, (heads*d_kv)^-1); MLP and untied logits kernels truncated-normal with variance
 1/fan_in; relative-position table uniform variance-scaling over fan_avg; norm scales 1.
 
-The module only computes activations and logits (STYLE rule 1). Public functions take
+The module only computes activations and logits (CONTRIBUTING.md style rule 1). Public functions take
 ``params`` (the tree under flax's ``"params"`` collection) explicitly and are jitted with the
 frozen :class:`T5Config` static. Parameters are float32; ``config.dtype`` picks the compute dtype.
 """

@@ -1,4 +1,4 @@
-"""`gristmill score clusters`: the SemDeDup and SSL Prototypes baselines (PAPER.md 3.1 rows 3-4).
+"""`gristmill score clusters`: the SemDeDup and SSL Prototypes baselines (docs/paper.md §3.1 rows 3-4).
 
     gristmill score clusters --input out/density --output out/clusters --k 10000 \\
         [--sample 200000] [--iterations 20] [--eps 0.05] [--name NAME] [--embedder minilm|st5:DIR]

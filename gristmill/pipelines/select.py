@@ -1,6 +1,6 @@
-"""`gristmill select`: turn scores into a training subset with a selection plan (PAPER.md §4).
+"""`gristmill select`: turn scores into a training subset with a selection plan (docs/paper.md §4).
 
-    gristmill select --input 'out/askllm/scored-*.tfrecord' --output out/top60 \\
+    gristmill select --input out/askllm --output out/top60 \\
         --score score/askllm/flan-t5-xl --rule topk --rate 0.6 [--seed 0] [--plan_only]
 
 One pass computes the plan over the whole corpus (`gristmill.sampling`): exactly, by gathering
@@ -8,8 +8,11 @@ One pass computes the plan over the whole corpus (`gristmill.sampling`): exactly
 millions), or with `--approximate` from Beam's approximate quantiles (top-k, bottom-k, random)
 or a score histogram (IPS), whose error bound the plan records in `expected_error`. The plan is
 saved as `plan.json`, then applied record by record: the selected records are written with all
-their features (`scored-*.tfrecord`, so selections chain), and `report.json` + `histogram.png`
-give the counts, the realised rate and the score distribution before and after.
+their features, one file per input unit (`units/<unit>.tfrecord`, listed in the manifest's
+`outputs.records`; `--input` of the next job can be this directory, so selections chain), and
+`report.json` + `histogram.png` give the counts, the realised rate and the score distribution
+before and after. Plan, report and histogram are written under `versions/<v>/` (the manifest's
+`outputs.plan`, `outputs.report`, `outputs.histogram`), with latest copies at the top level.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Ask-LLM quality score (Sachdeva et al. 2024, PAPER.md section 1): P("yes" | prompt(document)).
+"""Ask-LLM quality score (Sachdeva et al. 2024, docs/paper.md §1): P("yes" | prompt(document)).
 
 Pure core, no Beam: prompt building, answer-token resolution and a batched JAX scorer.
 
 Prompt. The default template (`gristmill/prompts/askllm.txt`) is the paper's Figure 3 text with
 nano-askllm's whitespace, the only concrete layout published (the PDF's line breaks inside the
-question are figure layout, PAPER.md 1.1): the question on one line and a blank line between the
+question are figure layout, docs/paper.md §1.1): the question on one line and a blank line between the
 blocks::
 
     ###

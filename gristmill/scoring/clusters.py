@@ -1,5 +1,5 @@
 """k-means over document embeddings and the two clustering baselines, SSL Prototypes and SemDeDup
-(PAPER.md 3.1 rows 3-4). Pure numpy; every function takes unit-norm float32 embeddings [n, d].
+(docs/paper.md §3.1 rows 3-4). Pure numpy; every function takes unit-norm float32 embeddings [n, d].
 
 Spherical k-means (cosine): centroids are unit vectors, a document belongs to the centroid of
 highest cosine similarity, and a centroid is the normalised sum of its members.

@@ -1,4 +1,4 @@
-"""Perplexity filtering (PAPER.md 3.1 rows 5-14): a document's perplexity under a proxy language model.
+"""Perplexity filtering (docs/paper.md §3.1 rows 5-14): a document's perplexity under a proxy language model.
 
 Pure core, no Beam: tokenisation and truncation (`encode`), and a batched JAX scorer
 (`score_encoded`) that pads to a fixed row count and to length buckets, as `AskLLMScorer` does.
@@ -13,7 +13,7 @@ BOS that is every document token, without it (SmolLM2) the first document token 
 A document must give at least 2 tokens (else `PerplexityError`).
 
 T5 (the paper's scorer, encoder-decoder). The paper does not say how it computes a T5's
-perplexity (PAPER.md 3.2). gristmill uses T5's own pre-training loss, span corruption: the
+perplexity (docs/paper.md §3.2). gristmill uses T5's own pre-training loss, span corruption: the
 document's first `tokens_length` tokens (T5's `random_spans_helper(max_length)`: 568 for 512, so
 the corrupted encoder input fills `max_length`) are span-corrupted (noise density 0.15, mean span
 3) with a generator seeded by ``(seed, blake2b-64 of the text, 0)``, and the score is the
@@ -27,7 +27,7 @@ chunk gets the same example there and here. The seed comes from the text, not th
 duplicates get equal scores. `n_predicted` is the number of target tokens (about 0.2 x the
 document tokens), so T5 perplexities are noisier than decoder-only ones of the same length.
 
-Sign convention: the paper keeps LOW perplexity (PAPER.md 3.2: `bottomk` on the perplexity, or
+Sign convention: the paper keeps LOW perplexity (docs/paper.md §3.2: `bottomk` on the perplexity, or
 top-k on its negation, the Figure 9 score).
 
 Batching: each call sorts its documents by length, cuts them into `batch_size` groups, pads every

@@ -13,7 +13,7 @@ the tokenizer), the sequence lengths, the batch size and the optimizer defaults.
 | `base_v1_0`  | T5 1.0 base                            | 222,903,552              |
 | `large_v1_0` | T5 1.0 large                           | 737,668,096              |
 
-The paper (PAPER.md §5.1) trains "T5-Small (60M)" and "T5-Large (800M)" with the original T5
+The paper (docs/paper.md §5.1) trains "T5-Small (60M)" and "T5-Large (800M)" with the original T5
 settings and does not say which T5 version: 60M is T5 1.0 small, 800M is nearest T5 v1.1 large.
 `small`/`base`/`large` are v1.1 (what T5X pre-trains, dropout off in pre-training as v1.1
 prescribes); the `_v1_0` presets give the 1.0 shapes. All use sequences of 512 inputs / 114

@@ -346,7 +346,7 @@ def train_batches(files: Union[str, Sequence[str]], vocabulary: Vocabulary, conf
 
 
 def epochs_for_token_budget(token_budget: float, subset_tokens: float) -> float:
-    """Epochs over a subset that spend a fixed token budget (iso-compute, PAPER.md §5.2).
+    """Epochs over a subset that spend a fixed token budget (iso-compute, docs/paper.md §5.2).
 
     The paper trains every model on 524B tokens (1024 x 512 x 1M steps): 2.8 epochs of all of
     C4 (184B tokens), 28.4 of a 10% sample. Train by step count with num_epochs=None.

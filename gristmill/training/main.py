@@ -1,4 +1,4 @@
-"""`gristmill train`: flags -> `TrainConfig` -> `train.train` (STYLE rule 9).
+"""`gristmill train`: flags -> `TrainConfig` -> `train.train` (CONTRIBUTING.md style rule 9).
 
     gristmill train --data 'scored/*.tfrecord*' [--plan PLAN.json] --model_size small --steps 1000000 \\
         --output runs/askllm-20 [--vocab spiece.model] [--batch_size 1024] [--seed 0] \\

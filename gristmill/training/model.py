@@ -1,6 +1,6 @@
 """The T5 model wrapper for training: packed-attention forward, span-corruption loss, scoring, FLOPs.
 
-STYLE rule 1: `gristmill.models.t5` holds the network (it only computes logits); this module owns
+CONTRIBUTING.md style rule 1: `gristmill.models.t5` holds the network (it only computes logits); this module owns
 the loss and scoring, each taking ``params`` explicitly; `training.step` owns the state.
 
 Packing. `t5.logits` masks keys only (``[B, L]`` masks), which cannot keep packed examples apart,

@@ -2,7 +2,7 @@
 
     OUTPUT/config.json          the run record `train.prepare` writes (train, model, optimizer, input, vocab, ...)
     OUTPUT/model/params/        final float32 params (orbax)
-                 t5_config.json the `t5.T5Config` (STYLE rule 8: the config travels with the weights)
+                 t5_config.json the `t5.T5Config` (CONTRIBUTING.md style rule 8: the config travels with the weights)
                  spiece.model   a copy of the vocabulary
     OUTPUT/checkpoints/<step>/  see `checkpointing`
 

@@ -1,6 +1,6 @@
 """The train state and the pure train step, jitted data-parallel with the state donated.
 
-STYLE rule 8: ``train_step(state, batch, rng) -> (state, metrics)`` is a pure function; its
+CONTRIBUTING.md style rule 8: ``train_step(state, batch, rng) -> (state, metrics)`` is a pure function; its
 dropout key is ``fold_in(rng, state.step)``, so a step's randomness depends only on the seed and
 the step (which is what makes resume exact). Data parallel: one 1-D mesh ``("data",)`` over
 ``jax.devices()``; batches are split on their leading axis, params, optimizer state, rng and

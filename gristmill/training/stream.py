@@ -1,6 +1,6 @@
 """The batch stream: training batches epoch after epoch, with a position that saves and restores exactly.
 
-Data and epochs (iso-compute, PAPER.md §5.2): the selection is read one epoch at a time, each
+Data and epochs (iso-compute, docs/paper.md §5.2): the selection is read one epoch at a time, each
 epoch a `data.make_dataset` pass with its own seed derived from (seed, epoch) (fresh shuffle and
 span-corruption noise), for as many epochs as the run needs (or at most ``max_epochs``). The
 epoch fraction is estimated from the previous epoch's batch count.
