@@ -17,7 +17,7 @@ L sampled 19 gives 100 * (-(19 - 20)) / (-(16 - 20)) = 25%; the over-scaling is 
 
 Speed-up (docs/paper.md §6.3, "X% of the data, corresponding to an X% training speedup"; the exact
 computation is not given): the training tokens a sampled run needs to reach the final value of
-the full-data run, `speed-up % = 100 * (1 - tokens_needed / tokens_full)`.
+the full-data run and stay at or beyond it, `speed-up % = 100 * (1 - tokens_needed / tokens_full)`.
 """
 
 from __future__ import annotations
@@ -199,26 +199,31 @@ def speed_up(curve_sampler: Iterable[Sequence[float]], curve_full: Iterable[Sequ
     """How much sooner a sampled run reaches the full-data run's final value (docs/paper.md §6.3).
 
     Curves are (training tokens, metric value) points at logged checkpoints. The target is the
-    full curve's value at its last point (tokens_full). tokens_needed is where the sampled curve
-    first reaches the target (value <= target when lower is better, >= otherwise), linearly
-    interpolated between the two logged points around the crossing; a curve that already meets
-    the target at its first point needs that point's tokens (nothing is known before it).
+    full curve's value at its last point (tokens_full). A point meets the target when its value
+    is <= target (lower is better) or >= target (otherwise). tokens_needed is where the sampled
+    curve reaches the target *and stays there*: after its last logged point that misses the
+    target, linearly interpolated between that point and the next one; a curve whose every
+    point meets the target needs its first point's tokens (nothing is known before it). A noisy
+    early checkpoint that dips below the target and climbs back does not count, and a curve
+    whose last point misses the target never reaches it (None).
     speed-up % = 100 * (1 - tokens_needed / tokens_full): 0% when it needs as many tokens as
     the full run, negative when it needs more, None when it never reaches the target.
 
     Example: full [(100, 10), (200, 8)] (target 8, 200 tokens), sampled [(50, 9), (150, 7)]:
-    the sampled curve crosses 8 half way, at 100 tokens, so the speed-up is 50%.
+    the sampled curve crosses 8 half way, at 100 tokens, so the speed-up is 50%; sampled
+    [(50, 7), (150, 9)] ends above 8, so it never reaches full data.
     """
     full_t, full_v = _curve(curve_full, "full-data")
     t, v = _curve(curve_sampler, "sampled")
     target, tokens_full = float(full_v[-1]), float(full_t[-1])
     reached = v <= target if lower_is_better else v >= target
-    if not reached.any():
+    if not reached[-1]:
         return SpeedUp(None, None, tokens_full, target)
-    i = int(np.argmax(reached))
-    if i == 0:
+    missed = np.flatnonzero(~reached)
+    if missed.size == 0:
         needed = float(t[0])
     else:
+        i = int(missed[-1]) + 1  # the first point of the run of points that stay at the target
         t0, t1, v0, v1 = t[i - 1], t[i], v[i - 1], v[i]
         needed = float(t0 + (target - v0) / (v1 - v0) * (t1 - t0))
     return SpeedUp(100.0 * (1.0 - needed / tokens_full), needed, tokens_full, target)

@@ -1,42 +1,55 @@
 """`gristmill report --experiment DIR [--scored SPEC] --output report.html [--json F] [--quality F] [--calibration F]`.
 
 One self-contained HTML page (CSS inline, figures as base64 PNG from matplotlib's Agg backend,
-no external assets), rendered from the Jinja2 template `templates/report.html.j2`, with these
-sections (their HTML ids):
+no external assets), rendered from the Jinja2 template `templates/report.html.j2`. It opens
+with a table of contents linking these sections (their HTML ids; docs/report.md says what each
+shows):
 
-- `summary`: the experiment's corpus counts, runs and skipped samplers.
-- `histograms`: the histogram of every `score/...` feature of the scored records (Figure 9).
+- `summary`: the experiment's corpus counts, scale and skipped samplers.
+- `status`: training runs planned, finished, unfinished (failed or still running), not started;
+  per grid cell the seeds planned and finished.
+- `health`: pipeline health from the manifests of the jobs behind the scored records (read,
+  written, dead-lettered and excluded by reason, units reused, durations) and each scorer's
+  truncation rate (`truncated/<scorer>` features).
+- `headline`: final held-out perplexity against sampling rate, one line per sampler, full data
+  a horizontal line (the paper's headline plot).
+- `results`: final values with the seeds behind each row, over-scaling against the next model
+  size (or one note when the grid has one size) and speed-up against full data.
+- `curves`: learning curves, held-out perplexity vs training tokens, seeds' spread shaded.
+- `composition`: what each selection plan of the experiment kept: documents, tokens and
+  lengths before and after, counts by source file and URL host, documents at the threshold.
+- `coverage`: Ask-LLM score against Density score per document, the selected ones marked.
+- `histograms`: every `score/...` feature's histogram with the plans' thresholds (log-scale x
+  where a score spans orders of magnitude).
 - `kendall`: Kendall tau-b between every two scorers over the documents having both (Figure 7).
 - `calibration`: per scorer the score at each percentile and the documents at chosen
   percentiles, and those documents' percentiles under every scorer side by side (App. E).
 - `extremes`: the highest and lowest scored documents of each scorer (text excerpts).
 - `quality`: selection quality against labels, from a `gristmill evaluate` JSON (`--quality`).
-- `curves`: learning curves, held-out perplexity vs training tokens, one line per run.
-- `results`: final values, over-scaling against the next model size of the grid and speed-up
-  against the full-data run of the same size (docs/paper.md §5.4, §6.3), or n/a with the reason.
 
-Every score feature present in the records gets its histogram, calibration rows and a row and
-column of the tau matrix. The data of every section is computed by pure functions
-(`score_summary`, `histograms`, `extremes`, `calibration.calibration`, `learning_curves`,
-`results_table`) into a `ReportData`; writers (`HtmlWriter`, `JsonWriter`) only render it
-(CONTRIBUTING.md style rule 19). Inputs and outputs may be local or gs:// paths (`gristmill.io`).
+The data of every section is computed by pure functions (here and in `report_sections`) into a
+`ReportData`; writers (`HtmlWriter`, `JsonWriter`, the figures of `report_figures`) only render
+it (CONTRIBUTING.md style rule 19). Paths on the page are relative to the report's directory. Inputs and outputs
+may be local or gs:// paths (`gristmill.io`).
 """
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io as bytes_io
+import json
 import math
+import os
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 import jinja2
 import numpy as np
 
-from gristmill import flags, io
+from gristmill import flags, io, sampling
 from gristmill.errors import UsageError
 from gristmill.eval import calibration as calibration_lib
 from gristmill.eval import metrics
+from gristmill.eval import report_figures as figures_lib
+from gristmill.eval import report_sections as sections
 from gristmill.eval import scores as scores_lib
 
 # The score table lives in `scores` (shared with calibration and quality); these names stay here too.
@@ -46,7 +59,14 @@ excerpt = scores_lib.excerpt
 EXCERPT_CHARS = scores_lib.EXCERPT_CHARS
 SCORE_PREFIX = scores_lib.SCORE_PREFIX
 
-SECTIONS = ("summary", "histograms", "kendall", "calibration", "extremes", "quality", "curves", "results")
+SECTION_TITLES = {
+    "summary": "Summary", "status": "Run status", "health": "Pipeline health",
+    "headline": "Perplexity against sampling rate", "results": "Results", "curves": "Learning curves",
+    "composition": "Selection composition", "coverage": "Coverage against quality",
+    "histograms": "Score histograms", "kendall": "Kendall tau between scorers",
+    "calibration": "Calibration: what a score means", "extremes": "Highest and lowest scored documents",
+    "quality": "Selection quality against labels"}
+SECTIONS = tuple(SECTION_TITLES)
 FULL = metrics.FULL
 TEMPLATE = "report.html.j2"
 
@@ -69,10 +89,16 @@ def score_summary(table: ScoreTable) -> dict[str, dict[str, float]]:
 
 
 def histograms(table: ScoreTable, bins: int = 30) -> dict[str, tuple[list[int], list[float]]]:
-    """Per scorer: (counts, edges) of its scores (missing ones left out)."""
+    """Per scorer: (counts, edges) of its scores (missing ones left out); log-spaced edges where the
+    score spans orders of magnitude (`report_sections.spans_orders`)."""
     out = {}
     for name, values in table.scores.items():
-        counts, edges = metrics.histogram(values, bins)
+        v = values[np.isfinite(values)]
+        if sections.spans_orders(v):
+            edges = np.geomspace(v.min(), v.max(), bins + 1)
+            counts, edges = metrics.histogram(values, edges)
+        else:
+            counts, edges = metrics.histogram(values, bins)
         out[name] = (counts.tolist(), edges.tolist())
     return out
 
@@ -104,7 +130,16 @@ def run_label(model: str, steps: Optional[int], sampler: str, rate: float) -> st
 
 def learning_curves(rows: Iterable[metrics.ResultLike]) -> dict[str, list[dict[str, Any]]]:
     """Per metric, one entry per run: {label, model, steps, sampler, rate, points}, points being
-    (training tokens, value) in token order; rows without tokens are left out. Runs sorted by label."""
+    (training tokens, value) in token order, `std` the seeds' standard deviation at each point
+    (None where unknown) and `seeds` how many seeds; rows without tokens are left out. Runs sorted
+    by label."""
+    rows = list(rows)
+    spread, seeds = {}, {}
+    for row in rows:
+        if isinstance(row, Mapping):
+            key = (row["model"], row.get("steps"), row["sampler"], float(row["rate"]), row["metric"], row.get("step"))
+            spread[key] = row.get("std")
+            seeds[key] = _seed_count(row)
     curves: dict[str, dict[tuple, dict[str, Any]]] = {}
     for r in metrics.as_results(rows):
         if r.tokens is None:
@@ -112,15 +147,25 @@ def learning_curves(rows: Iterable[metrics.ResultLike]) -> dict[str, list[dict[s
         key = (r.model, r.steps, r.sampler, float(r.rate))
         entry = curves.setdefault(r.metric, {}).setdefault(key, {
             "label": run_label(*key), "model": r.model, "steps": r.steps, "sampler": r.sampler,
-            "rate": float(r.rate), "points": []})
+            "rate": float(r.rate), "points": [], "std": [], "seeds": 1})
         entry["points"].append((float(r.tokens), float(r.value)))
+        entry["std"].append(spread.get((*key, r.metric, r.step)))
+        entry["seeds"] = max(entry["seeds"], seeds.get((*key, r.metric, r.step), 1))
     out = {}
     for metric in sorted(curves):
         runs = sorted(curves[metric].values(), key=lambda e: e["label"])
         for e in runs:
-            e["points"].sort()
+            order = sorted(range(len(e["points"])), key=lambda i: e["points"][i])
+            e["points"] = [e["points"][i] for i in order]
+            e["std"] = [e["std"][i] for i in order]
         out[metric] = runs
     return out
+
+
+def _seed_count(row: Mapping[str, Any]) -> int:
+    """How many seeds a results row averages (1 for a row without `seeds`)."""
+    seeds = row.get("seeds")
+    return len(seeds) if isinstance(seeds, (list, tuple)) and seeds else 1
 
 
 def model_order(rows: Iterable[Mapping[str, Any]], declared: Sequence[str] = ()) -> list[str]:
@@ -147,11 +192,14 @@ def _curve(results: Sequence[metrics.Result], model, steps, sampler, rate, metri
 
 def results_table(rows: Sequence[Mapping[str, Any]], *, lower_is_better: Sequence[str],
                   models: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """One row per run: final metric values, over-scaling and per-metric speed-up, each with a note when n/a.
+    """One row per run: final metric values, the seeds behind them (`seeds`, `spread`: their standard
+    deviation), over-scaling and per-metric speed-up, each with a note when n/a.
 
     Over-scaling compares a run with the full-data run of the next larger model size of the grid
     (same training steps), averaged over every metric; speed-up compares the run's curve with
-    the full-data run of its own size. Model sizes are ordered by `model_order`.
+    the full-data run of its own size and counts only once the run stays at or beyond the
+    full-data value (`metrics.speed_up`); else its note says it never reaches full data. Model
+    sizes are ordered by `model_order`.
     """
     results = metrics.as_results(rows)
     finals = metrics.final_results(results)
@@ -159,10 +207,13 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, lower_is_better: Sequenc
     order = model_order(rows, models)
     extra = {(row["model"], row.get("steps"), row["sampler"], float(row["rate"])): row for row in rows}
     spread: dict[tuple, tuple[int, float]] = {}  # run + metric -> (step, std) of its last evaluation
+    seeds: dict[tuple, tuple[int, int]] = {}  # run + metric -> (step, seeds) of its last evaluation
     for row in rows:
         key = (row["model"], row.get("steps"), row["sampler"], float(row["rate"]), row.get("metric"))
         if row.get("std") is not None and (row.get("step") or 0) >= spread.get(key, (-1, 0.0))[0]:
             spread[key] = (row.get("step") or 0, float(row["std"]))
+        if (row.get("step") or 0) >= seeds.get(key, (-1, 0))[0]:
+            seeds[key] = (row.get("step") or 0, _seed_count(row))
     runs = sorted({(r.model, r.steps, r.sampler, float(r.rate)) for r in finals},
                   key=lambda k: (order.index(k[0]), k[1] or 0, k[2] != FULL, k[2], k[3]))
     table = []
@@ -174,7 +225,9 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, lower_is_better: Sequenc
                                "documents": extra.get((model, steps, sampler, rate), {}).get("documents"),
                                "over_scaling": None, "over_scaling_note": "", "speed_up": {},
                                "spread": {m: spread[(model, steps, sampler, rate, m)][1] for m in values
-                                          if (model, steps, sampler, rate, m) in spread}}
+                                          if (model, steps, sampler, rate, m) in spread},
+                               "seeds": min((seeds[(model, steps, sampler, rate, m)][1] for m in values
+                                             if (model, steps, sampler, rate, m) in seeds), default=1)}
         bigger = order[order.index(model) + 1:]
         if not bigger:
             row["over_scaling_note"] = "n/a: no larger model size in the grid"
@@ -199,7 +252,8 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, lower_is_better: Sequenc
             s = metrics.speed_up(mine, full_curve, lower_is_better=metric in lower_is_better)
             row["speed_up"][metric] = {"percent": s.percent, "tokens_needed": s.tokens_needed,
                                        "note": "" if s.percent is not None else
-                                       f"n/a: never reaches the full-data value {s.target:.4g}"}
+                                       f"never reaches full data (ends at {mine[-1][1]:.4g}, full data "
+                                       f"{s.target:.4g})"}
         table.append(row)
     return table
 
@@ -208,7 +262,9 @@ def results_table(rows: Sequence[Mapping[str, Any]], *, lower_is_better: Sequenc
 
 @dataclasses.dataclass(frozen=True)
 class ReportData:
-    """Everything the writers render (plain values)."""
+    """Everything the writers render (plain values). `paths`: the experiment, scored records and
+    labels as displayed (relative to the report). The sections' fields are described where they
+    are computed (`report_sections`)."""
 
     title: str
     experiment: dict[str, Any]
@@ -222,15 +278,81 @@ class ReportData:
     metrics: list[str]
     calibration: Optional[calibration_lib.Calibration] = None
     quality: Optional[dict[str, Any]] = None
+    paths: dict[str, str] = dataclasses.field(default_factory=dict)
+    status: Optional[dict[str, Any]] = None
+    missing: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    rate_curves: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    over_scaling_note: str = ""
+    rate_note: str = ""
+    composition: dict[str, Any] = dataclasses.field(default_factory=dict)
+    threshold_documents: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    selection_notes: list[str] = dataclasses.field(default_factory=list)
+    thresholds: dict[str, list[dict[str, Any]]] = dataclasses.field(default_factory=dict)
+    log_scales: dict[str, bool] = dataclasses.field(default_factory=dict)
+    coverage: Optional[dict[str, Any]] = None
+    health: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    truncation: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def run_states(experiment_dir: str, runs: Sequence[str]) -> dict[str, str]:
+    """Each planned run's state: `finished` (eval.json written), `unfinished` (its directory exists
+    without one: failed, or still running) or `not started`."""
+    from gristmill.eval import experiment as experiment_lib
+
+    states = {}
+    for run in runs:
+        directory = io.join(experiment_dir, run)
+        if io.exists(io.join(directory, experiment_lib.EVAL_FILE)):
+            states[run] = "finished"
+        elif io.exists(directory) or io.is_dir(directory):
+            states[run] = "unfinished"
+        else:
+            states[run] = "not started"
+    return states
+
+
+def read_plans(experiment_dir: str, status: Mapping[str, Any], base_dir: Optional[str]
+               ) -> list[tuple[str, str, sampling.Plan]]:
+    """(sampler, displayed path, plan) of each sampled grid cell's lowest seed with a plan.json; a
+    sampler and rate trained at several model sizes share one plan, read once."""
+    from gristmill.eval import experiment as experiment_lib
+
+    found, seen = [], set()
+    for group in status.get("groups", []):
+        tail = io.basename(group["group"].replace(os.sep, "/"))
+        if tail == FULL or tail in seen:
+            continue
+        for seed in sorted(group["seeds_planned"]):
+            run = group["runs"][seed]
+            path = io.join(experiment_dir, run, experiment_lib.PLAN_FILE)
+            if io.exists(path):
+                plan = sampling.Plan.from_json(io.read_bytes(path))
+                sampler = tail[:-len(f"-{plan.rate:g}")] if tail.endswith(f"-{plan.rate:g}") else tail
+                found.append((sampler, sections.display_path(path, base_dir), plan))
+                seen.add(tail)
+                break
+    return found
+
+
+def heldout_ids(experiment_dir: str) -> set[str]:
+    """The ids of the experiment's held-out split (data/c4_heldout.jsonl; empty when absent)."""
+    from gristmill.eval import experiment as experiment_lib
+
+    path = io.join(experiment_dir, experiment_lib.HELDOUT_DATA)
+    if not io.exists(path):
+        return set()
+    return {json.loads(line)["id"] for line in io.read_text(path).splitlines() if line.strip()}
 
 
 def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *, bins: int = 30,
                  top_n: int = 5, chars: int = EXCERPT_CHARS, quality: Optional[str] = None,
-                 documents: Sequence[str] = ()) -> ReportData:
-    """Reads an experiment directory, scored records (default: the experiment's) and an `evaluate`
-    JSON into ReportData; `documents`: ids shown side by side in the calibration section."""
+                 documents: Sequence[str] = (), output: Optional[str] = None) -> ReportData:
+    """Reads an experiment directory, scored records (default: the experiment's), the manifests of
+    the jobs behind them and an `evaluate` JSON into ReportData; `documents`: ids shown side by side
+    in the calibration section; `output`: where the page goes (paths are shown relative to it)."""
     from gristmill.eval import experiment as experiment_lib
 
+    base_dir = io.dirname(output) or "." if output else None
     info: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     if experiment_dir:
@@ -238,19 +360,42 @@ def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *,
         rows = experiment_lib.read_results(experiment_dir)
         if scored is None:
             scored = ",".join(info.get("config", {}).get("scored", ())) or None
-    table = scores_lib.read_score_table(scored) if scored else ScoreTable([], [], {})
+    table, facts = sections.read_documents(scored)
     metric_names = sorted({row["metric"] for row in rows})
     lower = info.get("lower_is_better") or [m for m in metric_names if m.startswith("perplexity")]
     declared = info.get("config", {}).get("models", ())
     cal = calibration_lib.calibration(table, ids=documents) if table.scores else None
     correlation = cal.agreement if cal is not None and len(table.scores) >= 2 else None
     name = io.basename(experiment_dir.rstrip("/")) if experiment_dir else scored
+    results = results_table(rows, lower_is_better=lower, models=declared) if rows else []
+
+    status, plans = None, []
+    if experiment_dir and info.get("runs"):
+        status = sections.run_status(info, run_states(experiment_dir, info["runs"]))
+        plans = read_plans(experiment_dir, status, base_dir)
+    held = heldout_ids(experiment_dir) if experiment_dir else set()
+    population = np.asarray([i not in held for i in table.ids], dtype=bool)
+    chosen, selection_notes = sections.selections(plans, table, population)
+    cut = sections.truncation(facts)
+    stages = sections.find_stages([p for p in str(scored or "").split(",") if p.strip()])
+    quality_data = io.read_json(quality) if quality else None
+    curves_by_rate = sections.rate_curves(results)
+    paths = {"experiment": sections.display_path(experiment_dir, base_dir),
+             "scored": sections.display_path(scored, base_dir),
+             "labels": sections.display_path((quality_data or {}).get("labels"), base_dir),
+             "quality": sections.display_path(quality, base_dir)}
     return ReportData(
         title=f"gristmill report: {name}", experiment=info, scored=scored, scorers=score_summary(table),
         histograms=histograms(table, bins), correlation=correlation, extremes=extremes(table, top_n, chars),
-        curves=learning_curves(rows),
-        table=results_table(rows, lower_is_better=lower, models=declared) if rows else [], metrics=metric_names,
-        calibration=cal, quality=io.read_json(quality) if quality else None)
+        curves=learning_curves(rows), table=results, metrics=metric_names, calibration=cal, quality=quality_data,
+        paths=paths, status=status, missing=sections.missing_from_results(status, results) if status else [],
+        rate_curves=curves_by_rate, rate_note=sections.rate_note(curves_by_rate),
+        over_scaling_note=sections.over_scaling_note(results),
+        composition=sections.composition(chosen, facts),
+        threshold_documents={s.label: sections.threshold_documents(s, table) for s in chosen},
+        selection_notes=selection_notes, thresholds=sections.thresholds(chosen),
+        log_scales=sections.log_scales(table), coverage=sections.coverage(table, chosen),
+        health=[sections.stage_summary(d, m, base_dir, cut) for d, m in stages], truncation=cut)
 
 
 # --- writers ---------------------------------------------------------------------------------
@@ -284,81 +429,11 @@ class JsonWriter:
         io.write_json(path, {f.name: _jsonable(getattr(report, f.name)) for f in dataclasses.fields(report)})
 
 
-# figures: matplotlib (Agg) -> base64 PNG data URIs, so the page needs no other file
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = bytes_io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def histogram_figures(report: ReportData) -> dict[str, str]:
-    """Per score feature, its histogram as a PNG data URI."""
-    import matplotlib.pyplot as plt
-
-    figures = {}
-    for name, (counts, edges) in report.histograms.items():
-        fig, ax = plt.subplots(figsize=(4, 2.8))
-        ax.stairs(counts, edges, fill=True, alpha=.7)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("score")
-        ax.set_ylabel("documents")
-        figures[name] = _png(fig)
-    return figures
-
-
-def short_name(feature: str) -> str:
-    """A score feature without its `score/` prefix, for axis labels."""
-    return feature.removeprefix(SCORE_PREFIX)
-
-
-def kendall_figure(m: metrics.CorrelationMatrix) -> str:
-    """The tau matrix as a heat map with its values, a PNG data URI."""
-    import matplotlib.pyplot as plt
-
-    k = len(m.names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * k, 1.0 + 0.8 * k))
-    ax.imshow(np.nan_to_num(m.tau, nan=0.0), vmin=-1, vmax=1, cmap="RdBu_r")
-    short = [short_name(n) for n in m.names]
-    ax.set_xticks(range(k), short, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), short, fontsize=8)
-    for i in range(k):
-        for j in range(k):
-            dark = not np.isnan(m.tau[i, j]) and abs(m.tau[i, j]) > 0.6
-            ax.text(j, i, "n/a" if np.isnan(m.tau[i, j]) else f"{m.tau[i, j]:.2f}", ha="center", va="center",
-                    fontsize=8, color="white" if dark else "black")
-    return _png(fig)
-
-
-def curve_figures(report: ReportData) -> dict[str, str]:
-    """Per metric, the learning curves of every run as a PNG data URI."""
-    import matplotlib.pyplot as plt
-
-    entries = [e for runs in report.curves.values() for e in runs]
-    samplers = sorted({e["sampler"] for e in entries} - {FULL})
-    models = list(dict.fromkeys(e["model"] for e in entries))
-    colours = {name: f"C{i % 10}" for i, name in enumerate(samplers)}
-    colours[FULL] = "black"
-    styles = {model: ("-", "--", ":", "-.")[i % 4] for i, model in enumerate(models)}
-    figures = {}
-    for metric, runs in report.curves.items():
-        fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        for e in runs:
-            t, v = zip(*e["points"])
-            ax.plot(t, v, marker="o", markersize=3, label=e["label"], color=colours[e["sampler"]],
-                    linestyle=styles[e["model"]])
-        ax.set_title(metric, fontsize=10)
-        ax.set_xlabel("training tokens")
-        ax.set_ylabel(metric.split("/")[0])
-        values = [v for e in runs for _, v in e["points"]]
-        if min(values) > 0 and max(values) / min(values) > 10:  # early checkpoints sit decades higher
-            ax.set_yscale("log")
-        ax.legend(fontsize=7)
-        figures[metric] = _png(fig)
-    return figures
+# figures live in report_figures; these names stay here too
+histogram_figures = figures_lib.histogram_figures
+kendall_figure = figures_lib.kendall_figure
+curve_figures = figures_lib.curve_figures
+short_name = figures_lib.short_name
 
 
 def number(x: Any, digits: int = 4) -> str:
@@ -398,9 +473,11 @@ class HtmlWriter:
 
         matplotlib.use("Agg")
         figures = {"histograms": histogram_figures(report), "curves": curve_figures(report) if report.curves else {},
-                   "kendall": kendall_figure(report.correlation) if report.correlation is not None else None}
+                   "kendall": kendall_figure(report.correlation) if report.correlation is not None else None,
+                   "rates": figures_lib.rate_figures(report),
+                   "coverage": figures_lib.coverage_figure(report.coverage) if report.coverage else None}
         return template_environment().get_template(TEMPLATE).render(
-            report=report, figures=figures, full=FULL, sections=SECTIONS,
+            report=report, figures=figures, full=FULL, sections=SECTIONS, titles=SECTION_TITLES,
             calibration_percentiles=[calibration_lib.percentile_key(p) for p in calibration_lib.PERCENTILES])
 
 
@@ -412,7 +489,8 @@ def write_report(experiment_dir: Optional[str], output: str, scored: Optional[st
     """Builds the report and writes the HTML page (and the JSON data and calibration.json when asked)."""
     if not experiment_dir and not scored:
         raise ReportError("give --experiment, --scored or both")
-    report = build_report(experiment_dir, scored, bins=bins, top_n=top_n, quality=quality, documents=documents)
+    report = build_report(experiment_dir, scored, bins=bins, top_n=top_n, quality=quality, documents=documents,
+                          output=output)
     HtmlWriter().write(report, output)
     if json_output:
         JsonWriter().write(report, json_output)
