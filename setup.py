@@ -38,6 +38,8 @@ setuptools.setup(
         "gpu": ["jax[cuda12]>=0.4.30"],
         "ref": ["torch==2.13.0", "transformers>=4.40", "sentence-transformers>=3"],
         "dataflow": ["apache-beam[gcp]>=2.60,<3"],
+        # --runner dask; gristmill.runners.dask patches Beam's DaskRunner (tested with these versions).
+        "dask": ["apache-beam[dask]>=2.60,<3", "dask==2026.8.0", "distributed==2026.8.0"],
     },
     entry_points={"console_scripts": ["gristmill=gristmill.cli:main"]},
 )

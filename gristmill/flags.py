@@ -182,6 +182,17 @@ def beam_parser() -> Parser:
     return parser
 
 
+def _register_dask_options() -> None:
+    """Makes Beam's DaskOptions (`--dask_client_address`, ...) known to `beam_parser`: they exist only
+    once Beam's Dask runner module is imported, which needs Dask (imported only when a flag asks)."""
+    try:
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+    except ImportError as err:
+        raise FlagError(f"the --dask_ flags need Dask ({err}): pip install 'gristmill[dask]'") from err
+    if "dask_client_address" not in names(beam_parser()):
+        beam_parser.cache_clear()
+
+
 def names(parser: argparse.ArgumentParser) -> list[str]:
     """The flags a parser knows, without their dashes."""
     return [s[2:] for action in parser._actions for s in action.option_strings if s.startswith("--")]  # noqa: SLF001
@@ -219,6 +230,8 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str], *, beam: bool = 
     """
     argv = list(argv)
     namespace, rest = parser.parse_known_args(argv)
+    if beam and any(a.startswith("--dask_") for a in rest):
+        _register_dask_options()
     parsers = [parser, beam_parser()] if beam else [parser]
     left = beam_parser().parse_known_args(rest)[1] if beam and rest else rest
     if left:

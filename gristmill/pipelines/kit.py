@@ -103,8 +103,22 @@ def with_runner_defaults(argv: list[str], workers: int = 0) -> list[str]:
     - workers > 0: that runner in multi-processing mode with that many worker processes.
     - `--job_endpoint=embed` without `--environment_type`: LOOPBACK, since the embedded job
       server would otherwise try to start SDK workers in Docker.
+    - `--runner dask` (or DaskRunner, any case): gristmill's fixed DaskRunner with one input file
+      per partition (`gristmill.runners.dask.runner_args`); without `--dask_client_address` Dask
+      starts a LocalCluster.
     """
     args = list(argv)
+    dask_names = ("dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner",
+                  "gristmill.runners.dask.daskrunner")
+    if (_flag_value(args, "--runner") or "").lower() in dask_names:
+        try:
+            from gristmill.runners import dask as dask_engine
+        except ModuleNotFoundError as err:
+            if err.name not in ("dask", "distributed") and not (err.name or "").startswith("dask."):
+                raise
+            raise UsageError(f"--runner dask needs Dask ({err.name} is not installed): "
+                             f"pip install 'gristmill[dask]'") from err
+        args = dask_engine.runner_args(args)
     names = {a.split("=", 1)[0] for a in args if a.startswith("--")}
     if "--runner" not in names:
         args.append(f"--runner={LOCAL_RUNNER}")

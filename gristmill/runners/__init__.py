@@ -1,0 +1,1 @@
+"""Runners gristmill adds to Beam: the Dask engine with its per-bundle fix."""
