@@ -93,3 +93,17 @@ def test_missing_score_feature(tmp_path, scored):
     counts = manifest["counts"]
     assert counts["written"] == 500 and counts["excluded"] == {"missing_score": 10, "not_selected": 500}
     assert manifest["reconciled"] and counts["read"] == 1010
+
+
+@pytest.mark.parametrize("rule, rate_by", [("topk", "documents"), ("bottomk", "tokens"), ("random", "tokens")])
+def test_the_bounded_exact_planner_gives_the_in_memory_exact_plan(tmp_path, scored, rule, rate_by):
+    """The job plans in passes over (id, score, tokens) rows; the in-memory planner over the same rows agrees."""
+    flags = ["--rule", rule, "--rate", "0.3", "--rate_by", rate_by, "--seed", "7", "--plan_only"]
+    if rule != "random":
+        flags += ["--score", FEATURE]
+    out, _, _ = _select(tmp_path, rule, scored, *flags)
+    config = select.SelectConfig(rule=rule, rate=0.3, rate_by=rate_by, seed=7,
+                                 score=FEATURE if rule != "random" else None)
+    rows = [(r["id"], select.score_of(r, config.score), select.tokens_of(r, None))
+            for r in gm_records.iter_scored_records(scored)]
+    assert _plan(out) == select._exact_plan(rows, config).to_json()

@@ -18,6 +18,7 @@ before and after. Plan, report and histogram are written under `versions/<v>/` (
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io as _bytes_io
 import json
 import logging
@@ -26,7 +27,7 @@ from typing import Any, Optional
 import apache_beam as beam
 import numpy as np
 
-from gristmill import io, records, sampling
+from gristmill import io, records, sampling, threshold_search
 from gristmill.pipelines import kit, units
 
 PLAN_FILE = "plan.json"
@@ -202,30 +203,168 @@ def _check_missing(row, config: SelectConfig, present: Any = ()):
     if score is None and config.score and config.missing == sampling.MissingScorePolicy.ERROR.value:
         have = ", ".join(sorted(present or ())) or "none"
         raise sampling.MissingScoreError(
-            f"document {doc_id} has no {config.score!r} feature (use --missing drop|keep to allow it); "
+            f"document {doc_id} has no score feature {config.score!r} (use --missing drop|keep to allow it); "
             f"score features in the records: {have}")
     return row
 
 
-class PlanSelection(beam.PTransform):
-    """Documents -> a single-element PCollection holding the selection plan over all of them."""
+class _LevelHistogram(beam.CombineFn):
+    """Documents and tokens per bin of one level of `threshold_search`, among the documents under the
+    prefix chosen so far (side input: the search state). Rows are binned in batches."""
 
-    def __init__(self, config: SelectConfig):
+    BATCH = 4096
+
+    def create_accumulator(self, state):
+        return np.zeros((2, threshold_search.BINS), dtype=np.int64), []
+
+    def add_input(self, acc, row, state):
+        counts, pending = acc
+        search = state["search"]
+        if threshold_search.in_prefix(row, search.prefix):
+            pending.append((threshold_search.row_bits(row, len(search.prefix)), row[4]))
+            if len(pending) >= self.BATCH:
+                return self._flush(counts, pending), []
+        return counts, pending
+
+    @staticmethod
+    def _flush(counts, pending):
+        if pending:
+            bins = np.fromiter((b for b, _ in pending), dtype=np.int64, count=len(pending))
+            tokens = np.fromiter((t for _, t in pending), dtype=np.int64, count=len(pending))
+            counts = counts.copy()
+            np.add.at(counts[0], bins, 1)
+            np.add.at(counts[1], bins, tokens)
+        return counts
+
+    def merge_accumulators(self, accs, state):
+        return sum(self._flush(*acc) for acc in accs), []
+
+    def extract_output(self, acc, state):
+        return self._flush(*acc)
+
+
+def _first_state(counts: np.ndarray, config: SelectConfig, zero_weight: int) -> dict[str, Any]:
+    """The search state after level 0: the target from the corpus' totals, then level 0's choice."""
+    by_tokens = config.rate_by == sampling.TOKENS
+    total = int(counts[1].sum()) if by_tokens else int(counts[0].sum())
+    state = {"target": config.rate * total, "documents": int(counts[0].sum()), "tokens": int(counts[1].sum()),
+             "in_memory": bool(by_tokens and zero_weight)}
+    return {**state, "search": threshold_search.choose(threshold_search.Search(), counts, by_tokens, state["target"])}
+
+
+def _next_state(counts: np.ndarray, state: dict[str, Any], config: SelectConfig) -> dict[str, Any]:
+    search = threshold_search.choose(state["search"], counts, config.rate_by == sampling.TOKENS, state["target"])
+    return {**state, "search": search}
+
+
+def _search_plan(state: dict[str, Any], gathered: list, after: Optional[tuple], summary: dict[str, int],
+                 everything: list, config: SelectConfig, present: Any) -> sampling.Plan:
+    """The plan from the finished search (or, for zero-token documents, from every row in memory)."""
+    if state["in_memory"]:
+        return _exact_plan(everything, config, present)
+    if config.score and config.rule != "random" and state["documents"] == 0:
+        raise sampling.MissingScoreError(absent_score_message(config.score, present, summary["missing"]))
+    found, documents, tokens = threshold_search.threshold(
+        state["search"], gathered, after, config.rate_by == sampling.TOKENS, state["target"])
+    return threshold_search.to_plan(
+        config.rule, found, documents, tokens, num_documents=state["documents"], num_tokens=state["tokens"],
+        rate=config.rate, seed=config.seed, rate_by=config.rate_by, score_feature=config.score,
+        tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS, num_missing=summary["missing"],
+        missing=config.missing)
+
+
+def _finite(row, config: SelectConfig):
+    doc_id, score, _ = row
+    if score is not None and not np.isfinite(np.float32(score)):
+        raise sampling.SamplingError(f"{config.rule}: non-finite score {score!r} for document {doc_id!r}")
+    return row
+
+
+def _search_row(row, config: SelectConfig):
+    doc_id, score, tokens = row
+    score = None if score is None else float(np.float32(score))
+    return threshold_search.search_row(config.rule, score, sampling.uniform_from_id(doc_id, config.seed), tokens)
+
+
+def _latest(rows):
+    return max(rows, key=lambda r: (r[0], r[1]), default=None)
+
+
+class BoundedExactPlan(beam.PTransform):
+    """(id, score, tokens) rows -> the exact top-k / bottom-k / random plan, in bounded memory.
+
+    Four histogram passes and one gather of the few documents at the threshold
+    (`gristmill.threshold_search`); the plan equals `sampling.plan_from_scores` over the same rows.
+    """
+
+    def __init__(self, config: SelectConfig, present):
         super().__init__()
         self.config = config
+        self.present = present
 
-    def expand(self, docs):
+    def expand(self, rows):
         config = self.config
-        present = beam.pvalue.AsSingleton(
-            docs
-            | "ScoreFeatures" >> beam.FlatMap(lambda r: [k for k in r if k.startswith("score/")])
-            | "PresentFeatures" >> beam.combiners.ToSet())
-        rows = docs | "IdScoreTokens" >> beam.Map(
-            lambda r: (r[records.ID], score_of(r, config.score), tokens_of(r, config.tokens_feature)))
+        needs_score = config.rule != "random" and config.score is not None
+        if needs_score:
+            rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, self.present)
+        summary = rows | "Summary" >> beam.CombineGlobally(_Summary(needs_score))
+        scored = (rows
+                  | "WithScore" >> beam.Filter(lambda row: row[1] is not None or not needs_score)
+                  | "Finite" >> beam.Map(_finite, config))
+        keyed = scored | "SortKeys" >> beam.Map(_search_row, config)
+        zero_weight = beam.pvalue.AsSingleton(
+            scored
+            | "ZeroTokens" >> beam.Filter(lambda row: row[2] == 0)
+            | "CountZero" >> beam.combiners.Count.Globally())
+        start = beam.pvalue.AsSingleton(
+            keyed.pipeline | "Start" >> beam.Create([{"search": threshold_search.Search()}]))
+        state = (keyed
+                 | "Level0" >> beam.CombineGlobally(_LevelHistogram(), start)
+                 | "Choose0" >> beam.Map(_first_state, config, zero_weight))
+        for level in range(1, threshold_search.LEVELS):
+            side = beam.pvalue.AsSingleton(state)
+            state = (keyed
+                     | f"Level{level}" >> beam.CombineGlobally(_LevelHistogram(), side)
+                     | f"Choose{level}" >> beam.Map(_next_state, side, config))
+        side = beam.pvalue.AsSingleton(state)
+        gathered = (keyed
+                    | "AtThreshold" >> beam.Filter(
+                        lambda row, st: not st["search"].keeps_all and not st["in_memory"]
+                        and threshold_search.in_prefix(row, st["search"].prefix), side)
+                    | "Gather" >> beam.combiners.ToList())
+        after = (keyed
+                 | "Below" >> beam.Filter(
+                     lambda row, st: not st["search"].keeps_all and not st["in_memory"]
+                     and threshold_search.row_top(row) < threshold_search.prefix_value(st["search"].prefix), side)
+                 | "FirstBelow" >> beam.CombineGlobally(_latest))
+        everything = (rows
+                      | "OnlyIfZeroTokens" >> beam.Filter(lambda row, st: st["in_memory"], side)
+                      | "GatherAllRows" >> beam.combiners.ToList())
+        return (state
+                | "SearchPlan" >> beam.Map(_search_plan, beam.pvalue.AsSingleton(gathered),
+                                           beam.pvalue.AsSingleton(after), beam.pvalue.AsSingleton(summary),
+                                           beam.pvalue.AsSingleton(everything), config, self.present))
+
+
+class PlanSelection(beam.PTransform):
+    """(id, score, tokens) rows -> a single-element PCollection holding the selection plan over all of them.
+
+    present: a side input of the score features the records have (named in errors).
+    """
+
+    def __init__(self, config: SelectConfig, present=None):
+        super().__init__()
+        self.config = config
+        self.present = present
+
+    def expand(self, rows):
+        config, present = self.config, self.present
         if not config.approximate:
-            return (rows
-                    | "GatherAll" >> beam.combiners.ToList()
-                    | "ExactPlan" >> beam.Map(_exact_plan, config, present))
+            if config.rule == "ips":  # the normaliser needs every distinct score: gathered in memory
+                return (rows
+                        | "GatherAll" >> beam.combiners.ToList()
+                        | "ExactPlan" >> beam.Map(_exact_plan, config, present))
+            return rows | "Exact" >> BoundedExactPlan(config, present)
         rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, present)
         summary = rows | "Summary" >> beam.CombineGlobally(_Summary(config.score is not None))
         scored = rows | "WithScore" >> beam.Filter(lambda row: row[1] is not None)
@@ -255,15 +394,14 @@ def load_plan(path: str) -> sampling.Plan:
 
 def decision(record: records.Record, plan: sampling.Plan) -> str:
     """`selected`, `not_selected` or `missing_score` (dropped for lack of the score) for one record."""
-    score = score_of(record, plan.score_feature)
+    return row_decision(record[records.ID], score_of(record, plan.score_feature), plan)
+
+
+def row_decision(doc_id: str, score: Optional[float], plan: sampling.Plan) -> str:
+    """`decision` from a document's id and score alone."""
     if score is None and plan.score_feature and plan.missing == sampling.MissingScorePolicy.DROP:
         return MISSING_SCORE
-    return SELECTED if sampling.keep(plan, record[records.ID], score) else NOT_SELECTED
-
-
-def _decide(record, plan: sampling.Plan):
-    outcome = decision(record, plan)
-    return record if outcome == SELECTED else beam.pvalue.TaggedOutput(outcome, record)
+    return SELECTED if sampling.keep(plan, doc_id, score) else NOT_SELECTED
 
 
 def _apply(item: kit.Item, plan: sampling.Plan, plan_only: bool) -> kit.Item:
@@ -289,7 +427,8 @@ def histogram_png(before: list[float], after: list[float], feature: str) -> byte
             ax.hist(after, bins=bins, alpha=0.5, label=f"after ({len(after)} sampled)", density=True)
     ax.set_xlabel(feature)
     ax.set_ylabel("density")
-    ax.legend()
+    if before:
+        ax.legend()
     fig.tight_layout()
     buffer = _bytes_io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -316,6 +455,38 @@ def _write_report(_, output_dir, version, plan, selected, not_selected, missing,
     yield report
 
 
+def _row_and_features(record: records.Record, config: SelectConfig) -> tuple[tuple, list[str]]:
+    """A record -> ((id, score, tokens), its score feature names): all the plan and report need of it.
+
+    The score is the plan's feature (--score, or the loaded plan's, read when the plan is applied).
+    """
+    row = (record[records.ID], _score_for_rows(record, config), tokens_of(record, config.tokens_feature))
+    return row, [k for k in record if k.startswith("score/")]
+
+
+def _score_for_rows(record: records.Record, config: SelectConfig) -> Optional[float]:
+    feature = config.score
+    if config.plan:
+        feature = load_plan_feature(config.plan)
+    return score_of(record, feature)
+
+
+@functools.lru_cache(maxsize=4)
+def load_plan_feature(path: str) -> Optional[str]:
+    """The score feature a plan file reads (cached: each worker reads the plan once)."""
+    return load_plan(path).score_feature
+
+
+def _plan_score(row: tuple, plan: sampling.Plan) -> Optional[float]:
+    return row[1] if plan.score_feature else None
+
+
+def _scores_present(outcome: tuple[str, tuple]) -> list[float]:
+    """The score of a document for the histograms: none when it has none (not plotted as 0)."""
+    score = outcome[1][1]
+    return [] if score is None else [score]
+
+
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Builds and runs the job; returns the run manifest.
 
@@ -333,29 +504,39 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     every_file = [units.FileWork(f, options.unit_records, "", unit_bytes=options.unit_bytes) for f in files]
     everything = dataclasses.replace(prepared, work=every_file, documents=kit.documents_in(options))
+    # Pass 1 keeps only (id, score, tokens) of each document and the score features seen: the
+    # records themselves are dropped as they are read, so nothing downstream holds the corpus.
     docs = (kit.read(pipeline, everything, "ReadForPlan")
             | "Documents" >> beam.Filter(lambda item: item.kind == kit.RECORD)
-            | "Records" >> beam.Map(lambda item: item.value))
+            | "Rows" >> beam.Map(lambda item: _row_and_features(item.value, config)))
+    rows = docs | "IdScoreTokens" >> beam.Map(lambda pair: pair[0])
+    present = beam.pvalue.AsSingleton(
+        docs
+        | "ScoreFeatures" >> beam.FlatMap(lambda pair: pair[1])
+        | "PresentFeatures" >> beam.combiners.ToSet())
     if config.plan:
         plan = pipeline | "LoadPlan" >> beam.Create([load_plan(config.plan)])
     else:
-        plan = docs | "Plan" >> PlanSelection(config)
+        plan = rows | "Plan" >> PlanSelection(config, present)
     plan_side = beam.pvalue.AsSingleton(plan)
     version = prepared.base["fingerprint"][:16]  # the inputs are part of it: a new input is a new version
     plan_written = plan | "WritePlan" >> beam.Map(
         lambda p: _write_file(output, version, PLAN_FILE, p.to_json().encode()))
-    outcomes = docs | "Outcome" >> beam.Map(lambda r, p: (decision(r, p), r), plan_side)
-    count = lambda name: beam.pvalue.AsSingleton(  # noqa: E731
-        outcomes
-        | f"Is{name}" >> beam.Filter(lambda kv, n=name: kv[0] == n)
-        | f"Count{name}" >> beam.combiners.Count.Globally())
-    feature = lambda r, p: score_of(r, p.score_feature) or 0.0  # noqa: E731
-    before = (docs | "BeforeScores" >> beam.Map(feature, plan_side)
+    outcomes = rows | "Outcome" >> beam.Map(lambda row, p: (row_decision(row[0], _plan_score(row, p), p), row),
+                                            plan_side)
+
+    def count(name: str):
+        return beam.pvalue.AsSingleton(
+            outcomes
+            | f"Is{name}" >> beam.Filter(lambda kv, n=name: kv[0] == n)
+            | f"Count{name}" >> beam.combiners.Count.Globally())
+
+    before = (outcomes
+              | "BeforeScores" >> beam.FlatMap(_scores_present)
               | "BeforeSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
     after = (outcomes
              | "Kept" >> beam.Filter(lambda kv: kv[0] == SELECTED)
-             | "KeptRecords" >> beam.Map(lambda kv: kv[1])
-             | "AfterScores" >> beam.Map(feature, plan_side)
+             | "AfterScores" >> beam.FlatMap(_scores_present)
              | "AfterSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
     report = pipeline | "Report" >> beam.Create([None]) | "WriteReport" >> beam.FlatMap(
         _write_report, output, version, plan_side, count(SELECTED), count(NOT_SELECTED), count(MISSING_SCORE),
