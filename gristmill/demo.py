@@ -119,15 +119,15 @@ def run_density(config: DemoConfig, scored: str, prefix: str = "") -> StageResul
 
 def run_askllm(config: DemoConfig, scored: str, prefix: str = "", notes: bool = True) -> StageResult:
     """Scores every record with Ask-LLM and notes the highest and lowest scored."""
+    from gristmill.models import zoo
     from gristmill.pipelines import score_askllm
-    from gristmill.scoring import askllm
     out = os.path.join(config.output, prefix + "askllm")
     argv = ["--input", scored, "--output", out, "--model", config.askllm_model, "--overwrite",
             f"--max_length={config.askllm_max_length}", "--batch_size=8"] + _beam_flags(config)
     result = _stage(f"{prefix}score askllm", out, lambda: score_askllm.run(argv))
     if not notes:
         return result
-    feature = records.score_feature(score_askllm.SCORER_NAME, askllm.model_name_of(config.askllm_model))
+    feature = records.score_feature(score_askllm.SCORER_NAME, zoo.model_name(config.askllm_model))
     ranked = sorted((r for r in records.iter_scored_records(out) if feature in r),
                     key=lambda r: -r[feature])
     cut = sum(1 for r in ranked if r.get(records.truncated_feature(score_askllm.SCORER_NAME)))
@@ -300,8 +300,8 @@ def run_demo(config: DemoConfig) -> list[StageResult]:
 
 
 def _askllm_name(config: DemoConfig) -> str:
-    from gristmill.scoring.askllm import model_name_of
-    return model_name_of(config.askllm_model)
+    from gristmill.models import zoo
+    return zoo.model_name(config.askllm_model)
 
 
 def format_summary(results: list[StageResult]) -> str:

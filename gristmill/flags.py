@@ -127,7 +127,7 @@ def add_flags(parser: argparse.ArgumentParser, config_class: type, defaults: dic
         default = defaults.get(field.name, _default(field))
         required = default is dataclasses.MISSING
         default = None if required else default
-        help_text = field.metadata.get("help", "")
+        help_text = field.metadata.get("help", "").replace("%", "%%")  # argparse formats help with %
         if default not in (None, ()) and not isinstance(default, bool):
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
             help_text += f" (default: {shown})"
