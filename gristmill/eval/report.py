@@ -27,28 +27,28 @@ shows):
 - `extremes`: the highest and lowest scored documents of each scorer (text excerpts).
 - `quality`: selection quality against labels, from a `gristmill evaluate` JSON (`--quality`).
 
-The data of every section is computed by pure functions (here and in `report_sections`) into a
-`ReportData`; writers (`HtmlWriter`, `JsonWriter`, the figures of `report_figures`) only render
-it (CONTRIBUTING.md style rule 19). Paths on the page are relative to the report's directory. Inputs and outputs
+The inputs are read by `report_inputs`; the data of every section is computed by pure functions
+(here and in `report_sections`) into a `ReportData`; writers (`HtmlWriter`, `JsonWriter`, the
+figures of `report_figures`) only render it (CONTRIBUTING.md style rule 19). Paths on the page
+are relative to the report's directory. Inputs and outputs
 may be local or gs:// paths (`gristmill.io`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 import jinja2
 import numpy as np
 
-from gristmill import flags, io, sampling
+from gristmill import flags, io
 from gristmill.errors import UsageError
 from gristmill.eval import calibration as calibration_lib
 from gristmill.eval import metrics
 from gristmill.eval import report_figures as figures_lib
+from gristmill.eval import report_inputs as inputs
 from gristmill.eval import report_sections as sections
 from gristmill.eval import scores as scores_lib
 
@@ -294,56 +294,6 @@ class ReportData:
     truncation: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
-def run_states(experiment_dir: str, runs: Sequence[str]) -> dict[str, str]:
-    """Each planned run's state: `finished` (eval.json written), `unfinished` (its directory exists
-    without one: failed, or still running) or `not started`."""
-    from gristmill.eval import experiment as experiment_lib
-
-    states = {}
-    for run in runs:
-        directory = io.join(experiment_dir, run)
-        if io.exists(io.join(directory, experiment_lib.EVAL_FILE)):
-            states[run] = "finished"
-        elif io.exists(directory) or io.is_dir(directory):
-            states[run] = "unfinished"
-        else:
-            states[run] = "not started"
-    return states
-
-
-def read_plans(experiment_dir: str, status: Mapping[str, Any], base_dir: Optional[str]
-               ) -> list[tuple[str, str, sampling.Plan]]:
-    """(sampler, displayed path, plan) of each sampled grid cell's lowest seed with a plan.json; a
-    sampler and rate trained at several model sizes share one plan, read once."""
-    from gristmill.eval import experiment as experiment_lib
-
-    found, seen = [], set()
-    for group in status.get("groups", []):
-        tail = io.basename(group["group"].replace(os.sep, "/"))
-        if tail == FULL or tail in seen:
-            continue
-        for seed in sorted(group["seeds_planned"]):
-            run = group["runs"][seed]
-            path = io.join(experiment_dir, run, experiment_lib.PLAN_FILE)
-            if io.exists(path):
-                plan = sampling.Plan.from_json(io.read_bytes(path))
-                sampler = tail[:-len(f"-{plan.rate:g}")] if tail.endswith(f"-{plan.rate:g}") else tail
-                found.append((sampler, sections.display_path(path, base_dir), plan))
-                seen.add(tail)
-                break
-    return found
-
-
-def heldout_ids(experiment_dir: str) -> set[str]:
-    """The ids of the experiment's held-out split (data/c4_heldout.jsonl; empty when absent)."""
-    from gristmill.eval import experiment as experiment_lib
-
-    path = io.join(experiment_dir, experiment_lib.HELDOUT_DATA)
-    if not io.exists(path):
-        return set()
-    return {json.loads(line)["id"] for line in io.read_text(path).splitlines() if line.strip()}
-
-
 def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *, bins: int = 30,
                  top_n: int = 5, chars: int = EXCERPT_CHARS, quality: Optional[str] = None,
                  documents: Sequence[str] = (), output: Optional[str] = None) -> ReportData:
@@ -360,7 +310,7 @@ def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *,
         rows = experiment_lib.read_results(experiment_dir)
         if scored is None:
             scored = ",".join(info.get("config", {}).get("scored", ())) or None
-    table, facts = sections.read_documents(scored)
+    table, facts = inputs.read_documents(scored)
     metric_names = sorted({row["metric"] for row in rows})
     lower = info.get("lower_is_better") or [m for m in metric_names if m.startswith("perplexity")]
     declared = info.get("config", {}).get("models", ())
@@ -371,13 +321,13 @@ def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *,
 
     status, plans = None, []
     if experiment_dir and info.get("runs"):
-        status = sections.run_status(info, run_states(experiment_dir, info["runs"]))
-        plans = read_plans(experiment_dir, status, base_dir)
-    held = heldout_ids(experiment_dir) if experiment_dir else set()
+        status = sections.run_status(info, inputs.run_states(experiment_dir, info["runs"]))
+        plans = inputs.read_plans(experiment_dir, status, base_dir)
+    held = inputs.heldout_ids(experiment_dir) if experiment_dir else set()
     population = np.asarray([i not in held for i in table.ids], dtype=bool)
     chosen, selection_notes = sections.selections(plans, table, population)
     cut = sections.truncation(facts)
-    stages = sections.find_stages([p for p in str(scored or "").split(",") if p.strip()])
+    stages = inputs.find_stages([p for p in str(scored or "").split(",") if p.strip()])
     quality_data = io.read_json(quality) if quality else None
     curves_by_rate = sections.rate_curves(results)
     paths = {"experiment": sections.display_path(experiment_dir, base_dir),
@@ -445,6 +395,11 @@ def number(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def whole(x: Any) -> str:
+    """A number rounded to a whole one (1363.6 -> 1364), None / NaN as n/a."""
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.0f}"
+
+
 def percent(x: Any, digits: int = 1) -> str:
     """A fraction as a percentage (0.25 -> 25.0%), None as n/a."""
     return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
@@ -457,6 +412,7 @@ def template_environment() -> jinja2.Environment:
                              lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["number"] = number
     env.filters["percent"] = percent
+    env.filters["whole"] = whole
     env.filters["short"] = short_name
     return env
 

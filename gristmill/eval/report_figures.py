@@ -92,17 +92,20 @@ def curve_figures(report: Any) -> dict[str, str]:
     entries = [e for runs in report.curves.values() for e in runs]
     colours = _colours(e["sampler"] for e in entries)
     models = list(dict.fromkeys(e["model"] for e in entries))
-    styles = {model: ("-", "--", ":", "-.")[i % 4] for i, model in enumerate(models)}
+    # line style tells model sizes apart, or the rates of one sampler when the grid has one size
+    by_rate = len(models) == 1
+    keys = sorted({e["rate"] for e in entries}) if by_rate else models
+    styles = {k: ("-", "--", ":", "-.")[i % 4] for i, k in enumerate(keys)}
     figures = {}
     for metric, runs in report.curves.items():
-        fig, ax = plt.subplots(figsize=(6.0, 3.6))
+        fig, ax = plt.subplots(figsize=(7.5, 4.0))
         for e in runs:
             t, v = (np.asarray(x, dtype=float) for x in zip(*e["points"]))
             std = np.asarray([s or 0.0 for s in e.get("std", [0.0] * len(t))], dtype=float)
             seeds = e.get("seeds", 1)
             label = e["label"] + (f" ({seeds} seeds)" if seeds and seeds > 1 else "")
             ax.plot(t, v, marker="o", markersize=3, label=label, color=colours[e["sampler"]],
-                    linestyle=styles[e["model"]])
+                    linestyle=styles[e["rate"] if by_rate else e["model"]])
             if std.any():
                 ax.fill_between(t, v - std, v + std, color=colours[e["sampler"]], alpha=0.12, linewidth=0)
         ax.set_title(metric, fontsize=10)
@@ -156,7 +159,7 @@ def coverage_figure(c: dict[str, Any]) -> str:
     x, y = np.asarray(c["points"]["x"]), np.asarray(c["points"]["y"])
     group = np.asarray(c["points"]["group"], dtype=object)
     others = iter(("C1", "C2", "C4", "C5"))
-    for name in c["groups"]:
+    for name in sorted(c["groups"], key=lambda g: g != "kept by neither"):  # the unmarked ones underneath
         colour, size = GROUP_STYLE.get(name) or (next(others, "C6"), 14)
         mask = group == name
         ax.scatter(x[mask], y[mask], s=size, color=colour, alpha=0.75, linewidths=0,

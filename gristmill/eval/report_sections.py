@@ -14,7 +14,9 @@ calls these to fill its `ReportData`; its writers only render. Sections computed
   span orders of magnitude (log-scale x).
 - `coverage`: Ask-LLM score (quality) against Density score (coverage) per document, the
   documents each plan over those scores kept marked.
-- `find_stages` + `stage_summary` + `truncation`: pipeline health from the jobs' manifests.
+- `stage_summary` + `truncation`: pipeline health from the jobs' manifests.
+
+The inputs are read by `report_inputs` (records, manifests, plans); nothing here does I/O.
 
 Paths shown on the page go through `display_path` (relative to the report's directory), so a
 report never prints a machine's absolute paths.
@@ -41,8 +43,9 @@ ASKLLM_PREFIX = "score/askllm/"
 DENSITY_PREFIX = "score/density/"
 TRUNCATED_PREFIX = "truncated/"
 TOKENS_PREFIX = "tokens/"
-LOG_SPAN = 1e3          # a positive score whose max / min exceeds this is drawn on a log scale
+LOG_SPAN = 1e3          # a positive score whose 99th / 1st percentile exceeds this is drawn on a log scale
 MAX_POINTS = 20000      # scatter points drawn at most (a deterministic subsample beyond)
+MARK_RATE = 0.2         # the scatter marks the selections at the grid's rate nearest this
 NO_HOST, NO_SOURCE = "(no url)", "(no source)"
 _SEED_DIR = re.compile(r"^(?P<group>.+)[/\\]seed-(?P<seed>-?\d+)$")
 
@@ -99,7 +102,7 @@ def host_of(url: str) -> str:
     return host or NO_HOST
 
 
-class _FactsBuilder:
+class FactsBuilder:
     """Accumulates DocumentFacts record by record (so records are read once, alongside the score table)."""
 
     def __init__(self):
@@ -142,24 +145,10 @@ class _FactsBuilder:
 
 def document_facts(items: Iterable[Mapping[str, Any]]) -> DocumentFacts:
     """Collects the facts of records (in order): source, host, length, token counts, truncation flags."""
-    builder = _FactsBuilder()
+    builder = FactsBuilder()
     for record in items:
         builder.add(record)
     return builder.build()
-
-
-def read_documents(spec: Optional[str]) -> tuple[scores_lib.ScoreTable, DocumentFacts]:
-    """The score table and the facts of scored records (comma-separated directories or globs), in one pass."""
-    builder = _FactsBuilder()
-
-    def tee():
-        for part in (p.strip() for p in str(spec or "").split(",") if p.strip()):
-            for record in records.iter_scored_records(part):
-                builder.add(record)
-                yield record
-
-    table = scores_lib.score_table(tee())
-    return table, builder.build()
 
 
 # --- run status ------------------------------------------------------------------------------
@@ -194,6 +183,8 @@ def run_status(info: Mapping[str, Any], states: Mapping[str, str]) -> dict[str, 
             entry["seeds_unfinished"].append(seed)
     for entry in groups.values():
         planned, done = len(entry["seeds_planned"]), len(entry["seeds_finished"])
+        entry["seeds_not_started"] = [s for s in entry["seeds_planned"]
+                                      if s not in entry["seeds_finished"] + entry["seeds_unfinished"]]
         entry["state"] = ("finished" if done == planned else "unfinished" if entry["seeds_unfinished"]
                           else "partly finished" if done else "not started")
     counts = {state: sum(1 for r in runs if states.get(r, "not started") == state)
@@ -414,10 +405,15 @@ def thresholds(chosen: Sequence[Selection]) -> dict[str, list[dict[str, Any]]]:
 # --- scales and the coverage / quality scatter ----------------------------------------------
 
 def spans_orders(values: np.ndarray, span: float = LOG_SPAN) -> bool:
-    """Whether finite values are all positive and max / min exceeds `span` (draw them on a log scale)."""
+    """Whether finite values are all positive and their bulk spans orders of magnitude: the 99th
+    percentile over the 1st exceeds `span` (draw them on a log scale). Percentiles rather than max
+    / min, so a uniform score in (0, 1) whose smallest draw is 0.0007 stays on a linear scale."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    return bool(v.size >= 2 and v.min() > 0 and v.max() / v.min() > span)
+    if v.size < 2 or v.min() <= 0:
+        return False
+    low, high = np.percentile(v, [1, 99])
+    return bool(high / low > span)
 
 
 def log_scales(table: scores_lib.ScoreTable) -> dict[str, bool]:
@@ -434,7 +430,8 @@ def coverage(table: scores_lib.ScoreTable, chosen: Sequence[Selection], max_poin
     """Ask-LLM (quality, y) against Density (coverage, x) per document having both; None without both.
 
     Documents are grouped by which selections over those two scores kept them (`kept by both`,
-    `kept by <sampler> only`, `kept by neither`); with no such selection every document is one
+    `kept by <sampler> only`, `kept by neither`), at one rate both were planned at (the one
+    nearest `MARK_RATE`, the paper's and demo's 20%); with no such selection every document is one
     group and `note` says so. Beyond `max_points` documents a deterministic subsample is drawn.
     """
     ask, den = _pick(table.scores, ASKLLM_PREFIX), _pick(table.scores, DENSITY_PREFIX)
@@ -442,11 +439,15 @@ def coverage(table: scores_lib.ScoreTable, chosen: Sequence[Selection], max_poin
         return None
     x, y = table.scores[den[0]], table.scores[ask[0]]
     both = np.isfinite(x) & np.isfinite(y)
-    marking = [s for s in chosen if s.plan.score_feature in (ask[0], den[0])]
-    by_feature: dict[str, Selection] = {}
-    for s in marking:
-        by_feature.setdefault(s.plan.score_feature, s)
-    marking = [by_feature[f] for f in (ask[0], den[0]) if f in by_feature]
+    candidates = [s for s in chosen if s.plan.score_feature in (ask[0], den[0])]
+    rates_of = {f: {s.rate for s in candidates if s.plan.score_feature == f} for f in (ask[0], den[0])}
+    common = (rates_of[ask[0]] & rates_of[den[0]]) or rates_of[ask[0]] | rates_of[den[0]]
+    rate = min(common, key=lambda r: (abs(r - MARK_RATE), r)) if common else None
+    marking = []
+    for f in (ask[0], den[0]):
+        at_rate = [s for s in candidates if s.plan.score_feature == f and s.rate == rate]
+        if at_rate:
+            marking.append(at_rate[0])
     notes = []
     if len(ask) > 1 or len(den) > 1:
         notes.append(f"Several such scores: drawn are {ask[0]} and {den[0]}.")
@@ -482,78 +483,6 @@ def coverage(table: scores_lib.ScoreTable, chosen: Sequence[Selection], max_poin
 
 
 # --- pipeline health -------------------------------------------------------------------------
-
-def _has_manifest(directory: str, cache: dict[str, bool]) -> bool:
-    if directory not in cache:
-        cache[directory] = bool(directory) and io.exists(io.join(directory, records.MANIFEST_FILE))
-    return cache[directory]
-
-
-def output_dir_of(path: str, cache: Optional[dict[str, bool]] = None, levels: int = 3) -> Optional[str]:
-    """The gristmill output directory holding a path (itself or one of its `levels` parents with a
-    manifest.json), or None."""
-    cache = {} if cache is None else cache
-    current = str(path).rstrip("/")
-    for _ in range(levels + 1):
-        if _has_manifest(current, cache):
-            return current
-        parent = io.dirname(current)
-        if not parent or parent == current:
-            return None
-        current = parent
-    return None
-
-
-def _key(path: str) -> str:
-    return path if io.is_remote(path) else os.path.abspath(path)
-
-
-def find_stages(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
-    """(output directory, manifest) of every job behind the scored records: the directories the specs
-    name (or hold the files of), the jobs upstream of them through each manifest's `inputs`, and,
-    after them, the sibling jobs that read any of those outputs (a `select` over the scores)."""
-    cache: dict[str, bool] = {}
-    starts = []
-    for spec in specs:
-        spec = str(spec).strip()
-        if not spec:
-            continue
-        if any(c in spec for c in "*?["):
-            found = io.glob(spec, allow_empty=True)
-            owner = output_dir_of(found[0], cache) if found else None
-        else:
-            owner = output_dir_of(spec, cache, levels=0 if io.is_dir(spec) else 3)
-        if owner:
-            starts.append(owner)
-    manifests: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
-
-    def visit(directory: str) -> None:
-        if _key(directory) in manifests:
-            return
-        manifest = io.read_json(io.join(directory, records.MANIFEST_FILE))
-        manifests[_key(directory)] = manifest
-        for item in manifest.get("inputs", []):
-            owner = output_dir_of(str(item.get("path", "")), cache)
-            if owner:
-                visit(owner)
-        order.append(directory)
-
-    for start in starts:
-        visit(start)
-    chain = {_key(d) for d in order}
-    downstream = []
-    for parent in sorted({io.dirname(d.rstrip("/")) for d in order}):
-        for path in io.glob(io.join(parent, "*", records.MANIFEST_FILE), allow_empty=True):
-            directory = io.dirname(path)
-            if _key(directory) in chain:
-                continue
-            manifest = io.read_json(path)
-            owners = {output_dir_of(str(i.get("path", "")), cache) for i in manifest.get("inputs", [])}
-            if any(o and _key(o) in chain for o in owners):
-                downstream.append((directory, manifest))
-    return [(d, manifests[_key(d)]) for d in order] + downstream
-
 
 def seconds_between(start: Optional[str], end: Optional[str]) -> Optional[float]:
     """Seconds from one ISO 8601 time to another, None when either is missing or unreadable."""
