@@ -18,6 +18,7 @@ CORE = [
     "sentencepiece>=0.2",
     "tokenizers>=0.19",
     "safetensors>=0.4",
+    "ml-dtypes>=0.2",  # numpy's bfloat16, for reading bf16 safetensors
     "gguf>=0.10",
     "matplotlib>=3.7",
     "jinja2>=3.1",

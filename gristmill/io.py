@@ -571,15 +571,16 @@ def remove_temporaries(directory: str) -> int:
 def local_copy(path: str) -> Iterator[str]:
     """A local file path holding the content of `path` (the path itself when it is local).
 
-    For libraries that only take local paths (numpy's npz loader, orbax, SentencePiece).
+    For libraries that only take local paths (numpy's npz loader, orbax, SentencePiece, memory-mapped
+    checkpoints). The copy is streamed, so a checkpoint larger than memory can be copied.
     """
     if not is_remote(path):
         yield str(path)
         return
     with tempfile.TemporaryDirectory(prefix="gristmill-") as tmp:
         local = os.path.join(tmp, basename(path))
-        with open(local, "wb") as f:
-            f.write(read_bytes(path))
+        with open_read(path) as src, open(local, "wb") as f:
+            shutil.copyfileobj(src, f, _READ_CHUNK)
         yield local
 
 

@@ -9,6 +9,7 @@ import pytest
 import safetensors.numpy
 from apache_beam.io.localfilesystem import LocalFileSystem
 
+from gristmill import io
 from gristmill.models import checkpoints, t5
 from gristmill.models.checkpoints import CheckpointError, Rule
 
@@ -204,13 +205,13 @@ def test_bad_paths_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
         checkpoints.read_hf_config(str(empty))
     with pytest.raises(CheckpointError, match="file not found"):
-        checkpoints.open_path(str(tmp_path / "x.bin"))
+        checkpoints.read_safetensors_file(str(tmp_path / "x.safetensors"))
 
 
 def test_remote_paths_go_through_beam_filesystems():
     remote = FakeRemoteFileSystem.PREFIX + os.path.abspath(V11)
     assert checkpoints.read_hf_config(remote)["d_model"] == 48
-    with checkpoints.local_file(checkpoints.join(remote, "config.json")) as local:
+    with io.local_copy(io.join(remote, "config.json")) as local:
         assert os.path.exists(local) and not local.startswith(FakeRemoteFileSystem.PREFIX)
     assert not os.path.exists(local)  # the temporary copy is removed
     config, params = t5.load_hf(remote)

@@ -1,10 +1,10 @@
 """Family-agnostic checkpoint reading: HF config.json, safetensors (single or sharded), and a
 declarative table that maps checkpoint tensors onto a model's parameter tree.
 
-Nothing here unpickles: PyTorch ``.bin`` checkpoints are refused. Safetensors files are parsed
-from their documented layout (8-byte little-endian header length, a JSON header, raw bytes) and
-memory-mapped, so bf16 tensors can be widened to float32 without torch and large checkpoints are
-not read twice. Paths may be local or anything Beam's ``FileSystems`` opens (``gs://``).
+Nothing here unpickles: PyTorch ``.bin`` checkpoints are refused. Safetensors files are read
+with the ``safetensors`` library (``framework="numpy"``); bf16 tensors are widened to float32
+without torch. Paths may be local or remote (``gs://``): files go through :mod:`gristmill.io`,
+and a remote safetensors file is copied to a temporary local file first.
 
 A loader is a list of :class:`Rule` rows; :func:`apply_rules` fails closed: a tensor no rule
 uses, a rule whose tensor is missing, and a shape that disagrees with the model's own
@@ -12,96 +12,28 @@ uses, a rule whose tensor is missing, and a shape that disagrees with the model'
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
 import re
-import shutil
-import struct
-import tempfile
-from typing import Any, BinaryIO, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
+
+from gristmill import io
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 CONFIG_FILE = "config.json"
 _PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt", "tf_model.h5")
 
-# safetensors dtype tag -> numpy dtype of the stored bytes ("BF16" is widened after reading).
-_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
-}
+# The safetensors dtypes gristmill reads ("BF16" is widened to float32 after reading).
+_DTYPES = frozenset({"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"})
 _MAX_LISTED = 20
 
 
 class CheckpointError(Exception):
     """A checkpoint file or tensor cannot be used; the message names the file, tensor and reason."""
-
-
-# ----------------------------------------------------------------------------- paths
-
-
-def _is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
-def join(base: str, *names: str) -> str:
-    """Joins path components for local paths and ``scheme://`` URLs alike."""
-    if _is_remote(base):
-        from apache_beam.io.filesystems import FileSystems
-        return FileSystems.join(str(base), *names)
-    return os.path.join(str(base), *names)
-
-
-def exists(path: str) -> bool:
-    """True when ``path`` (local or ``gs://``) names an existing file or directory."""
-    if _is_remote(path):
-        from apache_beam.io.filesystems import FileSystems
-        return FileSystems.exists(str(path))
-    return os.path.exists(str(path))
-
-
-def open_path(path: str) -> BinaryIO:
-    """Opens a local path or a ``gs://`` (any Beam filesystem) URL for binary reading."""
-    path = str(path)
-    try:
-        if _is_remote(path):
-            from apache_beam.io.filesystems import FileSystems
-            return FileSystems.open(path)
-        return open(path, "rb")
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path}: file not found") from e
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot open ({e})") from e
-
-
-def read_bytes(path: str) -> bytes:
-    """Reads a whole (small) file, local or remote."""
-    with open_path(path) as f:
-        return f.read()
-
-
-@contextlib.contextmanager
-def local_file(path: str) -> Iterator[str]:
-    """Yields a local filename for ``path``: itself when local, else a temporary copy removed on exit."""
-    path = str(path)
-    if not _is_remote(path):
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{path}: file not found")
-        yield path
-        return
-    fd, tmp = tempfile.mkstemp(prefix="gristmill-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as out, open_path(path) as src:
-            shutil.copyfileobj(src, out, length=16 << 20)
-        yield tmp
-    finally:
-        os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------- config
@@ -112,10 +44,10 @@ def read_json_object(path: str) -> Optional[dict]:
 
     Raises CheckpointError naming the file when it is not valid JSON or not an object.
     """
-    if not exists(path):
+    if not io.exists(path):
         return None
     try:
-        data = json.loads(read_bytes(path))
+        data = json.loads(io.read_bytes(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
@@ -125,7 +57,7 @@ def read_json_object(path: str) -> Optional[dict]:
 
 def read_hf_config(model_dir: str) -> dict:
     """Reads ``config.json`` of a Hugging Face model directory (local or ``gs://``) as a dict."""
-    path = join(model_dir, CONFIG_FILE)
+    path = io.join(model_dir, CONFIG_FILE)
     config = read_json_object(path)
     if config is None:
         raise CheckpointError(f"{path}: file not found (expected a Hugging Face model directory)")
@@ -135,80 +67,66 @@ def read_hf_config(model_dir: str) -> dict:
 # ----------------------------------------------------------------------------- safetensors
 
 
-def read_safetensors_header(path: str) -> tuple[dict, int]:
-    """Returns (header dict without ``__metadata__``, byte offset where tensor data starts) of a local file.
-
-    Checks that the file is long enough for every tensor the header declares, so a truncated
-    download is reported here rather than as garbage weights.
-    """
+def _refusal(path: str, err: Exception) -> str:
+    """Why the safetensors library refused a local file, naming the cut tensor of a truncated one."""
     size = os.path.getsize(path)
     if size < 8:
-        raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, no header length)")
+        return f"{path}: truncated safetensors file ({size} bytes, no header length)"
     with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
+        n = int.from_bytes(f.read(8), "little")
         if 8 + n > size:
-            raise CheckpointError(
-                f"{path}: truncated or not a safetensors file (header claims {n} bytes, file has {size})")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    start = 8 + n
-    for name, info in header.items():
+            return f"{path}: truncated or not a safetensors file (header claims {n} bytes, file has {size})"
         try:
-            dtype, shape, (begin, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: tensor {name!r}: malformed header entry {info!r}") from e
-        if dtype not in _DTYPES:
-            raise CheckpointError(f"{path}: tensor {name!r}: unsupported dtype {dtype}")
-        want = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
-        if end - begin != want or begin < 0:
-            raise CheckpointError(
-                f"{path}: tensor {name!r}: data_offsets {begin}..{end} hold {end - begin} bytes, "
-                f"{dtype}{shape} needs {want}")
-        if start + end > size:
-            raise CheckpointError(
-                f"{path}: truncated safetensors file: tensor {name!r} ends at byte {start + end}, "
-                f"file has {size}")
-    return header, start
+            header = json.loads(f.read(n))
+            ends = {name: 8 + n + int(info["data_offsets"][1]) for name, info in header.items()
+                    if name != "__metadata__"}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError,
+                IndexError):
+            return f"{path}: corrupt safetensors header ({err})"
+    for name, end in ends.items():
+        if end > size:
+            return f"{path}: truncated safetensors file: tensor {name!r} ends at byte {end}, file has {size}"
+    return f"{path}: not a valid safetensors file ({err})"
 
 
 def _bf16_to_f32(x: np.ndarray) -> np.ndarray:
-    return (x.astype(np.uint32) << 16).view(np.float32)
+    return (x.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def _read_local_safetensors(path: str) -> dict[str, np.ndarray]:
-    header, start = read_safetensors_header(path)
-    if not header:
-        return {}
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    out = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        arr = data[start + begin:start + end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
-        out[name] = _bf16_to_f32(arr) if info["dtype"] == "BF16" else arr
-    return out
+    import ml_dtypes  # noqa: F401  (registers numpy's "bfloat16", which safetensors' numpy reader asks for)
+    import safetensors
+
+    try:
+        with safetensors.safe_open(path, framework="numpy") as f:
+            out = {}
+            for name in f.offset_keys():
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in _DTYPES:
+                    raise CheckpointError(f"{path}: tensor {name!r}: unsupported dtype {dtype}")
+                arr = f.get_tensor(name)
+                out[name] = _bf16_to_f32(arr) if dtype == "BF16" else arr
+            return out
+    except safetensors.SafetensorError as e:
+        raise CheckpointError(_refusal(path, e)) from e
 
 
 def read_safetensors_file(path: str) -> dict[str, np.ndarray]:
     """Reads one ``.safetensors`` file (local or remote) into numpy arrays; bf16 becomes float32.
 
-    Local files are memory-mapped (arrays are read-only views); remote ones are copied to a
-    temporary file first, which is unlinked once mapped.
+    A remote file is copied to a temporary local file, removed once read.
     """
-    with local_file(path) as local:
+    if not io.exists(path):
+        raise CheckpointError(f"{path}: file not found")
+    with io.local_copy(path) as local:
         return _read_local_safetensors(local)
 
 
 def _refuse_pickles(model_dir: str) -> None:
     for name in _PICKLED:
-        if exists(join(model_dir, name)):
+        if io.exists(io.join(model_dir, name)):
             raise CheckpointError(
-                f"{join(model_dir, name)}: refusing a pickled/legacy checkpoint; gristmill reads only "
+                f"{io.join(model_dir, name)}: refusing a pickled/legacy checkpoint; gristmill reads only "
                 f"safetensors (convert it once with `transformers` save_pretrained(safe_serialization=True))")
 
 
@@ -224,26 +142,26 @@ def read_safetensors(model_dir: str) -> dict[str, np.ndarray]:
     if base.endswith(".safetensors"):
         return read_safetensors_file(model_dir)
     if base.endswith(".json"):
-        index_path, model_dir = base, base.rsplit("/", 1)[0] if "/" in base else "."
+        index_path, model_dir = base, io.dirname(base) or "."
     else:
-        index_path = join(model_dir, SAFETENSORS_INDEX)
-        single = join(model_dir, SAFETENSORS_FILE)
-        if exists(single):
+        index_path = io.join(model_dir, SAFETENSORS_INDEX)
+        single = io.join(model_dir, SAFETENSORS_FILE)
+        if io.exists(single):
             return read_safetensors_file(single)
-        if not exists(index_path):
-            if not exists(model_dir):
+        if not io.exists(index_path):
+            if not io.exists(model_dir):
                 raise CheckpointError(f"{model_dir}: no such model directory")
             _refuse_pickles(model_dir)
             raise CheckpointError(f"{model_dir}: neither {SAFETENSORS_FILE} nor {SAFETENSORS_INDEX} found")
     try:
-        index = json.loads(read_bytes(index_path))
+        index = json.loads(io.read_bytes(index_path))
         weight_map = dict(index["weight_map"])
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{index_path}: not a safetensors index with a 'weight_map' ({e})") from e
     tensors: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
-        shard_path = join(model_dir, shard)
-        if not exists(shard_path):
+        shard_path = io.join(model_dir, shard)
+        if not io.exists(shard_path):
             raise CheckpointError(f"{index_path}: shard {shard_path} not found")
         part = read_safetensors_file(shard_path)
         listed = {n for n, s in weight_map.items() if s == shard}

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gristmill.models import checkpoints as ckpt
+from gristmill.models.zoo import LLAMA_MODEL_TYPES
 
 Params = dict[str, Any]
 
@@ -100,7 +101,7 @@ class LlamaConfig:
         a non-SiLU activation), rather than silently producing different numbers.
         """
         model_type = config.get("model_type")
-        if model_type not in ("llama", "qwen2", "mistral"):
+        if model_type not in LLAMA_MODEL_TYPES:
             raise ValueError(f"model_type {model_type!r} is not a Llama-family decoder")
         rope_parameters = config.get("rope_parameters") or {}  # transformers 5 moved RoPE settings here
         if config.get("rope_scaling") or rope_parameters.get("rope_type", "default") != "default":

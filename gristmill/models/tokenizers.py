@@ -14,6 +14,7 @@ import os
 import re
 from typing import Any, Optional, Sequence
 
+from gristmill import io
 from gristmill.models import checkpoints
 from gristmill.models.checkpoints import CheckpointError
 
@@ -34,16 +35,16 @@ def _sidecar(path: str) -> tuple[dict, Optional[str]]:
     directory = path.rstrip("/").rsplit("/", 1)[0] if "/" in path.rstrip("/") else "."
     settings: dict = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
-        data = checkpoints.read_json_object(checkpoints.join(directory, name))
+        data = checkpoints.read_json_object(io.join(directory, name))
         if data:
             settings.update({k: v for k, v in data.items() if v is not None})
     template = settings.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         by_name = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = by_name.get("default") or next(iter(by_name.values()), None)
-    jinja = checkpoints.join(directory, "chat_template.jinja")
-    if template is None and checkpoints.exists(jinja):
-        template = checkpoints.read_bytes(jinja).decode("utf-8")
+    jinja = io.join(directory, "chat_template.jinja")
+    if template is None and io.exists(jinja):
+        template = io.read_text(jinja)
     return settings, template if isinstance(template, str) else None
 
 
@@ -92,13 +93,13 @@ class Tokenizer:
         ``special_tokens_map.json`` in the same directory when present.
         """
         path = str(path)
-        if not checkpoints.exists(path):
+        if not io.exists(path):
             raise CheckpointError(f"{path}: tokenizer file not found")
         settings, template = _sidecar(path)
         if name is None:
             parent = os.path.basename(os.path.dirname(path.rstrip("/")))
             name = parent or os.path.basename(path)
-        raw = checkpoints.read_bytes(path)
+        raw = io.read_bytes(path)
         if path.endswith(".json"):
             import tokenizers
             try:
@@ -267,7 +268,7 @@ def load_tokenizer(model_dir_or_file: str) -> Tokenizer:
     if path.endswith((".json", ".model")):
         return Tokenizer.from_file(path)
     for filename in (TOKENIZER_JSON,) + SPM_FILES:
-        candidate = checkpoints.join(path, filename)
-        if checkpoints.exists(candidate):
+        candidate = io.join(path, filename)
+        if io.exists(candidate):
             return Tokenizer.from_file(candidate)
     raise CheckpointError(f"{path}: no tokenizer found (looked for {TOKENIZER_JSON}, {', '.join(SPM_FILES)})")

@@ -67,24 +67,12 @@ def score_askllm(config: AskLLMJobConfig, options: kit.JobOptions) -> inference.
     return inference.RunModel(model_spec(config, options))
 
 
-def check_model(spec: str) -> None:
-    """Fails before the pipeline starts when the model name or path cannot be a model (no weights read)."""
-    from gristmill.models import checkpoints, zoo
-    if spec in zoo.KNOWN_MODELS:
-        zoo.KNOWN_MODELS[spec]()
-    elif spec.endswith(".gguf"):
-        if not checkpoints.exists(spec):
-            raise checkpoints.CheckpointError(f"{spec}: GGUF file not found")
-    elif not checkpoints.exists(checkpoints.join(spec, checkpoints.CONFIG_FILE)):
-        raise checkpoints.CheckpointError(
-            f"{spec}: not a known model name ({', '.join(sorted(zoo.KNOWN_MODELS))}), a .gguf file, "
-            f"or a model directory with {checkpoints.CONFIG_FILE}")
-
-
 def check(config: AskLLMJobConfig) -> None:
     """Bad templates and models fail here, before any worker starts."""
+    from gristmill.models import zoo
+
     askllm.load_template(config.prompt_template)
-    check_model(config.model)
+    zoo.check_model(config.model)
 
 
 def fingerprint_extra(config: AskLLMJobConfig) -> dict:

@@ -23,9 +23,9 @@ import functools
 from typing import Optional
 
 from gristmill import records
-from gristmill.models import batching
-from gristmill.pipelines import inference, kit, score_askllm
-from gristmill.scoring import askllm, perplexity
+from gristmill.models import batching, zoo
+from gristmill.pipelines import inference, kit
+from gristmill.scoring import perplexity
 
 SCORER_NAME = "perplexity"
 
@@ -53,7 +53,7 @@ class PerplexityJobConfig:
 
     def __post_init__(self):
         if self.model_name is None:
-            object.__setattr__(self, "model_name", askllm.model_name_of(self.model))
+            object.__setattr__(self, "model_name", zoo.model_name(self.model))
 
 
 def scorer_config(config: PerplexityJobConfig) -> perplexity.PerplexityConfig:
@@ -102,7 +102,7 @@ def score_perplexity(config: PerplexityJobConfig, options: kit.JobOptions) -> in
 def check(config: PerplexityJobConfig) -> None:
     """Bad sizes and models fail here, before any worker starts."""
     scorer_config(config)
-    score_askllm.check_model(config.model)
+    zoo.check_model(config.model)
 
 
 SCORER = kit.Scorer("score perplexity", PerplexityJobConfig, score_perplexity, description=__doc__, check=check)

@@ -47,14 +47,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from gristmill.models import batching
+from gristmill.models import batching, zoo
+from gristmill.models.zoo import DECODER_ONLY, ENCODER_DECODER
 
 PLACEHOLDER = "{document}"
 DEFAULT_TEMPLATE = "askllm.txt"
 ANSWER_YES = "yes"
 ANSWER_NO = "no"
-ENCODER_DECODER = "encoder_decoder"
-DECODER_ONLY = "decoder_only"
 # A document longer than this many characters per allowed token is not encoded whole: its head is
 # encoded first, and only when the head turns out to fit is the whole document encoded.
 _CHARS_PER_TOKEN_BOUND = 32
@@ -75,12 +74,12 @@ def load_template(path: Optional[str] = None) -> str:
         where = f"gristmill/prompts/{DEFAULT_TEMPLATE}"
         text = importlib.resources.files("gristmill").joinpath("prompts", DEFAULT_TEMPLATE).read_text("utf-8")
     else:
-        from gristmill.models import checkpoints
+        from gristmill import io
 
         where = str(path)
         try:
-            text = checkpoints.read_bytes(where).decode("utf-8")
-        except (checkpoints.CheckpointError, UnicodeDecodeError) as e:
+            text = io.read_text(where)
+        except (OSError, UnicodeDecodeError) as e:
             raise PromptTemplateError(f"{where}: cannot read prompt template ({e})") from e
     count = text.count(PLACEHOLDER)
     if count != 1:
@@ -220,13 +219,7 @@ class AskLLMConfig:
 
     def __post_init__(self):
         if self.model_name is None:
-            object.__setattr__(self, "model_name", model_name_of(self.model))
-
-
-def model_name_of(model: str) -> str:
-    """The default score name of a model: its known name, or the base name of its path."""
-    base = str(model).rstrip("/").rsplit("/", 1)[-1]
-    return base[: -len(".gguf")] if base.endswith(".gguf") else base
+            object.__setattr__(self, "model_name", zoo.model_name(self.model))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +239,6 @@ class AskLLMEncoder:
     """The tokenizer-only half of the scorer: prompt ids per document, without loading weights."""
 
     def __init__(self, config: AskLLMConfig, tokenizer=None, family: Optional[str] = None):
-        from gristmill.models import zoo
-
         self.config = config
         self.template = load_template(config.prompt_template)
         if tokenizer is None:
@@ -284,8 +275,6 @@ class AskLLMScorer:
 
     def __init__(self, config: AskLLMConfig, loaded=None):
         import jax
-
-        from gristmill.models import zoo
 
         self.config = config
         self.template = load_template(config.prompt_template)  # before the (slow) model load

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gristmill import io
 from gristmill.models import batching, bert, checkpoints, host_memory, t5
 from gristmill.models.checkpoints import CheckpointError
 from gristmill.models.tokenizers import load_tokenizer
@@ -112,7 +113,7 @@ def st5_encoder(model_dir: str) -> TokenEncoder:
 def _transformer_dir(model_dir: str) -> str:
     for m in _read_modules(model_dir):
         if m["type"].rsplit(".", 1)[-1] == "Transformer":
-            return checkpoints.join(model_dir, m["path"]) if m.get("path") else model_dir
+            return io.join(model_dir, m["path"]) if m.get("path") else model_dir
     return model_dir
 
 
@@ -190,11 +191,11 @@ def _max_seq_length(model_dir: str, default: int) -> int:
     all-MiniLM-L6-v2: 256), else the tokenizer's ``model_max_length`` (sentence-transformers 5+
     saves it there), else ``default``.
     """
-    sentence_config = checkpoints.read_json_object(checkpoints.join(model_dir, "sentence_bert_config.json")) or {}
+    sentence_config = checkpoints.read_json_object(io.join(model_dir, "sentence_bert_config.json")) or {}
     value = sentence_config.get("max_seq_length")
     source = "sentence_bert_config.json"
     if value is None:
-        tokenizer_config = checkpoints.read_json_object(checkpoints.join(model_dir, "tokenizer_config.json")) or {}
+        tokenizer_config = checkpoints.read_json_object(io.join(model_dir, "tokenizer_config.json")) or {}
         value = tokenizer_config.get("model_max_length")
         source = "tokenizer_config.json"
         if isinstance(value, (int, float)) and value >= 1e12:  # HF's "no limit" sentinel
@@ -271,11 +272,11 @@ def load_t5_encoder(model_dir: str, dtype: str = "float32") -> tuple[t5.T5Config
 
 
 def _read_modules(model_dir: str) -> list[dict]:
-    path = checkpoints.join(model_dir, "modules.json")
-    if not checkpoints.exists(path):
+    path = io.join(model_dir, "modules.json")
+    if not io.exists(path):
         return []
     try:
-        data = json.loads(checkpoints.read_bytes(path))
+        data = json.loads(io.read_bytes(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, list) or not all(isinstance(m, dict) and "type" in m for m in data):
@@ -285,7 +286,7 @@ def _read_modules(model_dir: str) -> list[dict]:
 
 def _load_dense(module_dir: str) -> dict[str, Any]:
     """A sentence-transformers ``Dense`` module: ``activation(x @ W^T + b)``."""
-    config = checkpoints.read_json_object(checkpoints.join(module_dir, "config.json"))
+    config = checkpoints.read_json_object(io.join(module_dir, "config.json"))
     if config is None:
         raise CheckpointError(f"{module_dir}: Dense module without config.json")
     activation = config.get("activation_function", "torch.nn.modules.linear.Identity")
@@ -341,7 +342,7 @@ class SentenceT5Embedder(_BucketedEmbedder):
         transformer_dir, dense_dirs = model_dir, []
         for m in modules:
             kind = m["type"].rsplit(".", 1)[-1]
-            path = checkpoints.join(model_dir, m["path"]) if m.get("path") else model_dir
+            path = io.join(model_dir, m["path"]) if m.get("path") else model_dir
             if kind == "Transformer":
                 transformer_dir = path
             elif kind == "Pooling":
@@ -366,7 +367,7 @@ class SentenceT5Embedder(_BucketedEmbedder):
     def _check_pooling(path: str) -> None:
         """Only mean pooling is implemented: ``pooling_mode: "mean"`` (sentence-transformers 5+) or
         ``pooling_mode_mean_tokens: true`` alone (older layouts)."""
-        config = checkpoints.read_json_object(checkpoints.join(path, "config.json")) or {}
+        config = checkpoints.read_json_object(io.join(path, "config.json")) or {}
         modes = {k.removeprefix("pooling_mode_").removesuffix("_tokens") for k, v in config.items()
                  if k.startswith("pooling_mode_") and v is True}
         mode = config.get("pooling_mode")

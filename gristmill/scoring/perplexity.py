@@ -47,10 +47,9 @@ import numpy as np
 
 from gristmill import io
 from gristmill.models import batching
+from gristmill.models.zoo import DECODER_ONLY, ENCODER_DECODER
 from gristmill.training import span_corruption
 
-ENCODER_DECODER = "encoder_decoder"
-DECODER_ONLY = "decoder_only"
 # Documents longer than this many characters per kept token have only their head encoded first.
 _CHARS_PER_TOKEN_BOUND = 32
 # Tokens beyond the kept ones a head must have, so its cut edge never reaches the kept part.
@@ -145,14 +144,14 @@ def tokenizer_adds_bos(model: str, bos_id: Optional[int]) -> bool:
     set, else what tokenizer.json's post-processor does, else (a SentencePiece-only directory,
     e.g. Llama 2) True when there is a BOS token, as transformers' LlamaTokenizer does.
     """
-    from gristmill.models import checkpoints, gguf, zoo
+    from gristmill.models import gguf, zoo
 
     if bos_id is None:
         return False
     spec = str(model)
-    if spec in zoo.KNOWN_MODELS or spec.endswith(".gguf"):
-        path = zoo.KNOWN_MODELS[spec]() if spec in zoo.KNOWN_MODELS else spec
-        with checkpoints.local_file(path) as local:
+    path = zoo.gguf_path(spec)
+    if path is not None:
+        with io.local_copy(path) as local:
             return bool(gguf.metadata(gguf.open_reader(local)).get("tokenizer.ggml.add_bos_token", False))
     config_path = io.join(spec, "tokenizer_config.json")
     if io.exists(config_path):
