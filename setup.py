@@ -17,7 +17,7 @@ CORE = [
     "zstandard>=0.22",
     "sentencepiece>=0.2",
     "tokenizers>=0.19",
-    "safetensors>=0.4",
+    "safetensors>=0.5",  # safe_open(framework="numpy") reads bf16 as ml_dtypes.bfloat16
     "ml-dtypes>=0.2",  # numpy's bfloat16, for reading bf16 safetensors
     "gguf>=0.10",
     "matplotlib>=3.7",

@@ -100,7 +100,7 @@ def _read_local_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
         with safetensors.safe_open(path, framework="numpy") as f:
             out = {}
-            for name in f.offset_keys():
+            for name in f.keys():
                 dtype = f.get_slice(name).get_dtype()
                 if dtype not in _DTYPES:
                     raise CheckpointError(f"{path}: tensor {name!r}: unsupported dtype {dtype}")
