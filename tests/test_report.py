@@ -546,6 +546,14 @@ def test_pipeline_health_from_the_manifests(partial):
     assert "askllm cut 75% of the documents it scored" in page.sections["health"]["text"]
 
 
+def test_stages_are_found_once_whether_paths_are_relative_or_absolute(partial, monkeypatch):
+    from gristmill.eval import report_inputs
+    monkeypatch.chdir(partial[0])  # manifests list absolute input paths; the spec here is relative
+    stages = report_inputs.find_stages(["askllm"])
+    assert [(os.path.basename(d), m["job"]) for d, m in stages] == [
+        ("random", "score random"), ("askllm", "score askllm"), ("select-askllm", "select")]
+
+
 def test_paths_are_relative_to_the_report(partial):
     _, page, data, _, _ = partial
     assert data.paths["scored"] == "../askllm" and data.paths["experiment"] == "../experiment"

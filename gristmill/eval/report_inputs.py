@@ -56,7 +56,8 @@ def output_dir_of(path: str, cache: Optional[dict[str, bool]] = None, levels: in
 
 
 def _key(path: str) -> str:
-    return path if io.is_remote(path) else os.path.abspath(path)
+    """A directory as one spelling: gs:// as it is, a local path absolute (manifests list inputs absolute)."""
+    return path.rstrip("/") if io.is_remote(path) else os.path.abspath(path)
 
 
 def find_stages(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -75,7 +76,7 @@ def find_stages(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
         else:
             owner = output_dir_of(spec, cache, levels=0 if io.is_dir(spec) else 3)
         if owner:
-            starts.append(owner)
+            starts.append(_key(owner))
     manifests: dict[str, dict[str, Any]] = {}
     order: list[str] = []
 
@@ -87,24 +88,24 @@ def find_stages(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
         for item in manifest.get("inputs", []):
             owner = output_dir_of(str(item.get("path", "")), cache)
             if owner:
-                visit(owner)
+                visit(_key(owner))
         order.append(directory)
 
     for start in starts:
         visit(start)
     chain = {_key(d) for d in order}
-    downstream = []
+    downstream, seen = [], set(chain)
     for parent in sorted({io.dirname(d.rstrip("/")) for d in order}):
         for path in io.glob(io.join(parent, "*", records.MANIFEST_FILE), allow_empty=True):
-            directory = io.dirname(path)
-            if _key(directory) in chain:
+            directory = _key(io.dirname(path))
+            if directory in seen:
                 continue
+            seen.add(directory)
             manifest = io.read_json(path)
             owners = {output_dir_of(str(i.get("path", "")), cache) for i in manifest.get("inputs", [])}
             if any(o and _key(o) in chain for o in owners):
                 downstream.append((directory, manifest))
     return [(d, manifests[_key(d)]) for d in order] + downstream
-
 
 
 # --- the experiment --------------------------------------------------------------------------
