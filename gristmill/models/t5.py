@@ -625,18 +625,22 @@ def params_from_hf_tensors(tensors: Mapping[str, np.ndarray], config: T5Config, 
     ``encoder.embed_tokens.weight`` / ``decoder.embed_tokens.weight`` (and ``lm_head.weight`` for
     tied configs) are accepted as copies of ``shared.weight`` and must equal it. With
     ``encoder_only`` only the embedding and encoder are built (Sentence-T5 / ``T5EncoderModel``
-    checkpoints; any decoder tensors are skipped), which is enough for ``encode`` and
-    ``mean_pooled_encoding``.
+    checkpoints; any decoder tensors are skipped, and a checkpoint that kept only
+    ``encoder.embed_tokens.weight`` of the tied names uses it as ``shared.weight``), which is
+    enough for ``encode`` and ``mean_pooled_encoding``.
     """
     aliases = {"encoder.embed_tokens.weight": "shared.weight", "decoder.embed_tokens.weight": "shared.weight"}
     if config.tie_word_embeddings:
         aliases["lm_head.weight"] = "shared.weight"
     rules, expected, ignore = hf_rules(config), param_shapes(config), list(_UNUSED_HF_TENSORS)
     if encoder_only:
+        if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
+            tensors = dict(tensors)
+            tensors["shared.weight"] = tensors.pop("encoder.embed_tokens.weight")  # safetensors kept one tied name
         rules = [r for r in rules if r.target.split("/")[0] in _ENCODER_PARTS]
         expected = {k: v for k, v in expected.items() if k in _ENCODER_PARTS}
         ignore += [r"decoder\..*", r"lm_head\.weight"]
-        aliases.pop("lm_head.weight", None)
+        aliases = {"encoder.embed_tokens.weight": "shared.weight"}
     return checkpoints.apply_rules(
         tensors, rules, {"encoder": config.num_layers, "decoder": config.num_decoder_layers},
         expected=expected, aliases=aliases, ignore=ignore, origin=origin)

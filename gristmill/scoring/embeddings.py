@@ -248,27 +248,6 @@ _ACTIVATIONS = {
     "torch.nn.modules.linear.Identity": lambda x: x,
     "torch.nn.modules.activation.Tanh": jnp.tanh,
 }
-# Tensors of a full encoder-decoder checkpoint that an encoder-only embedder knowingly drops.
-_T5_DECODER = (r"decoder\..*", r"lm_head\.weight")
-
-
-def load_t5_encoder(model_dir: str, dtype: str = "float32") -> tuple[t5.T5Config, dict]:
-    """The encoder half of a HF T5 (``T5EncoderModel`` or a full T5, whose decoder is dropped).
-
-    Uses ``t5.hf_rules`` restricted to the embedding and encoder, failing closed on anything else.
-    """
-    config = t5.T5Config.from_hf(checkpoints.read_hf_config(model_dir), dtype=dtype)
-    tensors = dict(checkpoints.read_safetensors(model_dir))
-    if "shared.weight" not in tensors and "encoder.embed_tokens.weight" in tensors:
-        tensors["shared.weight"] = tensors.pop("encoder.embed_tokens.weight")  # safetensors kept one tied name
-    keep = ("token_embedder", "encoder")
-    rules = [r for r in t5.hf_rules(config) if r.target.split("/")[0] in keep]
-    shapes = t5.param_shapes(config)
-    params = checkpoints.apply_rules(tensors, rules, {"encoder": config.num_layers},
-                                     expected={k: shapes[k] for k in keep},
-                                     aliases={"encoder.embed_tokens.weight": "shared.weight"},
-                                     ignore=_T5_DECODER, origin=str(model_dir))
-    return config, jax.tree.map(jnp.asarray, params)
 
 
 def _read_modules(model_dir: str) -> list[dict]:
@@ -351,7 +330,7 @@ class SentenceT5Embedder(_BucketedEmbedder):
                 dense_dirs.append(path)
             elif kind != "Normalize":
                 raise CheckpointError(f"{model_dir}/modules.json: unsupported module {m['type']!r}")
-        self.config, self.params = load_t5_encoder(transformer_dir, dtype)
+        self.config, self.params = t5.load_hf(transformer_dir, dtype, encoder_only=True)
         self.dense = [_load_dense(d) for d in dense_dirs]
         self.dim = self.config.d_model
         for d, layer in zip(dense_dirs, self.dense):
