@@ -353,7 +353,8 @@ def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *,
 class Writer(Protocol):
     """Renders ReportData to a file."""
 
-    def write(self, report: ReportData, path: str) -> None: ...
+    def write(self, report: ReportData, path: str) -> None:
+        """Writes the report to `path` (local or gs://)."""
 
 
 def _jsonable(obj: Any) -> Any:
@@ -376,6 +377,7 @@ class JsonWriter:
     """The report's data as JSON (NaN -> null)."""
 
     def write(self, report: ReportData, path: str) -> None:
+        """Writes every ReportData field as JSON to `path`."""
         io.write_json(path, {f.name: _jsonable(getattr(report, f.name)) for f in dataclasses.fields(report)})
 
 
@@ -421,6 +423,7 @@ class HtmlWriter:
     """One self-contained HTML page (inline CSS, base64 PNG figures) from `templates/report.html.j2`."""
 
     def write(self, report: ReportData, path: str) -> None:
+        """Writes the page to `path`."""
         io.write_text(path, self.render(report))
 
     def render(self, report: ReportData) -> str:

@@ -60,6 +60,15 @@ def _key(path: str) -> str:
     return path.rstrip("/") if io.is_remote(path) else os.path.abspath(path)
 
 
+def _read_manifest(path: str) -> Optional[dict[str, Any]]:
+    """A manifest.json as a dict, or None when it cannot be read (the page then leaves that job out)."""
+    try:
+        manifest = io.read_json(path)
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
 def find_stages(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
     """(output directory, manifest) of every job behind the scored records: the directories the specs
     name (or hold the files of), the jobs upstream of them through each manifest's `inputs`, and,
@@ -83,7 +92,9 @@ def find_stages(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
     def visit(directory: str) -> None:
         if _key(directory) in manifests:
             return
-        manifest = io.read_json(io.join(directory, records.MANIFEST_FILE))
+        manifest = _read_manifest(io.join(directory, records.MANIFEST_FILE))
+        if manifest is None:
+            return
         manifests[_key(directory)] = manifest
         for item in manifest.get("inputs", []):
             owner = output_dir_of(str(item.get("path", "")), cache)
@@ -101,7 +112,9 @@ def find_stages(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
             if directory in seen:
                 continue
             seen.add(directory)
-            manifest = io.read_json(path)
+            manifest = _read_manifest(path)
+            if manifest is None:
+                continue
             owners = {output_dir_of(str(i.get("path", "")), cache) for i in manifest.get("inputs", [])}
             if any(o and _key(o) in chain for o in owners):
                 downstream.append((directory, manifest))

@@ -114,6 +114,7 @@ class FactsBuilder:
         self.truncated: dict[str, dict[int, int]] = {}
 
     def add(self, record: Mapping[str, Any]) -> None:
+        """Adds the next record's facts."""
         i = len(self.sources)
         text = str(record.get(records.TEXT, ""))
         source = record.get(records.SOURCE)
@@ -129,6 +130,7 @@ class FactsBuilder:
                     self.truncated.setdefault(key, {})[i] = int(value)
 
     def build(self) -> DocumentFacts:
+        """The facts of every record added, in order."""
         n = len(self.sources)
 
         def columns(found: dict[str, dict[int, int]]) -> dict[str, np.ndarray]:
