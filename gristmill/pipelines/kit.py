@@ -619,9 +619,17 @@ def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]
     version = output_version(base, markers)
     dead_letters = version_path(version, DEAD_LETTER_FILE)
     infos = write_once(output_dir, dead_letters, b"".join(dead_lines))
+    # Bookkeeping for the next run's resume, not an output: it records this machine's file
+    # generations, so it is named in `outputs` but not checksummed in `files` (resume checks each
+    # entry against the listing). Created once per version, like every file of a version.
+    index = version_path(version, units.INDEX_FILE)
+    if not io.exists(io.join(output_dir, index)):
+        io.create_exclusive(io.join(output_dir, index),
+                            units.index_bytes(output_dir, markers, io.list_stats(output_dir)))
     io.atomic_write(io.join(output_dir, DEAD_LETTER_FILE), b"".join(dead_lines))
     infos.update(listed_files(output_dir, [rel for rel in (files or {}).values() if rel]))
-    manifest = build_manifest(base, markers, reused, {**(files or {}), "dead_letters": dead_letters}, infos)
+    manifest = build_manifest(base, markers, reused,
+                              {**(files or {}), "dead_letters": dead_letters, "units_index": index}, infos)
     manifest["output_version"] = version
     stamp = manifest["finished_at"].replace("-", "").replace(":", "").split("+")[0]
     manifest["history"] = f"{MANIFESTS_DIR}/{stamp}-{version}.json"
@@ -716,9 +724,10 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
                                          "keep_fields": list(options.keep_fields),
                                          "max_document_bytes": options.max_document_bytes}, fp, options.overwrite,
                            replans)
-        markers = units.verified_markers(output, units.read_markers(output)) if options.resume else {}
         manifest_path = io.join(output, MANIFEST_FILE)
         generation = io.stat(manifest_path).generation if io.exists(manifest_path) else 0
+        previous = io.read_json(manifest_path) if generation and options.resume else None
+        markers = units.resume_markers(output, previous) if options.resume else {}
     except BaseException:
         release_output(output)
         raise

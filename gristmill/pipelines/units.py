@@ -20,6 +20,7 @@ every input file's units run from chunk 0 to the one marked last with no gap.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -37,6 +38,8 @@ DEFAULT_UNIT_BYTES = 64 << 20
 RECORDS_SUFFIX = ".tfrecord"
 DEAD_SUFFIX = ".dead.jsonl"
 MARKER_SUFFIX = ".json"
+INDEX_FILE = "units.jsonl"  # versions/<v>/units.jsonl: every marker of a finished run, one a line
+MARKER_READERS = 16  # markers no index lists are read this many at a time (each a request on GCS)
 log = logging.getLogger(__name__)
 
 
@@ -160,13 +163,15 @@ def check_files(output_dir: str, files: dict[str, dict[str, Any]],
     return None
 
 
-def verified_markers(output_dir: str, markers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def verified_markers(output_dir: str, markers: dict[str, dict[str, Any]],
+                     listing: Optional[dict[str, io.FileStat]] = None) -> dict[str, dict[str, Any]]:
     """The markers whose files are all there with their recorded size and CRC32C.
 
     A marker of an older gristmill (no `files`) or with a missing, truncated or changed file is left
     out, so its unit is redone; the log names the file and what is wrong with it.
     """
-    listing = io.list_stats(output_dir) if markers else {}
+    if listing is None:
+        listing = io.list_stats(output_dir) if markers else {}
     good = {}
     for key, found in markers.items():
         if "files" not in found:
@@ -178,6 +183,97 @@ def verified_markers(output_dir: str, markers: dict[str, dict[str, Any]]) -> dic
             continue
         good[key] = found
     return good
+
+
+def index_bytes(output_dir: str, markers: Iterable[dict[str, Any]],
+                listing: dict[str, io.FileStat]) -> bytes:
+    """The unit index a finished run leaves beside its manifest: each unit marker (as in `units/`), one
+    JSON a line, with the generation every file of it had when the run finished (`resume_markers`
+    trusts a file that still has it). Two-pass jobs hand over version markers, which are left out."""
+    lines = []
+    for marker in sorted(markers, key=lambda m: m["key"]):
+        if "version" in marker:
+            continue  # a two-pass job's version marker, not the unit's own: resume reads that one
+        stamps = {}
+        for rel in sorted(marker.get("files", {})):
+            found = listing.get(io.join(output_dir, rel))
+            if found is not None and found.generation is not None:
+                stamps[rel] = found.generation
+        lines.append(json.dumps({"marker": marker, "generations": stamps}, sort_keys=True) + "\n")
+    return "".join(lines).encode("utf-8")
+
+
+def _unchanged(output_dir: str, marker: dict[str, Any], stamps: dict[str, int],
+               listing: dict[str, io.FileStat]) -> bool:
+    """Whether every file of an indexed marker is listed with its recorded size and, from the listing
+    alone, its CRC32C (GCS) or the generation the index recorded (local: same inode and mtime)."""
+    for rel, expected in marker.get("files", {}).items():
+        found = listing.get(io.join(output_dir, rel))
+        if found is None or found.size != expected["size"]:
+            return False
+        if found.crc32c is not None:
+            if found.crc32c != expected["crc32c"]:
+                return False
+        elif found.generation is None or stamps.get(rel) != found.generation:
+            return False
+    return True
+
+
+def read_index(output_dir: str, manifest: Optional[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict]]:
+    """key -> (marker, file generations) from the unit index the manifest names (empty without one)."""
+    rel = (manifest or {}).get("outputs", {}).get("units_index")
+    if not rel:
+        return {}
+    entries = {}
+    try:
+        for line in io.read_text(io.join(output_dir, rel)).splitlines():
+            entry = json.loads(line)
+            entries[entry["marker"]["key"]] = (entry["marker"], entry["generations"])
+    except FileNotFoundError:
+        return {}
+    except (ValueError, KeyError, TypeError) as err:
+        log.warning("%s: unreadable unit index %s (%s); reading the markers instead", output_dir, rel, err)
+        return {}
+    return entries
+
+
+def resume_markers(output_dir: str, manifest: Optional[dict[str, Any]] = None) -> dict[str, dict[str, Any]]:
+    """The verified markers of output_dir, from one listing, the last run's unit index and only the
+    markers that index does not list (read in parallel): O(listings), not one read per unit.
+
+    An indexed unit whose files the listing shows unchanged is trusted without reading anything;
+    one whose files changed is verified by CRC32C (or redone), as `verified_markers` does.
+    """
+    listing = io.list_stats(output_dir)
+    marker_dir = io.join(output_dir, UNITS_DIR) + "/"
+    present = {path[len(marker_dir):-len(MARKER_SUFFIX)]: path for path in listing
+               if path.startswith(marker_dir) and path.endswith(MARKER_SUFFIX) and "/" not in path[len(marker_dir):]}
+    index = read_index(output_dir, manifest)
+    good, to_check = {}, {}
+    for key, (marker, stamps) in index.items():
+        if key not in present:
+            continue  # its marker is gone: the unit is redone
+        if _unchanged(output_dir, marker, stamps, listing):
+            good[key] = marker
+        else:
+            to_check[key] = marker
+    unread = [key for key in present if key not in index]
+    if unread:
+        with concurrent.futures.ThreadPoolExecutor(MARKER_READERS) as pool:
+            for key, marker in zip(unread, pool.map(lambda k: _read_marker(present[k]), unread)):
+                if marker is not None:
+                    to_check[key] = marker
+    good.update(verified_markers(output_dir, to_check, listing))
+    log.info("%s: %d unit(s) done (%d from the unit index, %d marker(s) read)", output_dir, len(good),
+             len(index), len(unread))
+    return good
+
+
+def _read_marker(path: str) -> Optional[dict[str, Any]]:
+    try:
+        return io.read_json(path)
+    except (ValueError, FileNotFoundError):
+        return None  # a marker is written atomically; an unparseable one is not ours
 
 
 def plan_work(files: Iterable[InputFile], unit_records: int, config_fingerprint: str,
