@@ -20,11 +20,20 @@ Worked example (vocab_size 32100, eos 1, seed 0, noise density 0.15, mean span l
 
 Every token appears exactly once across inputs and targets; sentinels alternate between them in
 descending order. (As in T5 without `random_roll`, the last tokens are always noise.)
+
+Examples (`corrupted_examples`, the one builder behind training, held-out perplexity and the
+perplexity scorer): tokens are cut into chunks of `tokens_length` (T5's `random_spans_helper`:
+568 for 512 inputs) and each chunk is corrupted. Training draws the noise of a whole group of
+concatenated documents from one generator; a document scored on its own gets, for chunk c, a
+generator seeded by ``(seed, text_key(text), c)``, so its examples depend on its text alone.
+
+This module sits on the ground floor (numpy only): `scoring`, `training` and `eval` all use it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+import hashlib
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -135,3 +144,47 @@ def random_spans_helper(inputs_length: int = 512, *, noise_density: float = NOIS
         tokens_length -= 1
         targets_length -= 1
     return tokens_length, targets_length
+
+
+Example = tuple[np.ndarray, np.ndarray]
+
+
+def text_key(text: str) -> int:
+    """The 64-bit key seeding a document's noise: blake2b-64 of its UTF-8 text, big-endian.
+
+    Keyed by the text, not an id, so exact duplicates get the same examples (and equal scores).
+    """
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def split_chunks(token_lists: Sequence[Sequence[int]], tokens_length: int) -> list[np.ndarray]:
+    """Concatenates the documents' tokens and cuts them into chunks of tokens_length (last shorter)."""
+    flat = _concatenate(token_lists)
+    return [flat[i:i + tokens_length] for i in range(0, flat.size, tokens_length)]
+
+
+def _concatenate(token_lists: Sequence[Sequence[int]]) -> np.ndarray:
+    return np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists] or [np.zeros(0, np.int32)])
+
+
+def corrupted_examples(token_lists: Sequence[Sequence[int]], tokens_length: Optional[int], seed: Seed, *,
+                       key: Optional[int] = None, vocab_size: int, eos_id: int = 1,
+                       noise_density: float = NOISE_DENSITY,
+                       mean_noise_span_length: float = MEAN_NOISE_SPAN_LENGTH) -> list[Example]:
+    """(inputs, targets) of each chunk of the concatenated tokens, span-corrupted (see `span_corruption`).
+
+    `tokens_length`: chunk length (`split_chunks`: the last chunk shorter, no tokens no chunk);
+    None makes all the tokens one chunk, even when there are none (EOS alone on both sides).
+    Without `key`, one generator from `seed` draws the noise of chunk after chunk (training's
+    groups); with `key` (a document's `text_key`), chunk c has its own generator seeded by
+    ``(seed, key, c)``, so a document's examples depend on its text alone.
+    """
+    chunks = [_concatenate(token_lists)] if tokens_length is None else split_chunks(token_lists, tokens_length)
+    shared = _rng(seed) if key is None else None
+
+    def chunk_rng(c: int) -> np.random.Generator:
+        return shared if shared is not None else np.random.default_rng([seed, key, c])
+
+    return [span_corruption(chunk, chunk_rng(c), vocab_size=vocab_size, eos_id=eos_id, noise_density=noise_density,
+                            mean_noise_span_length=mean_noise_span_length)
+            for c, chunk in enumerate(chunks)]

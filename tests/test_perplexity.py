@@ -20,7 +20,7 @@ from gristmill.models import t5
 from gristmill.training import vocab as V
 
 C4 = importlib.resources.files("gristmill") / "data/c4-olmo/c4-sample.00000-of-00001.json.gz"
-EVAL = P.PerplexityConfig(inputs_length=64, batch_size=8, seed=0)
+EVAL = P.HeldoutPerplexityConfig(inputs_length=64, batch_size=8, seed=0)
 TRAIN_DOCS = 6
 
 
@@ -62,7 +62,7 @@ def trained(tmp_path_factory):
         return optax.apply_updates(p, updates), s, loss
 
     for i in range(60):  # fresh span-corruption noise every step (seeds disjoint from EVAL's 0)
-        ex = P.heldout_examples(train_texts, vocabulary, P.PerplexityConfig(inputs_length=64, seed=1000 + i))
+        ex = P.heldout_examples(train_texts, vocabulary, P.HeldoutPerplexityConfig(inputs_length=64, seed=1000 + i))
         batch = {k: jnp.asarray(v) for k, v in ex.items() if k != "document"}
         params, opt_state, loss = step(params, opt_state, batch)
     return config, params, untrained, vocabulary, texts
@@ -88,10 +88,11 @@ def test_perplexity_is_deterministic_and_independent_of_batching(trained):
     a = P.perplexity(params, config, vocabulary, texts[:TRAIN_DOCS], EVAL)
     b = P.perplexity(params, config, vocabulary, texts[:TRAIN_DOCS], EVAL)
     assert a == b
-    c = P.perplexity(params, config, vocabulary, texts[:TRAIN_DOCS], P.PerplexityConfig(inputs_length=64, batch_size=3))
+    c = P.perplexity(params, config, vocabulary, texts[:TRAIN_DOCS],
+                     P.HeldoutPerplexityConfig(inputs_length=64, batch_size=3))
     assert c.tokens == a.tokens and c.perplexity == pytest.approx(a.perplexity, rel=1e-5)
     other_noise = P.perplexity(params, config, vocabulary, texts[:TRAIN_DOCS],
-                               P.PerplexityConfig(inputs_length=64, batch_size=8, seed=1))
+                               P.HeldoutPerplexityConfig(inputs_length=64, batch_size=8, seed=1))
     assert other_noise.perplexity != a.perplexity
 
 
@@ -146,11 +147,11 @@ def test_heldout_split_is_a_stable_tenth_of_the_embedded_corpus():
     assert P.text_set("c4_heldout") == P.c4_heldout()
     hq = P.text_set("high_quality")
     assert len(hq) == 60 and all(len(t) > 100 for t in hq)
-    with pytest.raises(P.PerplexityError, match="unknown text set"):
+    with pytest.raises(P.HeldoutPerplexityError, match="unknown text set"):
         P.text_set("wiki40b")
 
 
 def test_vocabulary_larger_than_model_is_refused(trained):
     config, params, _, vocabulary, texts = trained
-    with pytest.raises(P.PerplexityError, match="not trained together"):
+    with pytest.raises(P.HeldoutPerplexityError, match="not trained together"):
         P.perplexity(params, config.replace(vocab_size=256), vocabulary, texts[:1], EVAL)

@@ -129,7 +129,7 @@ def test_t5_examples_match_held_out_perplexity(loaded):
     scorer = _scorer(ref, loaded)
     texts = [t for t, d in zip(ref["texts"], ref["documents"]) if not d["truncated"]]
     examples = eval_perplexity.heldout_examples(texts, scorer.tokenizer,
-                                                eval_perplexity.PerplexityConfig(inputs_length=32))
+                                                eval_perplexity.HeldoutPerplexityConfig(inputs_length=32))
     for row, text in enumerate(texts):
         doc = scorer.encode(text)
         inputs = examples["encoder_input_tokens"][row]

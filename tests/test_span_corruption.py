@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from gristmill.training import span_corruption as sc
+from gristmill import span_corruption as sc
 
 V = 32100  # T5: 32000 SentencePiece pieces + 100 sentinels
 EOS = 1
@@ -126,3 +126,37 @@ def test_bad_inputs():
         sc.span_corruption(np.arange(3000) % 500 + 3, 0, vocab_size=V)
     with pytest.raises(ValueError, match="noise_density"):
         sc.random_spans_noise_mask(10, 0, noise_density=1.5)
+
+
+def test_split_chunks_concatenates_then_cuts():
+    chunks = sc.split_chunks([[1, 2, 3], [], [4, 5, 6, 7, 8]], 3)
+    assert [c.tolist() for c in chunks] == [[1, 2, 3], [4, 5, 6], [7, 8]]
+    assert sc.split_chunks([], 3) == []
+
+
+def _same(examples, expected):
+    assert len(examples) == len(expected)
+    for (inp, tgt), (want_in, want_tg) in zip(examples, expected):
+        assert inp.tolist() == want_in.tolist() and tgt.tolist() == want_tg.tolist()
+
+
+def test_corrupted_examples_draw_one_generator_or_one_per_chunk():
+    lists = [np.arange(3, 40), [], np.arange(100, 130)]
+    chunks = sc.split_chunks(lists, 25)
+    assert [c.size for c in chunks] == [25, 25, 17]
+    rng = np.random.default_rng((7, 0, 3))  # training: one generator for the whole group
+    _same(sc.corrupted_examples(lists, 25, (7, 0, 3), vocab_size=V),
+          [sc.span_corruption(c, rng, vocab_size=V) for c in chunks])
+    key = sc.text_key("a document")  # a document on its own: chunk c seeded by (seed, key, c)
+    _same(sc.corrupted_examples(lists, 25, 7, key=key, vocab_size=V, eos_id=EOS),
+          [sc.span_corruption(c, (7, key, i), vocab_size=V, eos_id=EOS) for i, c in enumerate(chunks)])
+    assert sc.corrupted_examples([[], []], 25, 0, vocab_size=V) == []
+    # tokens_length None: all tokens are one chunk, even none
+    _same(sc.corrupted_examples(lists, None, 7, key=key, vocab_size=V),
+          [sc.span_corruption(np.concatenate(chunks), (7, key, 0), vocab_size=V)])
+    _same(sc.corrupted_examples([[]], None, 0, key=key, vocab_size=V), [(np.array([1]), np.array([1]))])
+
+
+def test_text_key_is_blake2b_64_of_the_text():
+    assert sc.text_key("a document") == 8989495741563936255  # big-endian blake2b-64 of the UTF-8 text
+    assert sc.text_key("same") == sc.text_key("same") != sc.text_key("other")

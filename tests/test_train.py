@@ -204,13 +204,21 @@ def test_packed_network_equals_t5_logits_per_example(micro_params):
     assert shapes(ours) == shapes(t5.param_shapes(MICRO))
 
 
-def test_loss_fn_weights_and_score_batch(micro_params):
+def _row_logprobs(params, batch):
+    """Per-row sum of target log-probabilities: t5.target_logprobs, the one T5 scoring path."""
+    enc, targets = batch["encoder_input_tokens"], batch["decoder_target_tokens"]
+    weights = batch["decoder_loss_weights"]
+    lp = t5.target_logprobs(params, MICRO, enc, (enc > 0).astype(jnp.int32), targets, weights)
+    return (lp * weights).sum(-1)
+
+
+def test_loss_fn_weights_and_target_logprobs(micro_params):
     rng = np.random.default_rng(2)
     params = micro_params
     model = M.EncoderDecoderModel(MICRO, z_loss=0.0)
     batch = {k: jnp.asarray(v) for k, v in data.pad_examples([_example(rng, 6, 4), _example(rng, 4, 2)], 8, 5).items()}
     (loss, metrics), logits, scores = jax.jit(
-        lambda p, b: (model.loss_fn(p, b), model.logits(p, b), model.score_batch(p, b)))(params, batch)
+        lambda p, b: (model.loss_fn(p, b), model.logits(p, b), _row_logprobs(p, b)))(params, batch)
     logp = np.asarray(jax.nn.log_softmax(logits))
     targets, weights = np.asarray(batch["decoder_target_tokens"]), np.asarray(batch["decoder_loss_weights"])
     token_logp = np.take_along_axis(logp, targets[..., None], -1)[..., 0] * weights

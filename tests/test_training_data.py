@@ -248,12 +248,6 @@ def test_pack_examples_docstring_example():
         D.pack_examples([(np.arange(7), np.arange(2))], 6, 5)
 
 
-def test_split_chunks_concatenates_then_cuts():
-    chunks = D.split_chunks([[1, 2, 3], [], [4, 5, 6, 7, 8]], 3)
-    assert [c.tolist() for c in chunks] == [[1, 2, 3], [4, 5, 6], [7, 8]]
-    assert D.split_chunks([], 3) == []
-
-
 def test_epochs_for_token_budget_matches_the_paper():
     budget = 1024 * 512 * 1_000_000  # 524B tokens
     for fraction, paper_epochs in ((1.0, 2.8), (0.8, 3.5), (0.6, 4.7), (0.4, 7.1), (0.2, 14.2), (0.1, 28.4)):

@@ -164,7 +164,7 @@ class ExperimentConfig:
     vocab: Optional[str] = None
     vocab_size: int = 32100
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    eval: ppl.PerplexityConfig = ppl.PerplexityConfig()
+    eval: ppl.HeldoutPerplexityConfig = ppl.HeldoutPerplexityConfig()
 
     def __post_init__(self):
         from gristmill.training import configs
@@ -217,7 +217,7 @@ class ExperimentConfig:
             fields["scored"] = (fields["scored"],)
         fields["samplers"] = tuple(SamplerSpec.parse(n, s) for n, s in samplers.items())
         try:
-            fields["eval"] = ppl.PerplexityConfig(**dict(data.get("eval") or {}))
+            fields["eval"] = ppl.HeldoutPerplexityConfig(**dict(data.get("eval") or {}))
         except TypeError as e:
             raise ExperimentError(f"eval: {e}") from e
         fields["train"] = dict(data.get("train") or {})

@@ -5,17 +5,18 @@ T5's perplexity is computed (docs/paper.md §9.3). gristmill's definition:
 
     perplexity = exp( sum of -log p(target token) / number of target tokens )
 
-over the decoder targets of T5 span corruption of the held-out documents, teacher-forced. Each
-document is tokenised on its own (no concatenation across documents), cut into chunks of
-`tokens_length` tokens (T5's random_spans_helper: 568 for 512 inputs), and each chunk is
-span-corrupted (noise density 0.15, mean span 3) with a generator seeded by
-(seed, a hash of the document text, chunk index). Targets are the sentinels, the masked spans
+over the decoder targets of T5 span corruption of the held-out documents, teacher-forced
+(`t5.target_logprobs`). Each document is tokenised on its own (no concatenation across
+documents), cut into chunks of `tokens_length` tokens (T5's random_spans_helper: 568 for 512
+inputs), and each chunk is span-corrupted (noise density 0.15, mean span 3) with a generator
+seeded by (seed, a hash of the document text, chunk index): `span_corruption.corrupted_examples`,
+the builder the perplexity scorer and training use too. Targets are the sentinels, the masked spans
 and EOS, as in T5's training loss. Every example is padded to (inputs_length, targets_length)
 and run in batches of fixed shape (the last batch is filled with empty rows of weight 0), so one
 compilation serves a whole text set.
 
-Because the examples depend only on the texts, the vocabulary and `PerplexityConfig`, two models
-that share a vocabulary are scored on exactly the same targets and their perplexities compare.
+Because the examples depend only on the texts, the vocabulary and `HeldoutPerplexityConfig`, two
+models that share a vocabulary are scored on exactly the same targets and their perplexities compare.
 Across vocabularies they do not (different targets): an experiment trains one vocabulary.
 
 Text sets (`TEXT_SETS`):
@@ -39,11 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gristmill import documents, io, records, sampling
+from gristmill import documents, io, records, sampling, span_corruption
 from gristmill.models import t5
-from gristmill.scoring.perplexity import text_key
 from gristmill.training import data as training_data
-from gristmill.training import span_corruption
 
 C4_HELDOUT = "c4_heldout"
 HIGH_QUALITY = "high_quality"
@@ -53,8 +52,8 @@ HELDOUT_SEED = 0
 _HELDOUT_SALT = b"gristmill/heldout/"
 
 
-class PerplexityError(ValueError):
-    """A perplexity cannot be computed (unknown text set, no tokens, vocabulary mismatch)."""
+class HeldoutPerplexityError(ValueError):
+    """A held-out perplexity cannot be computed (unknown text set, no tokens, vocabulary mismatch)."""
 
 
 # --- text sets -------------------------------------------------------------------------------
@@ -67,7 +66,7 @@ def heldout_mask(ids: Sequence[str | bytes], fraction: float = HELDOUT_FRACTION)
     uniforms that selection plans draw from the bare id.
     """
     if not 0 < fraction < 1:
-        raise PerplexityError(f"held-out fraction must be in (0, 1), got {fraction}")
+        raise HeldoutPerplexityError(f"held-out fraction must be in (0, 1), got {fraction}")
     raw = [i.encode("utf-8") if isinstance(i, str) else bytes(i) for i in ids]
     return sampling.uniform_from_ids([_HELDOUT_SALT + i for i in raw], HELDOUT_SEED) < fraction
 
@@ -86,11 +85,11 @@ def split_heldout(items: Iterable[records.Record], fraction: float = HELDOUT_FRA
 
 
 def read_corpus(pattern: str) -> list[records.Record]:
-    """Documents of a corpus glob (JSON lines, gzip, TFRecords); PerplexityError if any record is bad."""
+    """Documents of a corpus glob (JSON lines, gzip, TFRecords); HeldoutPerplexityError if any record is bad."""
     docs = []
     for item in documents.read_documents(pattern):
         if isinstance(item, documents.DeadLetter):
-            raise PerplexityError(f"{item.source} record {item.record}: {item.reason} ({item.detail})")
+            raise HeldoutPerplexityError(f"{item.source} record {item.record}: {item.reason} ({item.detail})")
         docs.append(item)
     return docs
 
@@ -121,13 +120,13 @@ def text_set(name: str, corpus: Optional[str] = None) -> list[str]:
         return c4_heldout(corpus)
     if name == HIGH_QUALITY:
         return high_quality()
-    raise PerplexityError(f"unknown text set {name!r}; known: {TEXT_SETS}")
+    raise HeldoutPerplexityError(f"unknown text set {name!r}; known: {TEXT_SETS}")
 
 
 # --- examples --------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PerplexityConfig:
+class HeldoutPerplexityConfig:
     """How held-out texts become scored examples (fix it across the models you compare).
 
     inputs_length: encoder length (the chunk length follows from it, T5's random_spans_helper).
@@ -145,8 +144,8 @@ class PerplexityConfig:
 
     def __post_init__(self):
         if self.inputs_length < 2 or self.batch_size < 1:
-            raise PerplexityError(f"need inputs_length >= 2 and batch_size >= 1, got {self.inputs_length}, "
-                                  f"{self.batch_size}")
+            raise HeldoutPerplexityError(f"need inputs_length >= 2 and batch_size >= 1, got "
+                                         f"{self.inputs_length}, {self.batch_size}")
 
     @property
     def lengths(self) -> tuple[int, int]:
@@ -156,7 +155,7 @@ class PerplexityConfig:
 
 
 def heldout_examples(texts: Sequence[str], vocabulary: training_data.Vocabulary,
-                     config: PerplexityConfig = PerplexityConfig()) -> dict[str, np.ndarray]:
+                     config: HeldoutPerplexityConfig = HeldoutPerplexityConfig()) -> dict[str, np.ndarray]:
     """Span-corrupted, padded examples of the texts: `encoder_input_tokens` [N, inputs_length],
     `decoder_input_tokens`, `decoder_target_tokens` [N, targets_length] and `document` [N] (the
     index of each row's text). Deterministic in (texts, vocabulary, config); empty texts add no row.
@@ -166,17 +165,14 @@ def heldout_examples(texts: Sequence[str], vocabulary: training_data.Vocabulary,
     encode = getattr(vocabulary, "encode_batch", None) or (lambda ts: [vocabulary.encode(t) for t in ts])
     examples, owners = [], []
     for index, (text, ids) in enumerate(zip(texts, encode(texts))):
-        key = text_key(text)
-        for c, chunk in enumerate(training_data.split_chunks([ids], tokens_length)):
-            if chunk.size == 0:
-                continue
-            rng = np.random.default_rng([config.seed, key, c])
-            examples.append(span_corruption.span_corruption(
-                chunk, rng, vocab_size=int(vocabulary.vocab_size), eos_id=int(vocabulary.eos_id),
-                noise_density=config.noise_density, mean_noise_span_length=config.mean_noise_span_length))
-            owners.append(index)
+        chunks = span_corruption.corrupted_examples(
+            [ids], tokens_length, config.seed, key=span_corruption.text_key(text),
+            vocab_size=int(vocabulary.vocab_size), eos_id=int(vocabulary.eos_id),
+            noise_density=config.noise_density, mean_noise_span_length=config.mean_noise_span_length)
+        examples.extend(chunks)
+        owners.extend([index] * len(chunks))
     if not examples:
-        raise PerplexityError(f"no tokens to score in {len(texts)} texts")
+        raise HeldoutPerplexityError(f"no tokens to score in {len(texts)} texts")
     rows = training_data.pad_examples(examples, config.inputs_length, targets_length)
     return {"encoder_input_tokens": rows["encoder_input_tokens"],
             "decoder_input_tokens": rows["decoder_input_tokens"],
@@ -188,18 +184,15 @@ def heldout_examples(texts: Sequence[str], vocabulary: training_data.Vocabulary,
 
 @functools.partial(jax.jit, static_argnames=("config",))
 def row_nll(params: t5.Params, config: t5.T5Config, encoder_input_tokens: jax.Array,
-            decoder_input_tokens: jax.Array, decoder_target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+            decoder_target_tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per row: (sum of -log p(target) over real target tokens, number of them); pad id 0 is ignored.
 
-    Log-softmax over the model's whole output vocabulary, in float32. The decoder's first input
-    is `config.decoder_start_token_id`.
+    The log-probabilities are `t5.target_logprobs` (full output vocabulary, float32), summed in float32.
     """
     weights = (decoder_target_tokens != config.pad_id)
-    decoder_input_tokens = decoder_input_tokens.at[:, 0].set(config.decoder_start_token_id)
-    logits = t5.logits(params, config, encoder_input_tokens, (encoder_input_tokens != config.pad_id).astype(jnp.int32),
-                       decoder_input_tokens, weights.astype(jnp.int32))  # [B, T, V]
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    target_logp = jnp.take_along_axis(logp, decoder_target_tokens[..., None], axis=-1)[..., 0]  # [B, T]
+    target_logp = t5.target_logprobs(params, config, encoder_input_tokens,
+                                     (encoder_input_tokens != config.pad_id).astype(jnp.int32),
+                                     decoder_target_tokens, weights.astype(jnp.int32))  # [B, T]
     return -(target_logp * weights).sum(axis=-1), weights.sum(axis=-1)
 
 
@@ -218,7 +211,7 @@ def score_examples(params: t5.Params, config: t5.T5Config, examples: Mapping[str
                    batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(nll sum, target token count) per row of `heldout_examples`, in fixed-shape batches."""
     n = examples["encoder_input_tokens"].shape[0]
-    names = ("encoder_input_tokens", "decoder_input_tokens", "decoder_target_tokens")
+    names = ("encoder_input_tokens", "decoder_target_tokens")
     nll, count = np.zeros(n, np.float64), np.zeros(n, np.int64)
     for start in range(0, n, batch_size):
         batch = [examples[k][start:start + batch_size] for k in names]
@@ -237,21 +230,21 @@ def perplexity_of_examples(params: t5.Params, config: t5.T5Config, examples: Map
     nll, count = score_examples(params, config, examples, batch_size)
     tokens = int(count.sum())
     if tokens == 0:
-        raise PerplexityError("no target tokens to score")
+        raise HeldoutPerplexityError("no target tokens to score")
     mean = float(nll.sum() / tokens)
     return Perplexity(perplexity=math.exp(mean), nll_per_token=mean, tokens=tokens, examples=int(nll.size),
                       documents=int(np.unique(examples["document"]).size))
 
 
 def check_vocabulary(config: t5.T5Config, vocabulary: Any) -> None:
-    """PerplexityError unless the model's output vocabulary covers the tokenizer's (sentinels included)."""
+    """HeldoutPerplexityError unless the model's output vocabulary covers the tokenizer's (sentinels included)."""
     if int(vocabulary.vocab_size) > config.vocab_size:
-        raise PerplexityError(f"vocabulary has {vocabulary.vocab_size} ids but the model outputs only "
+        raise HeldoutPerplexityError(f"vocabulary has {vocabulary.vocab_size} ids but the model outputs only "
                               f"{config.vocab_size}: they were not trained together")
 
 
 def perplexity(params: t5.Params, config: t5.T5Config, vocabulary: Any, texts: Sequence[str],
-               eval_config: PerplexityConfig = PerplexityConfig()) -> Perplexity:
+               eval_config: HeldoutPerplexityConfig = HeldoutPerplexityConfig()) -> Perplexity:
     """Span-corruption perplexity of a T5 on texts (see the module docstring for the definition)."""
     check_vocabulary(config, vocabulary)
     examples = heldout_examples(texts, vocabulary, eval_config)

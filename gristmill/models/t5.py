@@ -562,6 +562,23 @@ def logits(params: Params, config: T5Config, encoder_ids: jax.Array, encoder_mas
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
+def target_logprobs(params: Params, config: T5Config, encoder_ids: jax.Array, encoder_mask: jax.Array,
+                    targets: jax.Array, target_mask: jax.Array) -> jax.Array:
+    """log P(targets[:, t] | encoder input, targets[:, :t]), [B, T] float32: the one T5 scoring path.
+
+    Teacher forcing: the decoder reads the targets shifted right behind ``decoder_start_token_id``;
+    masks are 1 on real tokens. The log-probability is ``logit[target] - logsumexp(logits)``, the
+    same expression as the training loss and `llama.next_token_logprobs`. Entries where
+    ``target_mask`` is 0 are junk: weight them out. Used by the perplexity scorer and held-out
+    perplexity.
+    """
+    start = jnp.full((targets.shape[0], 1), config.decoder_start_token_id, targets.dtype)
+    decoder_inputs = jnp.concatenate([start, targets[:, :-1]], axis=1)
+    lg = logits(params, config, encoder_ids, encoder_mask, decoder_inputs, target_mask)  # [B, T, V]
+    return jnp.take_along_axis(lg, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(lg, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
 def mean_pooled_encoding(params: Params, config: T5Config, input_ids: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of the encoder outputs over real tokens, [B, D] float32 (Sentence-T5's pooling)."""
     encoded = T5(config).apply({"params": params}, input_ids, mask, method=T5.encode).astype(_f32)

@@ -16,15 +16,16 @@ T5 (the paper's scorer, encoder-decoder). The paper does not say how it computes
 perplexity (docs/paper.md §3.2). gristmill uses T5's own pre-training loss, span corruption: the
 document's first `tokens_length` tokens (T5's `random_spans_helper(max_length)`: 568 for 512, so
 the corrupted encoder input fills `max_length`) are span-corrupted (noise density 0.15, mean span
-3) with a generator seeded by ``(seed, blake2b-64 of the text, 0)``, and the score is the
-teacher-forced NLL of the decoder targets (sentinels, masked spans and EOS), as T5's training
-loss counts them. Why this and not the decoder LM loss on an empty encoder input: T5 v1.1 and the
-paper's intermediate T5-Large checkpoints were trained on span corruption only; their decoder has
-never generated free text from an empty input, so that loss would be out of distribution, while
-the denoising loss is exactly what the model was optimised to predict. It is also gristmill's
-held-out perplexity (`gristmill.eval.perplexity`, same seeding): a document that fits in one
-chunk gets the same example there and here. The seed comes from the text, not the url, so exact
-duplicates get equal scores. `n_predicted` is the number of target tokens (about 0.2 x the
+3) with a generator seeded by ``(seed, blake2b-64 of the text, 0)``
+(`span_corruption.corrupted_examples`), and the score is the teacher-forced NLL of the decoder
+targets (sentinels, masked spans and EOS; `t5.target_logprobs`), as T5's training loss counts
+them. Why this and not the decoder LM loss on an empty encoder input: T5 v1.1 and the paper's
+intermediate T5-Large checkpoints were trained on span corruption only; their decoder has never
+generated free text from an empty input, so that loss would be out of distribution, while the
+denoising loss is exactly what the model was optimised to predict. It is also gristmill's
+held-out perplexity (`gristmill.eval.perplexity`, same builder and log-probabilities): a
+document that fits in one chunk gets the same example there and here. The seed comes from the
+text, not the url, so exact duplicates get equal scores. `n_predicted` is the number of target tokens (about 0.2 x the
 document tokens), so T5 perplexities are noisier than decoder-only ones of the same length.
 
 Sign convention: the paper keeps LOW perplexity (docs/paper.md §3.2: `bottomk` on the perplexity, or
@@ -39,16 +40,14 @@ document's result does not depend on its batch-mates (up to float rounding).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
-from gristmill import io
+from gristmill import io, span_corruption
 from gristmill.models import batching
 from gristmill.models.zoo import DECODER_ONLY, ENCODER_DECODER
-from gristmill.training import span_corruption
 
 # Documents longer than this many characters per kept token have only their head encoded first.
 _CHARS_PER_TOKEN_BOUND = 32
@@ -120,12 +119,6 @@ class PerplexityResult:
     n_predicted: int
 
 
-def text_key(text: str) -> int:
-    """The 64-bit key seeding a document's T5 noise: blake2b-64 of its UTF-8 text, big-endian
-    (the key `gristmill.eval.perplexity` uses)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-
-
 def _tokenizer_file_adds_bos(path: str, bos_id: Optional[int]) -> Optional[bool]:
     """Whether a tokenizer.json's post-processor puts BOS in front of a plain encoding."""
     import tokenizers
@@ -164,20 +157,6 @@ def tokenizer_adds_bos(model: str, bos_id: Optional[int]) -> bool:
     return True
 
 
-def t5_target_logprobs(params: Any, config: Any, ids, mask, targets, target_mask):
-    """log p(targets[:, t] | encoder input, targets[:, :t]) for a T5, [B, T] float32: teacher
-    forcing with the targets shifted right behind `decoder_start_token_id`. Padded entries are junk."""
-    import jax
-    import jax.numpy as jnp
-
-    from gristmill.models import t5
-
-    start = jnp.full((targets.shape[0], 1), config.decoder_start_token_id, targets.dtype)
-    decoder_inputs = jnp.concatenate([start, targets[:, :-1]], axis=1)
-    logits = t5.logits(params, config, ids, mask, decoder_inputs, target_mask)  # [B, T, V]
-    return jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - jax.nn.logsumexp(logits, axis=-1)
-
-
 class PerplexityScorer:
     """Loads the proxy model once and scores documents (see the module docstring).
 
@@ -212,6 +191,8 @@ class PerplexityScorer:
             self._logprobs = jax.jit(lambda params, ids, mask: llama.next_token_logprobs(
                 params, model_config, ids, mask))
         elif self.family == ENCODER_DECODER:
+            from gristmill.models import t5
+
             if self.tokenizer.vocab_size > model_config.vocab_size:
                 raise PerplexityError(f"the tokenizer has {self.tokenizer.vocab_size} ids but the model outputs "
                                       f"only {model_config.vocab_size}")
@@ -219,7 +200,7 @@ class PerplexityScorer:
                 config.max_length, noise_density=config.noise_density,
                 mean_noise_span_length=config.mean_noise_span_length)
             self.target_buckets = batching.length_buckets(targets_max, smallest=32)
-            self._logprobs = jax.jit(lambda params, ids, mask, targets, target_mask: t5_target_logprobs(
+            self._logprobs = jax.jit(lambda params, ids, mask, targets, target_mask: t5.target_logprobs(
                 params, model_config, ids, mask, targets, target_mask))
         else:
             raise PerplexityError(f"unknown model family {self.family!r}")
@@ -245,9 +226,9 @@ class PerplexityScorer:
             if len(ids) < 2:
                 raise PerplexityError(f"the document gives {len(ids)} token(s); perplexity needs at least 2")
             return EncodedDocument(ids=ids, n_tokens=len(tokens), truncated=truncated)
-        rng = np.random.default_rng([self.config.seed, text_key(text), 0])
-        inputs, targets = span_corruption.span_corruption(
-            tokens, rng, vocab_size=self.tokenizer.vocab_size, eos_id=self.tokenizer.eos_id,
+        [(inputs, targets)] = span_corruption.corrupted_examples(
+            [tokens], None, self.config.seed, key=span_corruption.text_key(text),
+            vocab_size=self.tokenizer.vocab_size, eos_id=self.tokenizer.eos_id,
             noise_density=self.config.noise_density, mean_noise_span_length=self.config.mean_noise_span_length)
         return EncodedDocument(ids=tuple(int(i) for i in inputs), targets=tuple(int(i) for i in targets),
                                n_tokens=len(tokens), truncated=truncated)

@@ -1,10 +1,10 @@
-"""Training stage: selection-plan-aware tf.data input, T5 span corruption, vocabularies, the trainer.
+"""Training stage: selection-plan-aware tf.data input, vocabularies, the trainer.
 
-- `data`: scored TFRecords + a selection plan -> tokenised, span-corrupted, packed numpy batches.
-- `span_corruption`: T5's pre-training objective as pure numpy functions.
+- `data`: scored TFRecords + a selection plan -> tokenised, span-corrupted (`gristmill.span_corruption`),
+  packed numpy batches.
 - `vocab`: SentencePiece training with T5's id layout and the `T5Vocabulary` wrapper.
 - `configs`: size presets (`tiny`, `small`, `base`, `large`) and `TrainConfig`.
-- `model`: the loss and scoring wrapper around the T5 network (packing-aware masks, z-loss).
+- `model`: the loss wrapper around the T5 network (packing-aware masks, z-loss).
 - `optim`: Adafactor with T5's inverse-square-root schedule, AdamW as an option.
 - `step`: the train state and the pure train step, jitted data-parallel with the state donated.
 - `stream`: batches epoch after epoch, with a position (tf.data iterator included) that restores exactly.

@@ -40,8 +40,7 @@ from typing import Callable, Iterator, Optional, Protocol, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from gristmill import records, sampling
-from gristmill.training import span_corruption
+from gristmill import records, sampling, span_corruption
 
 FEATURES_PACKED = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
                    "decoder_target_tokens", "decoder_input_tokens", "decoder_segment_ids",
@@ -230,12 +229,6 @@ def plan_from_records(files: Union[str, Sequence[str]], rule: str, *, rate: floa
 
 # --- tokens -> examples -> rows (pure numpy) -------------------------------------------------
 
-def split_chunks(token_lists: Sequence[Sequence[int]], tokens_length: int) -> list[np.ndarray]:
-    """Concatenates the documents' tokens and cuts them into chunks of tokens_length (last shorter)."""
-    flat = np.concatenate([np.asarray(t, dtype=np.int32) for t in token_lists] or [np.zeros(0, np.int32)])
-    return [flat[i:i + tokens_length] for i in range(0, flat.size, tokens_length)]
-
-
 def pack_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], inputs_length: int,
                   targets_length: int) -> dict[str, np.ndarray]:
     """Packs (inputs, targets) examples in order into rows, starting a row when one does not fit.
@@ -289,13 +282,12 @@ def pad_examples(examples: Sequence[tuple[np.ndarray, np.ndarray]], inputs_lengt
 
 def corrupt_group(token_lists: Sequence[Sequence[int]], seed: span_corruption.Seed, config: InputConfig,
                   vocab_size: int, eos_id: int) -> dict[str, np.ndarray]:
-    """One group of documents' tokens -> rows: concatenate, split, span-corrupt, pack (or pad)."""
-    rng = np.random.default_rng(seed)
+    """One group of documents' tokens -> rows: concatenate, split, span-corrupt (one generator from
+    `seed` for the whole group: `span_corruption.corrupted_examples`), pack (or pad)."""
     tokens_length, _ = config.chunk_lengths
-    examples = [span_corruption.span_corruption(
-        chunk, rng, vocab_size=vocab_size, eos_id=eos_id, noise_density=config.noise_density,
+    examples = span_corruption.corrupted_examples(
+        token_lists, tokens_length, seed, vocab_size=vocab_size, eos_id=eos_id, noise_density=config.noise_density,
         mean_noise_span_length=config.mean_noise_span_length)
-        for chunk in split_chunks(token_lists, tokens_length)]
     arrange = pack_examples if config.pack else pad_examples
     return arrange(examples, config.inputs_length, config.targets_length)
 

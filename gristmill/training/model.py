@@ -1,7 +1,8 @@
-"""The T5 model wrapper for training: packed-attention forward, span-corruption loss, scoring, FLOPs.
+"""The T5 model wrapper for training: packed-attention forward, span-corruption loss, FLOPs.
 
 CONTRIBUTING.md style rule 1: `gristmill.models.t5` holds the network (it only computes logits); this module owns
-the loss and scoring, each taking ``params`` explicitly; `training.step` owns the state.
+the loss, taking ``params`` explicitly; `training.step` owns the state. Scoring a T5 (target
+log-probabilities) is `t5.target_logprobs`.
 
 Packing. `t5.logits` masks keys only (``[B, L]`` masks), which cannot keep packed examples apart,
 so `EncoderDecoderModel.logits` calls `t5.T5` with full segment-aware masks (t5.py's
@@ -67,7 +68,7 @@ def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array, z_loss: flo
 
 @dataclasses.dataclass(frozen=True)
 class EncoderDecoderModel:
-    """T5 span-corruption model: loss and scoring over data.py batches, params passed explicitly.
+    """T5 span-corruption model: the loss over data.py batches, params passed explicitly.
 
     Hashable (frozen config), so jitted functions can close over it.
     """
@@ -102,16 +103,6 @@ class EncoderDecoderModel:
         z = (zl * weights).sum() / denom
         accuracy = ((jnp.argmax(logits, -1) == targets) * weights).sum() / denom
         return loss + z, {"loss": loss, "z_loss": z, "accuracy": accuracy, "target_tokens": weights.sum()}
-
-    def token_logprobs(self, params: Any, batch: Batch) -> jax.Array:
-        """log P(target token) [B, T] under the model (no dropout); zero where the loss weight is 0."""
-        logits = self.logits(params, batch)
-        ce, _ = cross_entropy_with_z_loss(logits, batch["decoder_target_tokens"], 0.0)
-        return -ce * batch["decoder_loss_weights"].astype(_f32)
-
-    def score_batch(self, params: Any, batch: Batch) -> jax.Array:
-        """Per-row sum of target log-likelihoods [B] (one example per row: use unpacked batches)."""
-        return self.token_logprobs(params, batch).sum(axis=-1)
 
 
 def init_params(config: t5.T5Config, rng: jax.Array) -> Any:
