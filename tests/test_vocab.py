@@ -135,3 +135,38 @@ def test_bad_inputs(tmp_path):
         V.train_sentencepiece(["tiny corpus"], 5000, tmp_path / "x")
     with pytest.raises(V.VocabularyError, match="not found"):
         V.T5Vocabulary.from_file(tmp_path / "missing.model")
+
+
+def test_published_files_are_what_sentencepiece_writes_at_the_prefix(tmp_path, monkeypatch):
+    """Training runs in a temporary directory, yet the model records the prefix it was trained at:
+    the published bytes are exactly SentencePiece's own when it writes to the prefix itself."""
+    import sentencepiece
+
+    real = sentencepiece.SentencePieceTrainer.train
+    calls = []
+    monkeypatch.setattr(sentencepiece.SentencePieceTrainer, "train",
+                        staticmethod(lambda **options: (calls.append(options), real(**options))[1]))
+    texts, prefix = c4_texts()[:60], tmp_path / "c4"
+    V.train_sentencepiece(texts, VOCAB_SIZE, prefix)
+    published = {suffix: (tmp_path / f"c4{suffix}").read_bytes() for suffix in (".model", ".vocab")}
+    for path in tmp_path.iterdir():
+        path.unlink()
+    [options] = calls
+    real(**dict(options, model_prefix=str(prefix), sentence_iterator=V._lines(texts)))
+    assert published == {suffix: (tmp_path / f"c4{suffix}").read_bytes() for suffix in (".model", ".vocab")}
+
+
+def test_tokenizer_train_writes_to_gcs(gcs_bucket, tmp_path):
+    from gristmill import io
+
+    texts = c4_texts()[:60]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    remote = f"{gcs_bucket}/vocab/c4"
+    vocab = V.run(["--input", str(corpus), "--output", remote, "--vocab_size", str(VOCAB_SIZE)])
+    local = V.train_sentencepiece(texts, VOCAB_SIZE, tmp_path / "c4")
+    assert io.read_bytes(f"{remote}.vocab") == (tmp_path / "c4.vocab").read_bytes()
+    loaded = V.T5Vocabulary.from_file(f"{remote}.model")
+    pieces = lambda v: [v.tokenizer.id_to_token(i) for i in range(v.vocab_size)]  # noqa: E731
+    assert pieces(loaded) == pieces(vocab) == pieces(local)
+    assert io.glob(f"{gcs_bucket}/**") == [f"{remote}.model", f"{remote}.vocab"]

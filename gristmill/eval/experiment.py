@@ -60,7 +60,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -381,13 +380,9 @@ def prepare_vocab(config: ExperimentConfig) -> str:
 
         texts = [r[records.TEXT] for r in records.iter_scored_records(io.join(config.output, TRAIN_DATA))]
         log.info("training a %d-id SentencePiece vocabulary on %d documents", config.vocab_size, len(texts))
-        with tempfile.TemporaryDirectory(prefix="gristmill-vocab-") as tmp:  # SentencePiece writes locally
-            prefix = os.path.join(tmp, "spiece")
-            vocab.train_sentencepiece(texts, config.vocab_size, prefix,
-                                      input_sentence_size=min(len(texts) * 20, 2_000_000), fit_corpus=True)
-            for suffix in (".vocab", ".model"):  # the .model last: its presence means the vocabulary is whole
-                with open(prefix + suffix, "rb") as f:
-                    io.atomic_write(path[:-len(".model")] + suffix, f.read())
+        # the .model is written last: its presence means the vocabulary is whole
+        vocab.train_sentencepiece(texts, config.vocab_size, path.removesuffix(".model"),
+                                  input_sentence_size=min(len(texts) * 20, 2_000_000), fit_corpus=True)
     return path
 
 

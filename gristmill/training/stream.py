@@ -113,7 +113,7 @@ class BatchStream:
         self.previous_epoch_batches = position["previous_epoch_batches"]
         self._iterator = None
         prefix = io.join(directory, name, "iterator")
-        if tf.io.gfile.exists(prefix + ".index"):
+        if io.exists(prefix + ".index"):
             self._iterator = self._open()
             tf.train.Checkpoint(iterator=self._iterator).read(prefix).assert_consumed()
         elif self.batch_in_epoch:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import tempfile
 from typing import Any, NamedTuple, Optional
 
 import jax
@@ -103,10 +102,9 @@ def resolve_vocab(config: TrainConfig, files: list[str]) -> str:
         raise TrainError(f"no documents in {files} to train a vocabulary on")
     log.info("training a SentencePiece vocabulary of up to %d ids on %d documents -> %s", config.vocab_size,
              len(texts), path)
-    with tempfile.TemporaryDirectory(prefix="gristmill-vocab-") as tmp:
-        prefix = io.join(tmp, "spiece")
-        vocab_lib.train_sentencepiece(texts, config.vocab_size, prefix, fit_corpus=True)
-        io.atomic_write(path, io.read_bytes(prefix + ".model"))  # atomic: a killed run never reuses half a model
+    # written atomically: a killed run never reuses half a model
+    vocab_lib.train_sentencepiece(texts, config.vocab_size, path.removesuffix(".model"), fit_corpus=True,
+                                  write_vocab=False)
     return path
 
 

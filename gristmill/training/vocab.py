@@ -32,11 +32,11 @@ import dataclasses
 import logging
 import os
 import pathlib
+import tempfile
 from typing import Iterable, Iterator, Sequence, Union
 
-from gristmill import flags
+from gristmill import flags, io
 from gristmill.errors import UsageError
-from gristmill.models import checkpoints
 from gristmill.models.tokenizers import Tokenizer
 
 NUM_EXTRA_IDS = 100
@@ -78,17 +78,22 @@ class T5Vocabulary:
     @classmethod
     def from_file(cls, path: Union[str, PathLike], *, num_extra_ids: int = NUM_EXTRA_IDS) -> T5Vocabulary:
         """Loads a SentencePiece `.model` (local or gs://) and appends `num_extra_ids` sentinels."""
+        path = str(path)
+        if not io.exists(path):
+            raise VocabularyError(f"{path}: SentencePiece model not found")
+        return cls.from_proto(io.read_bytes(path), path, num_extra_ids=num_extra_ids)
+
+    @classmethod
+    def from_proto(cls, model: bytes, path: str, *, num_extra_ids: int = NUM_EXTRA_IDS) -> T5Vocabulary:
+        """A vocabulary from the bytes of a SentencePiece `.model`; `path` names it (errors, tokenizer name)."""
         import sentencepiece
 
-        path = str(path)
-        if not checkpoints.exists(path):
-            raise VocabularyError(f"{path}: SentencePiece model not found")
         sp = sentencepiece.SentencePieceProcessor()
         try:
-            sp.LoadFromSerializedProto(checkpoints.read_bytes(path))
+            sp.LoadFromSerializedProto(model)
         except (RuntimeError, OSError) as e:
             raise VocabularyError(f"{path}: not a valid SentencePiece model ({e})") from e
-        name = os.path.basename(path)
+        name = io.basename(path)
         pad, eos, unk, bos = sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()
         if min(pad, eos, unk) < 0:
             raise VocabularyError(f"{path}: needs pad, eos and unk pieces (pad={pad}, eos={eos}, unk={unk})")
@@ -169,11 +174,59 @@ def _lines(texts: Iterable[str]) -> Iterator[str]:
                 yield line
 
 
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, pos
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _replace_field(message: bytes, path: tuple[int, ...], value: bytes) -> bytes:
+    """A serialised protobuf message with the length-delimited field at `path` (field numbers,
+    outermost first) set to `value`; the enclosing lengths are re-encoded, all other bytes kept."""
+    pos = 0
+    while pos < len(message):
+        key, pos = _varint(message, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(message, pos)
+        elif wire in (1, 5):
+            pos += 8 if wire == 1 else 4
+        elif wire == 2:
+            length, body = _varint(message, pos)
+            end = body + length
+            if number == path[0]:
+                inner = value if len(path) == 1 else _replace_field(message[body:end], path[1:], value)
+                return message[:pos] + _encode_varint(len(inner)) + inner + message[end:]
+            pos = end
+        else:
+            break
+    raise VocabularyError(f"SentencePiece model: no field {'.'.join(map(str, path))} to set")
+
+
+# ModelProto.trainer_spec (2) . TrainerSpec.model_prefix (2): SentencePiece records there the prefix
+# it was trained with.
+_MODEL_PREFIX_FIELD = (2, 2)
+
+
 def train_sentencepiece(texts_or_files: Union[Iterable[str], PathLike, Sequence[PathLike]], vocab_size: int,
                         output_prefix: Union[str, PathLike], *, num_extra_ids: int = NUM_EXTRA_IDS,
                         model_type: str = "unigram", character_coverage: float = 0.9995,
                         max_sentence_length: int = 16384, input_sentence_size: int = 0,
-                        num_threads: int = 1, fit_corpus: bool = False) -> T5Vocabulary:
+                        num_threads: int = 1, fit_corpus: bool = False, write_vocab: bool = True) -> T5Vocabulary:
     """Trains a SentencePiece model with T5's layout; writes `<output_prefix>.model` and `.vocab`.
 
     texts_or_files: an iterable of documents (str; each line is a training sentence), or
@@ -181,11 +234,16 @@ def train_sentencepiece(texts_or_files: Union[Iterable[str], PathLike, Sequence[
         ambiguous (a text or a path?).
     vocab_size: the full vocabulary size including the sentinels; the model gets
         vocab_size - num_extra_ids pieces, and <extra_id_0> = vocab_size - 1.
+    output_prefix: local or gs:// (any `gristmill.io` path). SentencePiece trains into a local
+        temporary directory; the files are then written with `io.atomic_write`, the `.model` last
+        (its presence means the vocabulary is whole), holding the bytes SentencePiece writes when
+        trained at `output_prefix` itself (the model records its prefix).
     input_sentence_size: sample this many sentences (0 = all).
     num_threads: 1 makes training reproducible (more threads may change the pieces).
     fit_corpus: vocab_size is an upper bound: when the corpus supports fewer pieces, train all it
         supports (logged) instead of failing (see the module docstring).
-    Returns the trained vocabulary. `output_prefix` must be a local path.
+    write_vocab: also write the human-readable `<output_prefix>.vocab` (pieces and scores).
+    Returns the trained vocabulary.
     """
     import sentencepiece
 
@@ -194,7 +252,7 @@ def train_sentencepiece(texts_or_files: Union[Iterable[str], PathLike, Sequence[
     pieces = vocab_size - num_extra_ids
     if pieces < 4:
         raise VocabularyError(f"vocab_size {vocab_size} leaves {pieces} pieces after {num_extra_ids} extra ids")
-    options = dict(model_prefix=str(output_prefix), vocab_size=pieces, model_type=model_type,
+    options = dict(vocab_size=pieces, model_type=model_type,
                    pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
                    pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
                    character_coverage=character_coverage, max_sentence_length=max_sentence_length,
@@ -211,12 +269,20 @@ def train_sentencepiece(texts_or_files: Union[Iterable[str], PathLike, Sequence[
         options["input"] = ",".join(str(f) for f in files)
     else:
         options["sentence_iterator"] = _lines(texts_or_files)
-    os.makedirs(os.path.dirname(os.path.abspath(str(output_prefix))), exist_ok=True)
-    try:
-        sentencepiece.SentencePieceTrainer.train(**options)
-    except RuntimeError as e:
-        raise VocabularyError(f"SentencePiece training of {output_prefix} failed: {e}") from e
-    vocabulary = T5Vocabulary.from_file(f"{output_prefix}.model", num_extra_ids=num_extra_ids)
+    output_prefix = str(output_prefix)
+    with tempfile.TemporaryDirectory(prefix="gristmill-vocab-") as tmp:
+        local_prefix = os.path.join(tmp, "spiece")
+        try:
+            sentencepiece.SentencePieceTrainer.train(model_prefix=local_prefix, **options)
+        except RuntimeError as e:
+            raise VocabularyError(f"SentencePiece training of {output_prefix} failed: {e}") from e
+        with open(f"{local_prefix}.model", "rb") as f:
+            model = _replace_field(f.read(), _MODEL_PREFIX_FIELD, output_prefix.encode("utf-8"))
+        vocabulary = T5Vocabulary.from_proto(model, f"{output_prefix}.model", num_extra_ids=num_extra_ids)
+        if write_vocab:
+            with open(f"{local_prefix}.vocab", "rb") as f:
+                io.atomic_write(f"{output_prefix}.vocab", f.read())
+        io.atomic_write(f"{output_prefix}.model", model)
     if vocabulary.vocab_size < vocab_size:
         log.warning("vocabulary: the corpus supports %d SentencePiece pieces, not the %d asked for; trained %d ids "
                     "(%d pieces + %d sentinels) instead of %d", vocabulary.vocab_size - num_extra_ids, pieces,
@@ -230,7 +296,8 @@ class TokenizerTrainConfig:
 
     input: tuple[str, ...] = dataclasses.field(metadata={
         "help": "Corpus glob(s) (JSON lines, text lines or TFRecords)"})
-    output: str = dataclasses.field(metadata={"help": "Output prefix: writes PREFIX.model and PREFIX.vocab"})
+    output: str = dataclasses.field(metadata={
+        "help": "Output prefix, local or gs://: writes PREFIX.model and PREFIX.vocab"})
     vocab_size: int = dataclasses.field(default=32100, metadata={
         "help": "Vocabulary size including the 100 sentinels"})
     text_field: str = dataclasses.field(default="text", metadata={"help": "JSON key of the document text"})
