@@ -21,7 +21,7 @@ multi-valued features. Scorers add keys and keep every other key, so scorers cha
 from __future__ import annotations
 
 import struct
-from typing import Any, BinaryIO, Iterator, Mapping, NamedTuple
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, NamedTuple
 
 import google_crc32c
 
@@ -141,6 +141,11 @@ def encode_tfrecord(data: bytes) -> bytes:
     """Frames one record in the TFRecord format that tf.data.TFRecordDataset reads."""
     length = struct.pack("<Q", len(data))
     return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+
+
+def tfrecord_bytes(recs: Iterable[Mapping[str, Any]]) -> bytes:
+    """Records as the bytes of a TFRecord file of tf.train.Examples (how every output file is written)."""
+    return b"".join(encode_tfrecord(serialize(record)) for record in recs)
 
 
 MAX_TFRECORD_BYTES = 2**31 - 1  # the most a serialised protobuf (a tf.train.Example) can hold

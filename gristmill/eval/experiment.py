@@ -344,7 +344,7 @@ def usable_samplers(samplers: Sequence[SamplerSpec], coverage: Mapping[str, int]
 
 
 def _write_tfrecords(path: str, items: Sequence[records.Record]) -> None:
-    io.atomic_write(path, b"".join(records.encode_tfrecord(records.serialize(record)) for record in items))
+    io.atomic_write(path, records.tfrecord_bytes(items))
 
 
 def prepare_corpus(config: ExperimentConfig) -> dict[str, Any]:

@@ -382,7 +382,7 @@ def reuse_version(output_dir: str, version: str, key: str) -> Optional[dict[str,
 def write_version(output_dir: str, version: str, marker: dict[str, Any], scored: list[records.Record]) -> dict:
     """Writes a unit's scored records and then its version marker; returns the version marker."""
     rel = version_file(version, marker["key"] + units.RECORDS_SUFFIX)
-    files = kit.write_file(output_dir, rel, kit.records_bytes(scored))
+    files = kit.write_file(output_dir, rel, records.tfrecord_bytes(scored))
     out = {**marker, "records": rel, "unit_records": marker["records"], "version": version,
            "files": {**marker.get("files", {}), **files}}
     io.write_json(io.join(output_dir, version_file(version, marker["key"] + units.MARKER_SUFFIX)), out)

@@ -415,11 +415,6 @@ def write_once(output_dir: str, relative_path: str, data: bytes) -> dict[str, di
     return {relative_path: {"size": found.size, "crc32c": found.crc32c or io.file_checksum(path)}}
 
 
-def records_bytes(recs: Iterable[records.Record]) -> bytes:
-    """Records as the bytes of a TFRecord file of tf.train.Examples."""
-    return b"".join(records.encode_tfrecord(records.serialize(r)) for r in recs)
-
-
 def write_unit(output_dir: str, info: UnitInfo, items: list[Item],
                extra_files: Optional[Callable[[str, UnitInfo, list[Item]], dict[str, Any]]] = None) -> dict[str, Any]:
     """Writes one finished unit (records, dead letters, then its marker) and returns the marker.
@@ -438,7 +433,7 @@ def write_unit(output_dir: str, info: UnitInfo, items: list[Item],
             excluded[it.value] = excluded.get(it.value, 0) + 1
     if recs:
         files.update(write_file(output_dir, units.relative_unit_path(info.key, units.RECORDS_SUFFIX),
-                                records_bytes(recs)))
+                                records.tfrecord_bytes(recs)))
     if dead:
         files.update(write_file(output_dir, units.relative_unit_path(info.key, units.DEAD_SUFFIX),
                                 b"".join(d.to_json().encode("utf-8") + b"\n" for d in dead)))
