@@ -22,6 +22,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from gristmill import flags, io, records
+from gristmill.documents import embedded_corpus
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,6 @@ def label_sets() -> dict[str, tuple[str, list[str]]]:
     base = importlib.resources.files("gristmill") / "data" / "labels"
     return {"hplt-v2": (str(base / "hplt-v2-eng.jsonl"), ["--label_field=label"]),
             "fineweb-edu": (str(base / "fineweb-edu-grades.jsonl"), ["--label_field=grade", "--threshold=3"])}
-
-
-def embedded_corpus() -> str:
-    """The glob of the embedded C4 sample shipped inside the package (1,000 real C4 `en` documents)."""
-    return str(importlib.resources.files("gristmill") / "data" / "c4-olmo" / "c4-sample.*.json.gz")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import importlib.resources
 import io as pyio
 import json
 import os
@@ -55,6 +56,11 @@ FORMATS = ("auto", "json", "lines", "tfrecord", "parquet")
 COMPRESSED_SUFFIXES = (".gz", ".zst", ".zstd")
 PARQUET_BATCH_ROWS = 1024
 EXCERPT_CHARS = 200
+
+
+def embedded_corpus() -> str:
+    """The glob of the C4 sample shipped inside the package (1,000 real C4 `en` documents)."""
+    return str(importlib.resources.files("gristmill") / "data" / "c4-olmo" / "c4-sample.*.json.gz")
 
 
 class InputError(Exception):

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gristmill import documents, io, records, sampling, span_corruption
+from gristmill.documents import embedded_corpus
 from gristmill.models import t5
 from gristmill.training import data as training_data
 
@@ -97,11 +98,6 @@ def read_corpus(pattern: str) -> list[records.Record]:
 def high_quality_path() -> str:
     """Path of the shipped HQ text set."""
     return str(importlib.resources.files("gristmill") / "data" / "heldout" / "high_quality.jsonl")
-
-
-def embedded_corpus() -> str:
-    """The glob of the C4 sample shipped in the package (1,000 real C4 `en` documents)."""
-    return str(importlib.resources.files("gristmill") / "data" / "c4-olmo" / "c4-sample.*.json.gz")
 
 
 def c4_heldout(corpus: Optional[str] = None, fraction: float = HELDOUT_FRACTION) -> list[str]:
