@@ -36,8 +36,6 @@ from gristmill import errors
 # against. tests/test_dask.py fails the day the installed release no longer loses outputs.
 PATCHED_BEAM_VERSIONS = ("2.77.0",)
 RUNNER = "gristmill.runners.dask.DaskRunner"
-# --runner values (lower case) that mean this runner: Beam's own name for its DaskRunner too.
-NAMES = ("dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner", RUNNER.lower())
 PARTITION_FLAGS = ("--dask_partition_size", "--dask_npartitions")
 log = logging.getLogger(__name__)
 
@@ -46,14 +44,9 @@ class DaskRunnerError(errors.UsageError):
     """The Dask engine cannot run this job as asked (Beam release, pipeline shape)."""
 
 
-def beam_version() -> str:
-    """The installed apache-beam version."""
-    return apache_beam.__version__
-
-
 def check_beam_version(version: Optional[str] = None) -> None:
     """Raises DaskRunnerError unless the fix was written for this Beam release."""
-    version = version or beam_version()
+    version = version or apache_beam.__version__
     if version not in PATCHED_BEAM_VERSIONS:
         raise DaskRunnerError(
             f"--runner dask: gristmill's fix for Beam's DaskRunner was written for apache-beam "
