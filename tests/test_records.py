@@ -74,9 +74,10 @@ def test_serialized_bytes_equal_tensorflows_own_example():
     for i in range(300):
         record = {"id": f"{i:032x}", "text": "é" * int(rng.integers(0, 40)), "url": "https://x/" + str(i),
                   "score/a/b": float(rng.random()), "tokens/t": int(rng.integers(-5, 10**12)),
-                  "multi": [float(x) for x in rng.random(int(rng.integers(1, 5)))], "raw": b"\x00\xff"}
+                  "multi": [float(x) for x in rng.random(int(rng.integers(1, 5)))], "raw": b"\x00\xff",
+                  "i": [-1, 2**63 - 1, -2**63], "t": [1e40, -0.0, float("nan")], "tex": "", "ä": 3}
         ours = records.serialize(record)
         theirs = example_pb2.Example(features=feature_pb2.Features(
             feature={k: tf_feature(v) for k, v in record.items()})).SerializeToString(deterministic=True)
         assert ours == theirs
-        assert records.deserialize(ours) == records.deserialize(theirs)
+        assert ours == records.to_example(record).SerializeToString(deterministic=True)
