@@ -25,7 +25,7 @@ from gristmill.pipelines.registry import SCORERS
 
 # command words -> (module, function, one-line help). Modules are imported only when used.
 COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
-    **{("score", name): (module, "run", summary) for name, (module, summary) in SCORERS.items()},
+    **{("score", info.name): (info.module, "run", info.help) for info in SCORERS.values()},
     ("select",): ("gristmill.pipelines.select", "run", "select a subset by top-k, bottom-k, IPS or random"),
     ("curate",): ("gristmill.curate", "run", "run a declared chain of jobs incrementally, publish a selection"),
     ("gc",): ("gristmill.gc", "run", "remove superseded versions no manifest or published selection references"),

@@ -48,7 +48,7 @@ from gristmill.pipelines.registry import SCORERS
 
 SELECT_JOB = "select"
 # job name -> the module whose run(argv) runs it; every one is a kit job (--input, --output, manifest).
-JOBS: dict[str, str] = {**{f"score {name}": module for name, (module, _) in SCORERS.items()},
+JOBS: dict[str, str] = {**{info.job: info.module for info in SCORERS.values()},
                         SELECT_JOB: "gristmill.pipelines.select"}
 # Jobs that plan over their whole input: rerun from scratch when their input changed.
 OWNED_FLAGS = frozenset({"input", "output", "overwrite"})

@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from gristmill import flags, io, records
 from gristmill.documents import embedded_corpus
+from gristmill.pipelines import registry
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,15 @@ def label_sets() -> dict[str, tuple[str, list[str]]]:
     base = importlib.resources.files("gristmill") / "data" / "labels"
     return {"hplt-v2": (str(base / "hplt-v2-eng.jsonl"), ["--label_field=label"]),
             "fineweb-edu": (str(base / "fineweb-edu-grades.jsonl"), ["--label_field=grade", "--threshold=3"])}
+
+
+# The scorers with a stage of their own below (random reads the corpus, askllm notes its extremes).
+OWN_STAGES = ("random", "density", "askllm")
+# Every other registered scorer: name -> its flags sized for the demo (the registry's demo_flags).
+# They join the chain after Ask-LLM, in the registry's order, when named in --extra_scorers (by
+# default all of them).
+EXTRA_SCORERS: dict[str, tuple[str, ...]] = {name: info.demo_flags for name, info in registry.SCORERS.items()
+                                             if name not in OWN_STAGES}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -69,10 +79,9 @@ class DemoConfig:
         "help": "Also score and evaluate the shipped labelled sets"})
     label_documents: int = dataclasses.field(default=0, metadata={
         "help": "Rows of each labelled set to score (0: all)"})
-    # the baselines scored after Ask-LLM (main corpus only; in this order, since askllm-head reads the
-    # embeddings the clusters job caches beside its units)
-    extra_scorers: tuple[str, ...] = dataclasses.field(default=("clusters", "askllm-head", "perplexity"), metadata={
-        "help": "More scorers for the chain: clusters, askllm-head, perplexity"})
+    # the scorers after Ask-LLM (main corpus only), in the registry's order
+    extra_scorers: tuple[str, ...] = dataclasses.field(default=tuple(EXTRA_SCORERS), metadata={
+        "help": f"More scorers for the chain: {', '.join(EXTRA_SCORERS)}"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +128,7 @@ def run_askllm(config: DemoConfig, scored: str, prefix: str = "", notes: bool = 
     from gristmill.pipelines import score_askllm
     out = os.path.join(config.output, prefix + "askllm")
     argv = ["--input", scored, "--output", out, "--model", config.askllm_model, "--overwrite",
-            f"--max_length={config.askllm_max_length}", "--batch_size=8"] + _beam_flags(config)
+            f"--max_length={config.askllm_max_length}", *registry.SCORERS["askllm"].demo_flags] + _beam_flags(config)
     result = _stage(f"{prefix}score askllm", out, lambda: score_askllm.run(argv))
     if not notes:
         return result
@@ -134,19 +143,11 @@ def run_askllm(config: DemoConfig, scored: str, prefix: str = "", notes: bool = 
     return dataclasses.replace(result, notes="\n".join(lines))
 
 
-# The scorers of the baselines issue: name -> flags sized for the demo. They join the chain when
-# named in --extra_scorers (by default all three) and registered.
-EXTRA_SCORERS: dict[str, tuple[str, ...]] = {"perplexity": ("--max_length=64", "--batch_size=16"),
-                                             "clusters": ("--k=4",),
-                                             "askllm-head": ("--sample=40", "--max_length=512", "--batch_size=8")}
-
-
 def run_registered(config: DemoConfig, name: str, scored: str, prefix: str = "") -> Optional[StageResult]:
     """Runs `gristmill score <name>` on the records when that scorer is registered (None otherwise)."""
-    from gristmill.pipelines import registry
     if name not in registry.SCORERS:
         return None
-    module = importlib.import_module(registry.SCORERS[name][0])
+    module = importlib.import_module(registry.SCORERS[name].module)
     out = os.path.join(config.output, prefix + name)
     argv = ["--input", scored, "--output", out, "--overwrite", *EXTRA_SCORERS[name]] + _beam_flags(config)
     return _stage(f"{prefix}score {name}", out, lambda: module.run(argv))

@@ -22,6 +22,7 @@ MISSPELLED = {
     ("score", "random"): ([*JOB, "--sed", "3"], "--seed"),
     ("select",): ([*JOB, "--scroe=score/random/seed-0"], "--score"),
     ("curate",): (["--config=c.json", "--runid=x"], "--run_id"),
+    ("export",): ([*JOB, "--fromat=parquet"], "--format"),
     ("train",): (["--data=a", "--output=o", "--steps=1", "--bach_size=8"], "--batch_size"),
     ("experiment",): (["--gird=g.json"], "--grid"),
     ("report",): (["--experimnet=e"], "--experiment"),
@@ -113,6 +114,53 @@ def test_flags_of_nested_renamed_typed_and_required_fields():
         flags.parse_config(_Outer, ["--scored=s", "--hidden=x"], "t")
     with pytest.raises(flags.FlagError, match="comma-separated int values"):
         flags.parse_config(_Outer, ["--scored=s", "--seeds=1,x"], "t")
+
+
+# --------------------------------------------------------------------------- the scorer registry
+
+FEATURE_KINDS = {"score", "logp", "truncated", "tokens", "cluster", "dist", "keep"}  # records.py's families
+
+
+@pytest.mark.parametrize("info", SCORERS.values(), ids=lambda info: info.name)
+def test_each_registered_scorer_is_a_job_with_features_a_rule_and_demo_flags(info):
+    from gristmill import sampling
+    module = importlib.import_module(info.module)
+    assert callable(module.run) and info.help and info.job == f"score {info.name}"
+    assert info.scores and all(f.split("/")[0] in FEATURE_KINDS for f in info.features), info.features
+    assert info.rule in sampling.RULES
+    assert all(f.startswith("--") and "=" in f for f in info.demo_flags), info.demo_flags
+
+
+def test_every_scorer_table_is_derived_from_the_registry():
+    from gristmill import demo
+    from gristmill.eval import quality
+    from gristmill.pipelines import registry
+    assert {words: module for words, (module, _, _) in cli.COMMANDS.items() if words[0] == "score"} == {
+        ("score", info.name): info.module for info in SCORERS.values()}
+    assert {job for job in curate.JOBS if job != curate.SELECT_JOB} == {info.job for info in SCORERS.values()}
+    assert quality.PAPER_RULES == registry.paper_rules()
+    assert {quality.paper_rule(f"score/{s}/m") for info in SCORERS.values() for s in info.scores} == {
+        info.rule for info in SCORERS.values()}
+    assert list(demo.EXTRA_SCORERS) == [name for name in SCORERS if name not in demo.OWN_STAGES]
+    assert set(demo.OWN_STAGES) < set(SCORERS)
+    assert demo.DemoConfig().extra_scorers == tuple(demo.EXTRA_SCORERS)
+
+
+def test_the_registry_imports_nothing_heavy():
+    import subprocess
+    import sys
+    probe = ("import sys, gristmill.pipelines.registry; "
+             "print(sorted(m for m in ('apache_beam', 'numpy', 'tensorflow', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_two_scorers_cannot_give_one_score_two_rules(monkeypatch):
+    from gristmill.pipelines import registry
+    clash = dataclasses.replace(SCORERS["askllm"], name="askllm-bottom", rule=registry.BOTTOMK)
+    monkeypatch.setitem(registry.SCORERS, clash.name, clash)
+    with pytest.raises(ValueError, match="'askllm' has two rules"):
+        registry.paper_rules()
 
 
 # --------------------------------------------------------------------------- curate

@@ -34,7 +34,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult, DataflowRunner
 
 from gristmill import cli, documents, io, lease, records
-from gristmill.pipelines import kit, resources, score_random
+from gristmill.pipelines import kit, registry, resources, score_random
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 LAUNCHER = os.path.join(ROOT, "deploy", "dataflow", "launcher.py")
@@ -122,14 +122,10 @@ def scored_dir(tmp_path_factory, embedded_glob):
 # Every Beam job the CLI offers (`gristmill.pipelines.registry` + select) -> the module that runs it.
 CLI_JOBS = {" ".join(words): module for words, (module, _, _) in cli.COMMANDS.items()
             if module.startswith("gristmill.pipelines.")}
-# The flags each job needs besides --input and --output (small samples: nothing runs in a dry run).
+# The flags each job is built with besides --input and --output: a scorer's demo flags from the
+# registry (sized for the demo; nothing runs in a dry run), select's own.
 JOB_FLAGS = {
-    "score random": [],
-    "score askllm": ["--model=smollm2-135m-instruct"],
-    "score density": ["--embedder=minilm"],
-    "score clusters": ["--k=4", "--sample=100"],
-    "score perplexity": ["--model=smollm2-135m-instruct"],
-    "score askllm-head": ["--model=smollm2-135m-instruct", "--sample=24"],
+    **{info.job: list(info.demo_flags) for info in registry.SCORERS.values()},
     "select": ["--score=score/random/seed-0", "--rule=topk", "--rate=0.5"],
 }
 JOBS = {name: (importlib.import_module(CLI_JOBS[name]).run, flags) for name, flags in JOB_FLAGS.items()}
@@ -339,6 +335,8 @@ def test_metadata_parameters_are_flags_of_the_jobs(capsys):
     job_regex = params["command"]["regexes"][0]
     offered = [name for name in (*JOBS, "curate", "train", "gc") if re.fullmatch(job_regex, name)]
     assert sorted(offered) == sorted(_launcher().launchable())  # every job the launcher runs, no curate
+    named = params["command"]["helpText"].split(": ", 1)[1].split(" (", 1)[0]  # "score random, ... or select"
+    assert sorted(re.split(r", | or ", named)) == sorted(offered)
     format_regex = params["format"]["regexes"][0]
     assert all(re.fullmatch(format_regex, f) for f in documents.FORMATS)
     known = set().union(*(_help_flags(run, capsys) for run, _ in JOBS.values()))

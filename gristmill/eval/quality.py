@@ -43,14 +43,15 @@ import numpy as np
 from gristmill import documents, flags, io, records, sampling
 from gristmill.errors import UsageError
 from gristmill.eval import scores as scores_lib
+from gristmill.pipelines import registry
 
 log = logging.getLogger(__name__)
 
 RATES = (0.1, 0.2, 0.4)
 TOPK = "topk"
 DEFAULT_RULE = TOPK
-PAPER_RULES = {"askllm": TOPK, "askllm-head": TOPK, "perplexity": "bottomk", "density": "ips",
-               "random": "random", "semdedup": TOPK, "prototypes": TOPK}
+# score name -> the paper's rule for it, from the scorer registry (each scorer's `rule`)
+PAPER_RULES = registry.paper_rules()
 # Draws per bootstrap chunk (resamples x documents), to bound memory on large label sets.
 _CHUNK_DRAWS = 1 << 22
 
