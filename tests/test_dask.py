@@ -34,7 +34,7 @@ from gristmill.runners import dask as dask_engine  # noqa: E402
 from tests.dask_cluster import DaskCluster  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
-FILES, DOCS_PER_FILE, UNIT_RECORDS = 4, 10, 4  # 12 units of at most 4 documents
+FILES, DOCS_PER_FILE, UNIT_RECORDS = 4, 10, 5  # 8 units
 # Manifest fields that legitimately differ between two runs of one job: when it ran (started_at,
 # finished_at and the history copy's name, which holds the time) and how (pipeline_options:
 # runner, --dask_client_address, --dask_partition_size). `options.output` differs by design.

@@ -5,9 +5,11 @@ Beam's DaskRunner (apache-beam 2.77) runs a ParDo's bundle (a Dask partition) th
 `finish_bundle`, so whatever a DoFn emits there is lost (BatchElements' and RunInference's last
 batch of every bundle). The receiver list, output handler and side-input maps it uses are built
 once per ParDo and shared by every bundle that sees the same objects, so one bundle's outputs
-can come out again with the next one's. `PerBundleParDo` builds all of them, and the DoFn itself,
-afresh for every bundle and collects the outputs after `finish_bundle`. `docs/engines.md` has the
-upstream bug report.
+can come out again with the next one's. And each bundle that reads a side input computes it
+again, with all its upstream work, from inside its task. `PerBundleParDo` builds the receivers,
+the output handler, the side-input maps and the DoFn itself afresh for every bundle, collects the
+outputs after `finish_bundle`, and makes each side input an ordinary dependency of the bundles'
+tasks, computed once. `docs/engines.md` has the upstream bug report.
 
 `DaskRunner` (named by `--runner dask`) installs that fix before it translates a pipeline, refuses
 a Beam release it was not written for, refuses multi-output ParDos (Beam's translation merges
@@ -94,7 +96,10 @@ class PerBundleParDo(transform_evaluator.ParDo):
         args, kwargs = transform.raw_side_inputs
         main_input = next(iter(self.applied.main_inputs.values()))
         window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
-        views = [(s._view_class, s._view_options, s._iterable) for s in side_inputs or ()]
+        # A side input's bag, nested in `views`, is a dependency of every bundle's task: Dask computes
+        # it once and passes its elements. (Beam's translation hides the bag in its SideInputMap,
+        # so each bundle that reads it computes it again, upstream work and all, from inside a task.)
+        views = [(s._view_class, s._view_options, s._iterable.window_fn, s._iterable.bag) for s in side_inputs or ()]
         return input_bag.map(transform_evaluator.get_windowed_value, window_fn).map_partitions(
             run_bundle, pickler.dumps(transform.fn), transform.label, window_fn, views, list(args), kwargs)
 
@@ -108,7 +113,8 @@ def run_bundle(items, serialized_fn: bytes, label: str, window_fn, views, args, 
     invoker = DoFnInvoker.create_invoker(
         DoFnSignature(pickler.loads(serialized_fn)), handler,
         context=DoFnContext(label, state=None),
-        side_inputs=[SideInputMap(*view) for view in views] or None,
+        side_inputs=[SideInputMap(view_class, options, [transform_evaluator.get_windowed_value(v, fn) for v in values])
+                     for view_class, options, fn, values in views] or None,
         input_args=args, input_kwargs=kwargs, user_state_context=None,
         bundle_finalizer_param=DoFn.BundleFinalizerParam())
     invoker.invoke_setup()
