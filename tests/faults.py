@@ -30,7 +30,6 @@ from typing import Any, Iterator, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GCS_SERVER = os.path.join(REPO, "tests", "gcs_server.py")
-EMBEDDED_C4 = os.path.join(REPO, "gristmill", "data", "c4-olmo", "c4-sample.00000-of-00001.json.gz")
 CRASH_ENV = "GRISTMILL_CRASH_AT"
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 KILLED = -signal.SIGKILL
@@ -438,6 +437,7 @@ def assert_unchanged(output_dir: str, before: dict[str, bytes], before_generatio
 
 def c4_lines(start: int, count: int) -> list[str]:
     """`count` real C4 documents (JSON lines) from the bundled sample, from document `start`."""
+    from gristmill.testing import EMBEDDED_C4
     with gzip.open(EMBEDDED_C4, "rt", encoding="utf-8") as f:
         lines = f.read().splitlines()
     return lines[start:start + count]

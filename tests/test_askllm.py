@@ -11,7 +11,7 @@ import pytest
 
 from gristmill.models import llama, tokenizers, zoo
 from gristmill.scoring import askllm
-from tests.conftest import EMBEDDED_C4
+from gristmill.testing import EMBEDDED_C4
 
 HERE = os.path.dirname(__file__)
 C4 = EMBEDDED_C4

@@ -430,7 +430,7 @@ def c4_embeddings():
     still exceed 64 tokens are skipped, so the test embeds short batches only (a few seconds)."""
     from gristmill import documents, records
     from gristmill.scoring.embeddings import make_embedder
-    from tests.conftest import EMBEDDED_C4
+    from gristmill.testing import EMBEDDED_C4
     embedder = make_embedder("minilm")
     texts = [d[records.TEXT][:TEST_CHARS] for d in documents.read_documents(EMBEDDED_C4)
              if not isinstance(d, documents.DeadLetter)]

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from gristmill import documents, records
-from tests.conftest import MAX_BYTES, good_doc
+from gristmill.testing import MAX_BYTES, good_doc
 
 CONFIG = documents.ReaderConfig(max_document_bytes=MAX_BYTES)
 

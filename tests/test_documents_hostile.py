@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from tensorflow.core.example import example_pb2, feature_pb2
 
 from gristmill import documents, records
-from tests.conftest import MAX_BYTES, good_doc
+from gristmill.testing import MAX_BYTES, good_doc
 
 CONFIG = documents.ReaderConfig(max_document_bytes=MAX_BYTES, keep_fields=("lang",))
 LINE_LIMIT = documents.record_limit(CONFIG, "json")

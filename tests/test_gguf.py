@@ -21,7 +21,7 @@ from gristmill.models import gguf as gguf_loader
 from gristmill.models import llama, zoo
 from gristmill.models.checkpoints import CheckpointError
 from gristmill.scoring.askllm import render_chat
-from tests.conftest import EMBEDDED_C4
+from gristmill.testing import EMBEDDED_C4
 
 gguf = pytest.importorskip("gguf")
 

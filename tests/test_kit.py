@@ -2,7 +2,6 @@
 
 import dataclasses
 import gzip
-import hashlib
 import json
 import os
 import signal
@@ -17,17 +16,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from gristmill import cli, documents, flags, io, records
+from gristmill import cli, documents, flags, io, records, testing
 from gristmill.pipelines import inference, kit, score_density, score_random, units
 from gristmill.scoring import density
-
-
-def _write_corpus(path, start, count):
-    with open(path, "w") as f:
-        for i in range(start, start + count):
-            f.write(json.dumps({"text": f"Document {i} talks about topic {i % 5} at some length.",
-                                "url": f"https://example.com/{i}"}) + "\n")
-
 
 # --------------------------------------------------------------------------- flags
 
@@ -59,61 +50,26 @@ def test_flags_are_derived_from_the_config_dataclass():
 # --------------------------------------------------------------------------- transforms
 
 
-class _FakeModel:
-    """A deterministic 'model': the score is a hash of the token ids; a text with 'boom' fails its batch."""
-
-    def score_encoded(self, batch):
-        if any(e.text == "boom" for e in batch):
-            raise RuntimeError("the fake model failed")
-        return [int(hashlib.sha1(e.text.encode()).hexdigest()[:6], 16) / 0xFFFFFF for e in batch]
-
-
-@dataclasses.dataclass(frozen=True)
-class _Encoded:
-    text: str
-
-    @property
-    def length(self):
-        return len(self.text.split())
-
-
-class _FakeEncoder:
-    def encode(self, text):
-        return _Encoded(text)
-
-
-def _fake_spec():
-    return inference.ModelSpec(name="fake", load_model=_FakeModel, load_encoder=_FakeEncoder,
-                               attach=lambda record, score: {**record, "score/fake/m": score}, batch_size=2)
-
-
-def _items(texts):
-    info = kit.UnitInfo("u", units.InputFile("f", 1, 0.0), 0, True, len(texts), 0)
-    return [kit.Item(kit.UNIT, "u", 0, info)] + [
-        kit.Item(kit.RECORD, "u", i + 1, {"id": f"d{i}", "text": t}) for i, t in enumerate(texts)]
-
-
 def test_run_model_scores_records_and_passes_other_items():
     texts = ["alpha beta", "gamma", "delta epsilon zeta"]
-    expected = [_items(texts)[0]] + [
-        kit.Item(kit.RECORD, "u", i + 1, {"id": f"d{i}", "text": t, "score/fake/m": _FakeModel().score_encoded(
-            [_Encoded(t)])[0]}) for i, t in enumerate(texts)]
+    expected = testing.expected_items(texts)
+    assert [it.value[testing.FAKE_FEATURE] for it in expected[1:]] == [testing.fake_score(t) for t in texts]
     with TestPipeline() as p:
-        out = p | beam.Create(_items(texts)) | inference.RunModel(_fake_spec())
+        out = p | beam.Create(testing.unit_items(texts)) | inference.RunModel(testing.fake_model_spec())
         assert_that(out, equal_to(expected))
 
 
 def test_failed_batches_become_inference_error_dead_letters():
     with TestPipeline() as p:
-        out = (p | beam.Create(_items(["boom"]))
-               | inference.RunModel(_fake_spec())
+        out = (p | beam.Create(testing.unit_items([testing.FAIL_TEXT]))
+               | inference.RunModel(testing.fake_model_spec())
                | beam.Map(lambda it: (it.kind, it.value.reason if it.kind == kit.DEAD else None)))
         assert_that(out, equal_to([(kit.UNIT, None), (kit.DEAD, kit.INFERENCE_ERROR)]))
 
 
 def test_read_units_cuts_files_into_chunks_and_skips_done_ones(tmp_path):
     path = str(tmp_path / "c.jsonl")
-    _write_corpus(path, 0, 5)
+    testing.write_corpus(path, 0, 5)
     with open(path, "a") as f:
         f.write("not json\n")
     file = units.InputFile(path, os.path.getsize(path), os.path.getmtime(path))
@@ -142,7 +98,8 @@ def test_units_close_early_when_their_bytes_reach_unit_bytes(tmp_path):
 
 def test_write_units_writes_each_unit_with_a_reconciled_marker(tmp_path):
     out = str(tmp_path / "out")
-    items = _items(["a", "b"]) + [kit.Item(kit.DEAD, "u", 3, documents.DeadLetter("f", 3, "invalid_json", "x"))]
+    items = testing.unit_items(["a", "b"]) + [
+        kit.Item(kit.DEAD, "u", 3, documents.DeadLetter("f", 3, "invalid_json", "x"))]
     items[0] = items[0]._replace(value=items[0].value._replace(unreadable=1))
     with TestPipeline() as p:
         markers = (p | beam.Create(items) | kit.WriteUnits(out)
@@ -256,7 +213,7 @@ def test_incremental_density_scores_only_new_units_and_sums_to_the_one_shot_sket
     inputs = tmp_path / "in"
     inputs.mkdir()
     for n in range(4):
-        _write_corpus(str(inputs / f"f{n}.jsonl"), n * 12, 12)
+        testing.write_corpus(str(inputs / f"f{n}.jsonl"), n * 12, 12)
     small = ["--rows=32", "--hashes_per_row=4", "--unit_records=5", "--seed=3"]
     grow = str(tmp_path / "grow")
     first = score_density.run(["--input", str(inputs / "f[01].jsonl"), "--output", grow, *small])
@@ -280,7 +237,7 @@ def test_select_writes_a_new_version_beside_its_own_run_when_its_input_grew(tmp_
     inputs = tmp_path / "in"
     inputs.mkdir()
     for n in range(2):
-        _write_corpus(str(inputs / f"f{n}.jsonl"), n * 10, 10)
+        testing.write_corpus(str(inputs / f"f{n}.jsonl"), n * 10, 10)
     scored = str(tmp_path / "scored")
     flags_ = ["--output", str(tmp_path / "sel"), "--rule=topk", "--rate=0.5", "--score=score/random/seed-0"]
     score_random.run(["--input", str(inputs / "f0.jsonl"), "--output", scored])
@@ -314,7 +271,7 @@ def test_missing_units_names_gaps_and_a_missing_end():
 
 def test_a_unit_lost_by_the_runner_fails_the_job_and_names_it(tmp_path):
     corpus = tmp_path / "a.jsonl"
-    _write_corpus(str(corpus), 0, 12)
+    testing.write_corpus(str(corpus), 0, 12)
     out = str(tmp_path / "out")
     options, config, pipeline_options = kit.parse(["--input", str(corpus), "--output", out, "--unit_records=5"],
                                                   score_random.SCORER.config_class, "")
@@ -330,7 +287,7 @@ def test_a_unit_lost_by_the_runner_fails_the_job_and_names_it(tmp_path):
 
 def test_verify_inputs_notices_an_input_rewritten_with_the_same_size_and_time(tmp_path):
     corpus = tmp_path / "a.jsonl"
-    _write_corpus(str(corpus), 0, 6)
+    testing.write_corpus(str(corpus), 0, 6)
     stat = os.stat(corpus)
     out = str(tmp_path / "out")
     argv = ["--input", str(corpus), "--output", out]
@@ -347,7 +304,7 @@ def test_a_second_job_into_a_held_output_is_refused_naming_the_holder(tmp_path):
     from gristmill import lease
     out = str(tmp_path / "out")
     corpus = tmp_path / "a.jsonl"
-    _write_corpus(str(corpus), 0, 3)
+    testing.write_corpus(str(corpus), 0, 3)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from gristmill import lease; "
                                "lease.acquire(sys.argv[1], 'gristmill score askllm'); print('held', flush=True); "
                                "time.sleep(60)", out], stdout=subprocess.PIPE, text=True)
@@ -366,7 +323,7 @@ def test_a_second_job_into_a_held_output_is_refused_naming_the_holder(tmp_path):
 def test_a_job_that_fails_before_its_first_unit_can_be_retried_as_corrected(tmp_path):
     from gristmill.pipelines import select
     corpus = tmp_path / "a.jsonl"
-    _write_corpus(str(corpus), 0, 6)
+    testing.write_corpus(str(corpus), 0, 6)
     scored = str(tmp_path / "scored")
     score_random.run(["--input", str(corpus), "--output", scored])
     out = str(tmp_path / "sel")

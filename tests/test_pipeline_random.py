@@ -12,7 +12,7 @@ from gristmill import cli, documents
 from gristmill import records as gm_records
 from gristmill.pipelines import kit, score_random
 from gristmill.scoring.random_score import random_score
-from tests.conftest import MAX_BYTES
+from gristmill.testing import MAX_BYTES
 
 FEATURE = "score/random/seed-3"
 

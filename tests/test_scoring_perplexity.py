@@ -12,7 +12,7 @@ import pytest
 
 from gristmill.models import zoo
 from gristmill.scoring import perplexity
-from tests.conftest import EMBEDDED_C4
+from gristmill.testing import EMBEDDED_C4
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.join(HERE, "..")

@@ -14,7 +14,7 @@ import tokenizers as hf_tokenizers
 
 from gristmill.models.checkpoints import CheckpointError
 from gristmill.models.tokenizers import Tokenizer, load_tokenizer
-from tests.conftest import EMBEDDED_C4
+from gristmill.testing import EMBEDDED_C4
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "t5")
 T5_DIR = os.path.join(FIXTURES, "tiny_v1_1")
