@@ -166,7 +166,8 @@ def read_safetensors(model_dir: str) -> dict[str, np.ndarray]:
         part = read_safetensors_file(shard_path)
         listed = {n for n, s in weight_map.items() if s == shard}
         problems = [f"tensor {n!r} listed in the index is missing from the shard" for n in sorted(listed - set(part))]
-        problems += [f"tensor {n!r} is in the shard but the index maps it elsewhere" for n in sorted(set(part) - listed)]
+        problems += [f"tensor {n!r} is in the shard but the index maps it elsewhere"
+                     for n in sorted(set(part) - listed)]
         if problems:
             raise CheckpointError(f"{shard_path}: " + "; ".join(problems[:_MAX_LISTED]))
         tensors.update(part)

@@ -307,7 +307,7 @@ def hidden_states(params: Params, config: LlamaConfig, ids: jax.Array, mask: jax
         x, _ = jax.lax.scan(body, x, params["layers"])
     else:
         for i in range(config.num_layers):
-            x, _ = body(x, jax.tree.map(lambda a: a[i], params["layers"]))
+            x, _ = body(x, jax.tree.map(lambda a, i=i: a[i], params["layers"]))
     return rms_norm(x, params["final_norm"]["scale"], config.rms_norm_eps).astype(config.dtype)
 
 
@@ -518,22 +518,25 @@ def to_hf_tensors(params: Params, config: LlamaConfig) -> dict[str, np.ndarray]:
     out = {}
     for rule in hf_rules(config):
         value = flat[rule.target]
-        if rule.target.endswith(("query/kernel", "key/kernel", "value/kernel")):
-            undo = lambda w: w.reshape(w.shape[0], -1).T  # [D, N, Dh] -> [N*Dh, D]
-        elif rule.target.endswith("out/kernel"):
-            undo = lambda w: w.reshape(-1, w.shape[-1]).T  # [H, Dh, D] -> [D, H*Dh]
-        elif rule.target.endswith("/bias"):
-            undo = lambda b: b.reshape(-1)
-        elif rule.hooks:
-            undo = lambda w: w.T
-        else:
-            undo = lambda w: w
         if "{i}" not in rule.source:
-            out[rule.source] = np.ascontiguousarray(undo(value))
+            out[rule.source] = np.ascontiguousarray(_hf_layout(rule, value))
             continue
         for i in range(config.num_layers):
-            out[rule.source.format(i=i)] = np.ascontiguousarray(undo(value[i]))
+            out[rule.source.format(i=i)] = np.ascontiguousarray(_hf_layout(rule, value[i]))
     return out
+
+
+def _hf_layout(rule: ckpt.Rule, w: np.ndarray) -> np.ndarray:
+    """One tensor of `hf_rules`' table back in HF's layout (the inverse of the rule's hooks)."""
+    if rule.target.endswith(("query/kernel", "key/kernel", "value/kernel")):
+        return w.reshape(w.shape[0], -1).T  # [D, N, Dh] -> [N*Dh, D]
+    if rule.target.endswith("out/kernel"):
+        return w.reshape(-1, w.shape[-1]).T  # [H, Dh, D] -> [D, H*Dh]
+    if rule.target.endswith("/bias"):
+        return w.reshape(-1)
+    if rule.hooks:
+        return w.T
+    return w
 
 
 def to_hf_config(config: LlamaConfig) -> dict:

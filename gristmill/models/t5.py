@@ -87,7 +87,7 @@ class T5Config:
     eos_id: int = 1
 
     def __post_init__(self):
-        self.activation  # validates feed_forward_proj
+        _ = self.activation  # validates feed_forward_proj
         jnp.dtype(self.dtype)
         if self.attention_impl not in ("xla", "cudnn"):
             raise ValueError(f"unknown attention_impl {self.attention_impl!r}; choose xla or cudnn")
@@ -337,7 +337,10 @@ class Attention(nn.Module):
         cfg = self.config
         inner, normal = cfg.num_heads * cfg.d_kv, nn.initializers.normal
         dense = functools.partial(_Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32)
-        split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv))  # [B, L, H*K] -> [B, L, H, K]
+
+        def split(t: jax.Array) -> jax.Array:  # [B, L, H*K] -> [B, L, H, K]
+            return t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv))
+
         q = split(dense(inner, kernel_init=normal((cfg.d_model * cfg.d_kv) ** -0.5), name="query")(x))
         k = split(dense(inner, kernel_init=normal(cfg.d_model ** -0.5), name="key")(memory))
         v = split(dense(inner, kernel_init=normal(cfg.d_model ** -0.5), name="value")(memory))
@@ -476,8 +479,9 @@ class T5(nn.Module):
         self.encoder = Encoder(cfg, self.deterministic)
         self.decoder = Decoder(cfg, self.deterministic)
         if not cfg.tie_word_embeddings:
-            self.logits_dense = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32,
-                                         kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
+            self.logits_dense = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=_f32,
+                kernel_init=nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal"))
 
     def encode(self, input_ids: jax.Array, mask: jax.Array, *,
                attention_mask: Optional[jax.Array] = None) -> jax.Array:
@@ -610,13 +614,15 @@ def hf_rules(config: T5Config) -> list[Rule]:
     eb, db = "encoder.block.{i}.layer", "decoder.block.{i}.layer"
     rules = [
         Rule("token_embedder/embedding", "shared.weight"),
-        Rule("encoder/relpos_bias/rel_embedding", "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        Rule("encoder/relpos_bias/rel_embedding",
+             "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
         Rule(f"{enc}/pre_attention_layer_norm/scale", f"{eb}.0.layer_norm.weight", (), "encoder"),
         *_attention_rules(f"{enc}/attention", f"{eb}.0.SelfAttention", "encoder"),
         Rule(f"{enc}/pre_mlp_layer_norm/scale", f"{eb}.1.layer_norm.weight", (), "encoder"),
         *_mlp_rules(config, f"{enc}/mlp", f"{eb}.1.DenseReluDense", "encoder"),
         Rule("encoder/encoder_norm/scale", "encoder.final_layer_norm.weight"),
-        Rule("decoder/relpos_bias/rel_embedding", "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        Rule("decoder/relpos_bias/rel_embedding",
+             "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
         Rule(f"{dec}/pre_self_attention_layer_norm/scale", f"{db}.0.layer_norm.weight", (), "decoder"),
         *_attention_rules(f"{dec}/self_attention", f"{db}.0.SelfAttention", "decoder"),
         Rule(f"{dec}/pre_cross_attention_layer_norm/scale", f"{db}.1.layer_norm.weight", (), "decoder"),

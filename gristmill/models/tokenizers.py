@@ -138,7 +138,8 @@ class Tokenizer:
             eos = next((tok.token_to_id(t) for t in ("</s>", "<|endoftext|>", "<eos>")
                         if tok.token_to_id(t) is not None), None)
         if eos is None:
-            raise CheckpointError(f"{path}: cannot tell the end-of-sequence token (no eos_token in tokenizer_config.json)")
+            raise CheckpointError(
+                f"{path}: cannot tell the end-of-sequence token (no eos_token in tokenizer_config.json)")
         pad = lookup("pad_token")
         if pad is None and tok.padding is not None:
             pad = tok.padding.get("pad_id")
