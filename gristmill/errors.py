@@ -22,7 +22,6 @@ class UsageError(ValueError):
 # User-error classes defined before this module, by module and qualified name (so checking an
 # error imports nothing). New ones subclass UsageError instead.
 USER_ERROR_CLASSES = frozenset({
-    "gristmill.pipelines.kit.UsageError",
     "gristmill.documents.InputError",
     "gristmill.pipelines.units.OutputConflictError",
     "gristmill.lease.LeaseHeldError",

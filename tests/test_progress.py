@@ -46,7 +46,8 @@ def test_a_job_knows_its_total_from_limit_or_an_input_manifest(tmp_path, embedde
     assert kit.documents_in(options) is None            # raw JSON lines: unknown without reading them
     with caplog.at_level(logging.INFO, logger="gristmill"):
         score_random.run(["--input", first, "--output", str(tmp_path / "again")], save_main_session=False)
-    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done in ")]
+    done = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("done in ") and "again" in r.getMessage()]
     assert len(done) == 1 and "read 30 at " in done[0] and "units 3 (0 reused)" in done[0], done
 
 
