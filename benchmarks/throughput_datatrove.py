@@ -6,7 +6,8 @@ The same input (N documents of about 2 KB in F gzip JSON-lines files) goes throu
 - gristmill `score random` in one process (the default in-process runner),
 - gristmill `score random --workers 2` (Beam's multi-process local runner),
 - DataTrove 0.10: JsonlReader -> a step adding a BLAKE2b score to the metadata -> JsonlWriter,
-  F tasks on 2 workers (its LocalPipelineExecutor).
+  F tasks on 2 workers (its LocalPipelineExecutor); its writer gzips by default, so it also runs
+  with uncompressed output (gristmill writes uncompressed TFRecords).
 Runs alternate, so each side sees the same background load; the median wall time of each and the
 ratios (DataTrove's time / gristmill's: above 1 means gristmill is faster) are printed.
 """
@@ -40,9 +41,11 @@ def score(data, rank=0, world_size=1):
         doc.metadata["score/random/seed-0"] = (int.from_bytes(digest, "big") >> 11) * 2.0**-53
         yield doc
 
-source, output, logs, tasks = sys.argv[1:5]
-LocalPipelineExecutor(pipeline=[JsonlReader(source), score, JsonlWriter(output)], tasks=int(tasks), workers=2,
-                      logging_dir=logs).run()
+source, output, logs, tasks, compression = sys.argv[1:6]
+if __name__ == "__main__":  # its executor starts workers with forkserver, which imports this file
+    writer = JsonlWriter(output, compression=None if compression == "none" else compression)
+    LocalPipelineExecutor(pipeline=[JsonlReader(source), score, writer], tasks=int(tasks), workers=2,
+                          logging_dir=logs).run()
 """
 
 
@@ -81,7 +84,10 @@ def main() -> None:
     sides = {
         "gristmill (1 process)": lambda out: gristmill + ["--output", out],
         "gristmill --workers 2": lambda out: gristmill + ["--output", out, "--workers", "2"],
-        "datatrove (2 workers)": lambda out: [sys.executable, script, corpus, out, out + "-logs", str(args.files)],
+        "datatrove (2 workers)": lambda out: [sys.executable, script, corpus, out, out + "-logs", str(args.files),
+                                              "gzip"],
+        "datatrove (2 workers, uncompressed output)": lambda out: [sys.executable, script, corpus, out, out + "-logs",
+                                                                   str(args.files), "none"],
     }
     times: dict[str, list[float]] = {name: [] for name in sides}
     for round_ in range(args.rounds):
