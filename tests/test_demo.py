@@ -2,11 +2,19 @@
 
 import gzip
 import json
+import re
 
 import pytest
 
 from gristmill import cli, documents
 from gristmill import records as gm_records
+from gristmill.pipelines import registry
+
+
+def _pattern(feature: str) -> re.Pattern:
+    """A registry feature (`score/askllm/<model>`) as a regular expression (`<...>`: one path part)."""
+    return re.compile("".join("[^/]+" if part.startswith("<") else re.escape(part)
+                              for part in re.split(r"(<[^>]+>)", feature)))
 
 
 def test_demo_runs_every_stage(tmp_path, capsys, embedded_glob):
@@ -33,6 +41,13 @@ def test_demo_runs_every_stage(tmp_path, capsys, embedded_glob):
             assert plan["num_documents"] == 60 and plan["expected_documents"] == pytest.approx(12), stage
             if "top" in stage:  # top-k is exact; IPS keeps each document independently, 12 in expectation
                 assert manifest["counts"]["written"] == 12, stage
+    # the chain's last output holds every scorer's features: exactly those the registry declares
+    written = set().union(*(r.keys() for r in gm_records.iter_scored_records(str(out / "perplexity"))))
+    written -= set(gm_records.STRING_FEATURES)
+    declared = {info.name: [_pattern(f) for f in info.features] for info in registry.SCORERS.values()}
+    assert all(any(p.fullmatch(f) for ps in declared.values() for p in ps) for f in written), sorted(written)
+    for name, patterns in declared.items():
+        assert all(any(p.fullmatch(f) for f in written) for p in patterns), (name, sorted(written))
     askllm = list(gm_records.iter_scored_records(str(out / "askllm")))
     assert sum("score/askllm/smollm2-135m-instruct" in r for r in askllm) == 60
     assert all({"score/random/seed-0", "score/density/minilm"} <= r.keys() for r in askllm)
