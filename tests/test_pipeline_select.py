@@ -107,3 +107,9 @@ def test_the_bounded_exact_planner_gives_the_in_memory_exact_plan(tmp_path, scor
     rows = [(r["id"], select.score_of(r, config.score), select.tokens_of(r, None))
             for r in gm_records.iter_scored_records(scored)]
     assert _plan(out) == select._exact_plan(rows, config).to_json()
+
+
+def test_documents_without_the_score_are_left_out_of_the_histograms_not_drawn_at_zero():
+    assert select._scores_present((select.SELECTED, ("a", None, 3))) == []
+    assert select._scores_present((select.NOT_SELECTED, ("b", 0.0, 3))) == [0.0]
+    assert select._scores_present((select.SELECTED, ("c", 0.75, 3))) == [0.75]
