@@ -31,7 +31,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str, str]] = {
     ("gc",): ("gristmill.gc", "run", "remove superseded versions no manifest or published selection references"),
     ("export",): ("gristmill.export", "run", "write an output or a selection as Parquet or JSON lines (zstd)"),
     ("train",): ("gristmill.training.main", "run", "pre-train a T5 on a selection"),
-    ("experiment",): ("gristmill.eval.experiment", "run", "run a grid of samplers x rates x sizes"),
+    ("experiment",): ("gristmill.experiment", "run", "run a grid of samplers x rates x sizes"),
     ("report",): ("gristmill.eval.report", "run", "write the HTML report of an experiment"),
     ("evaluate",): ("gristmill.eval.quality", "run", "measure each scorer's selection quality against labels"),
     ("tokenizer", "train"): ("gristmill.training.vocab", "run", "train a SentencePiece vocabulary (T5 layout)"),

@@ -187,7 +187,8 @@ def _excerpt(record: records.Record, feature: str, width: int = 90) -> str:
 
 def run_training(config: DemoConfig, scored_dir: str, quality: Optional[str]) -> StageResult:
     """Runs the demo grid (tiny T5s, every sampler with its scorer present, over seeds) and writes the report."""
-    from gristmill.eval import experiment, report
+    from gristmill import experiment
+    from gristmill.eval import report, results
     out = os.path.join(config.output, "experiment")
     exp = experiment.load_config(grid_file=config.grid, scored=[scored_dir], output=out)
     exp = dataclasses.replace(exp, steps=(config.train_steps,), seeds=tuple(config.seeds), seed=config.seed)
@@ -195,7 +196,7 @@ def run_training(config: DemoConfig, scored_dir: str, quality: Optional[str]) ->
     rows = experiment.run_experiment(exp)
     page = os.path.join(config.output, "report.html")
     report.write_report(out, page, scored_dir, quality=quality)
-    info = experiment.read_experiment(out)
+    info = results.read_experiment(out)
     notes = training_notes(rows, info, exp) + [f"report: {page}"]
     return StageResult("train + evaluate", out, time.monotonic() - start, {}, "\n".join(notes))
 

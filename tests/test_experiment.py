@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from gristmill import cli, documents, records, sampling
-from gristmill.eval import experiment as E
+from gristmill import experiment as E
+from gristmill.eval import grid as G
 from gristmill.eval import metrics
 from gristmill.eval import perplexity as P
+from gristmill.eval import results as R
 
 LENGTH = records.score_feature("length", "chars")
 PARTIAL = records.score_feature("askllm", "partial")
@@ -32,19 +34,19 @@ def scored(tmp_path_factory):
 
 def test_config_errors_name_the_problem(tmp_path):
     base = {"scored": "x", "output": str(tmp_path), "samplers": {"full": None}}
-    with pytest.raises(E.ExperimentError, match="unknown experiment config keys"):
-        E.ExperimentConfig.from_dict({**base, "rate": [0.1]})
-    with pytest.raises(E.ExperimentError, match="unknown rule 'top'"):
-        E.ExperimentConfig.from_dict({**base, "samplers": {"a": {"rule": "top", "score": "s"}}})
-    with pytest.raises(E.ExperimentError, match="needs a \"score\""):
-        E.ExperimentConfig.from_dict({**base, "samplers": {"a": {"rule": "topk"}}})
-    with pytest.raises(E.ExperimentError, match="set by the experiment"):
-        E.ExperimentConfig.from_dict({**base, "train": {"steps": 3}})
-    with pytest.raises(E.ExperimentError, match="unknown model size"):
-        E.ExperimentConfig.from_dict({**base, "models": ["huge"]})
-    config = E.ExperimentConfig.from_dict({**base, "samplers": {"full": None, "r": {"rule": "random"}},
+    with pytest.raises(G.ExperimentError, match="unknown experiment config keys"):
+        G.ExperimentConfig.from_dict({**base, "rate": [0.1]})
+    with pytest.raises(G.ExperimentError, match="unknown rule 'top'"):
+        G.ExperimentConfig.from_dict({**base, "samplers": {"a": {"rule": "top", "score": "s"}}})
+    with pytest.raises(G.ExperimentError, match="needs a \"score\""):
+        G.ExperimentConfig.from_dict({**base, "samplers": {"a": {"rule": "topk"}}})
+    with pytest.raises(G.ExperimentError, match="set by the experiment"):
+        G.ExperimentConfig.from_dict({**base, "train": {"steps": 3}})
+    with pytest.raises(G.ExperimentError, match="unknown model size"):
+        G.ExperimentConfig.from_dict({**base, "models": ["huge"]})
+    config = G.ExperimentConfig.from_dict({**base, "samplers": {"full": None, "r": {"rule": "random"}},
                                            "rates": [0.1, 0.2], "models": ["tiny", "small"], "steps": [5]})
-    names = [c.name for c in E.grid(config, config.samplers)]
+    names = [c.name for c in G.grid(config, config.samplers)]
     assert names == [os.path.join("runs", n) for n in ("tiny-s5/full", "tiny-s5/r-0.1", "tiny-s5/r-0.2",
                                                        "small-s5/full", "small-s5/r-0.1", "small-s5/r-0.2")]
 
@@ -64,7 +66,7 @@ def test_tiny_grid_end_to_end(scored, tmp_path):
     grid_path.write_text(json.dumps(grid))
     assert cli.main(["experiment", "--grid", str(grid_path), "--scored", scored, "--output", str(out)]) == 0
 
-    summary = E.read_experiment(str(out))
+    summary = R.read_experiment(str(out))
     assert summary["runs"] == [os.path.join("runs", "tiny-s4", "full"),
                                os.path.join("runs", "tiny-s4", "longest-chars-0.5")]
     assert set(summary["skipped_samplers"]) == {"askllm", "density", "perplexity"}
@@ -75,7 +77,7 @@ def test_tiny_grid_end_to_end(scored, tmp_path):
 
     # held-out documents are exactly the id-hash split and never in the training file
     corpus = summary["corpus"]
-    train_ids = [r["id"] for r in records.iter_scored_records(str(out / E.TRAIN_DATA))]
+    train_ids = [r["id"] for r in records.iter_scored_records(str(out / R.TRAIN_DATA))]
     all_ids = [r["id"] for r in records.iter_scored_records(scored)]
     held = {i for i in all_ids if P.is_heldout(i)}
     assert set(train_ids) == set(all_ids) - held and corpus["heldout_documents"] == len(held) > 0
@@ -83,13 +85,13 @@ def test_tiny_grid_end_to_end(scored, tmp_path):
 
     # the top-k run's plan keeps the longer half of the training documents
     plan = sampling.Plan.from_json((out / "runs/tiny-s4/longest-chars-0.5/plan.json").read_text())
-    train_records = list(records.iter_scored_records(str(out / E.TRAIN_DATA)))
+    train_records = list(records.iter_scored_records(str(out / R.TRAIN_DATA)))
     kept = sampling.keep_mask(plan, [r["id"] for r in train_records], [r[LENGTH] for r in train_records])
     lengths = np.asarray([r[LENGTH] for r in train_records])
     assert kept.sum() == round(len(train_records) * 0.5)
     assert lengths[kept].min() >= lengths[~kept].max()
 
-    rows = E.read_results(str(out))
+    rows = R.read_results(str(out))
     assert len(rows) == 2 * 2 * 2  # runs x checkpoints x text sets
     results = metrics.as_results(rows)
     assert {(r.sampler, r.step, r.metric) for r in results} == {
@@ -122,11 +124,11 @@ def test_tiny_grid_end_to_end(scored, tmp_path):
 
 
 def test_patterns_expand_to_one_sampler_per_present_feature():
-    specs = (E.SamplerSpec(name="full"), E.SamplerSpec(name="askllm", rule="topk", score="score/askllm/*"),
-             E.SamplerSpec(name="ppl", rule="bottomk", score="score/perplexity/*"),
-             E.SamplerSpec(name="dens", rule="ips", score="score/density/minilm"))
+    specs = (G.SamplerSpec(name="full"), G.SamplerSpec(name="askllm", rule="topk", score="score/askllm/*"),
+             G.SamplerSpec(name="ppl", rule="bottomk", score="score/perplexity/*"),
+             G.SamplerSpec(name="dens", rule="ips", score="score/density/minilm"))
     features = ["score/askllm/flan-t5-xl", "score/askllm/flan-t5-small", "score/density/minilm"]
-    expanded, skipped = E.expand_samplers(specs, features)
+    expanded, skipped = G.expand_samplers(specs, features)
     assert [(s.name, s.score) for s in expanded] == [
         ("full", None), ("askllm-flan-t5-small", "score/askllm/flan-t5-small"),
         ("askllm-flan-t5-xl", "score/askllm/flan-t5-xl"), ("dens", "score/density/minilm")]
@@ -134,15 +136,15 @@ def test_patterns_expand_to_one_sampler_per_present_feature():
 
 
 def test_sampler_rates_and_seeds_shape_the_grid(tmp_path):
-    config = E.ExperimentConfig.from_dict({
+    config = G.ExperimentConfig.from_dict({
         "_comment": "ignored", "scored": "x", "output": str(tmp_path), "rates": [0.1, 0.2], "seeds": [3, 4],
         "samplers": {"full": None, "proto": {"rule": "topk", "score": "s", "rates": [0.25]}}})
-    names = [c.name for c in E.grid(config, config.samplers)]
+    names = [c.name for c in G.grid(config, config.samplers)]
     assert names == [os.path.join("runs", "small-s1000", t, f"seed-{s}")
                      for t in ("full", "proto-0.25") for s in (3, 4)]
-    with pytest.raises(E.ExperimentError, match="seeds repeat"):
-        E.ExperimentConfig.from_dict({"scored": "x", "output": "o", "samplers": {"full": None}, "seeds": [1, 1]})
-    with pytest.raises(E.ExperimentError, match="give --grid"):
+    with pytest.raises(G.ExperimentError, match="seeds repeat"):
+        G.ExperimentConfig.from_dict({"scored": "x", "output": "o", "samplers": {"full": None}, "seeds": [1, 1]})
+    with pytest.raises(G.ExperimentError, match="give --grid"):
         E.load_config()
 
 
@@ -157,13 +159,13 @@ def test_mean_over_seeds_and_comparison_with_full():
     near, far = [104.0, 108.0, 100.0], [150.0, 152.0, 151.0]
     rows = [row("full", s, 4, v) for s, v in enumerate(full)] + [row("full", s, 2, 300.0) for s in range(3)]
     rows += [row("near", s, 4, v) for s, v in enumerate(near)] + [row("far", s, 4, v) for s, v in enumerate(far)]
-    means = E.mean_over_seeds(rows)
+    means = R.mean_over_seeds(rows)
     final_full = next(r for r in means if r["sampler"] == "full" and r["step"] == 4)
     assert final_full["run"] == os.path.join("runs", "tiny-s4", "full") and final_full["seeds"] == [0, 1, 2]
     assert final_full["value"] == pytest.approx(sum(full) / 3) and final_full["std"] == pytest.approx(5.0)
     assert (final_full["min"], final_full["max"], final_full["documents"]) == (100.0, 110.0, 11.0)
     assert len(metrics.final_results(means)) == 3  # one row per run and checkpoint: the report's shape
-    by = {c.sampler: c for c in E.compare_to_full(means)}
+    by = {c.sampler: c for c in R.compare_to_full(means)}
     assert set(by) == {"near", "far"} and by["near"].within_spread and not by["far"].within_spread
     assert by["far"].difference == pytest.approx(151.0 - 105.0)
 
@@ -172,7 +174,7 @@ def test_mean_over_seeds_and_comparison_with_full():
 def test_shipped_grids_parse(name, tmp_path):
     path = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", name)
     config = E.load_config(grid_file=path, scored=["x"], output=str(tmp_path))
-    expanded, skipped = E.expand_samplers(config.samplers, ["score/askllm/a", "score/askllm/b", "score/density/m"])
+    expanded, skipped = G.expand_samplers(config.samplers, ["score/askllm/a", "score/askllm/b", "score/density/m"])
     assert {"full", "random", "askllm-a", "askllm-b"} <= {s.name for s in expanded}
     assert {"perplexity", "semdedup", "prototypes", "askllm-head"} <= set(skipped)
     if name == "paper.json":

@@ -41,3 +41,19 @@ def test_ground_floor_imports_nothing_above_it():
         found |= {(module, name) for name in _imported(ast.parse(path.read_text(encoding="utf-8"))) if _upper(name)}
     assert found - KNOWN_EXCEPTIONS == set(), "ground-floor modules import training/, eval/ or pipelines/"
     assert KNOWN_EXCEPTIONS - found == set(), "fixed: drop these from KNOWN_EXCEPTIONS"
+
+
+# The commands at the top: they run what eval/ (and everything below) holds; nothing in eval/ reaches up to them.
+COMMANDS = ("gristmill.experiment", "gristmill.demo", "gristmill.curate")
+
+
+def test_eval_imports_no_command_above_it():
+    files = sorted((ROOT / "eval").rglob("*.py"))
+    assert any(f.name == "grid.py" for f in files) and any(f.name == "results.py" for f in files)
+    found = set()
+    for path in files:
+        module = path.relative_to(ROOT.parent).with_suffix("").as_posix().replace("/", ".")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found |= {(module, name) for name in _imported(tree)
+                  if any(name == c or name.startswith(c + ".") for c in COMMANDS)}
+    assert found == set(), "eval/ imports a command module (gristmill/experiment.py, demo.py, curate.py)"

@@ -204,7 +204,7 @@ def test_quality_section_renders_an_evaluate_result(scored, tmp_path):
 
 
 def test_seed_spread_and_the_runs_scale_are_shown(experiment_dir, tmp_path):
-    from gristmill.eval import experiment as E
+    from gristmill.eval import results as E
     rows = [dict(r, std=0.5, seeds=[0, 1, 2]) for r in result_rows()]
     with open(os.path.join(experiment_dir, "results.jsonl"), "w") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))

@@ -9,8 +9,10 @@
   percentiles, their percentiles under every scorer, the scorers' Kendall agreement.
 - `perplexity`: span-corruption perplexity of a trained T5 on a held-out text set
   (`c4_heldout`, `high_quality`).
-- `experiment`: `gristmill experiment`, a grid of samplers x rates x model sizes x steps over a
-  scored corpus: plan, train, evaluate learning curves, write `results.jsonl`.
+- `grid`: the experiment's grid, pure: the config parsed and checked, samplers x rates x model
+  sizes x steps x seeds, each run's name; `gristmill experiment` (`gristmill/experiment.py`) runs it.
+- `results`: the experiment directory's files and its `results.jsonl` rows, means over seeds and
+  the comparison with full data, as the runner writes them and the report reads them.
 - `report`: `gristmill report`, one self-contained HTML page (a Jinja2 template) of score
   histograms, the Kendall tau matrix (Figure 7), calibration, extreme documents, selection
   quality, learning curves and the results table.

@@ -323,7 +323,7 @@ def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *,
     """Reads an experiment directory, scored records (default: the experiment's), the manifests of
     the jobs behind them and an `evaluate` JSON into ReportData; `documents`: ids shown side by side
     in the calibration section; `output`: where the page goes (paths are shown relative to it)."""
-    from gristmill.eval import experiment as experiment_lib
+    from gristmill.eval import results as experiment_lib
 
     base_dir = io.dirname(output) or "." if output else None
     info: dict[str, Any] = {}

@@ -126,7 +126,7 @@ def find_stages(specs: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
 def run_states(experiment_dir: str, runs: Sequence[str]) -> dict[str, str]:
     """Each planned run's state: `finished` (eval.json written), `unfinished` (its directory exists
     without one: failed, or still running) or `not started`."""
-    from gristmill.eval import experiment as experiment_lib
+    from gristmill.eval import results as experiment_lib
 
     states = {}
     for run in runs:
@@ -144,7 +144,7 @@ def read_plans(experiment_dir: str, status: Mapping[str, Any], base_dir: Optiona
                ) -> list[tuple[str, str, sampling.Plan]]:
     """(sampler, displayed path, plan) of each sampled grid cell's lowest seed with a plan.json; a
     sampler and rate trained at several model sizes share one plan, read once."""
-    from gristmill.eval import experiment as experiment_lib
+    from gristmill.eval import results as experiment_lib
 
     found, seen = [], set()
     for group in status.get("groups", []):
@@ -165,7 +165,7 @@ def read_plans(experiment_dir: str, status: Mapping[str, Any], base_dir: Optiona
 
 def heldout_ids(experiment_dir: str) -> set[str]:
     """The ids of the experiment's held-out split (data/c4_heldout.jsonl; empty when absent)."""
-    from gristmill.eval import experiment as experiment_lib
+    from gristmill.eval import results as experiment_lib
 
     path = io.join(experiment_dir, experiment_lib.HELDOUT_DATA)
     if not io.exists(path):
