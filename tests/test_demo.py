@@ -53,7 +53,10 @@ def test_demo_runs_every_stage(tmp_path, capsys, embedded_glob):
     assert all({"score/random/seed-0", "score/density/minilm"} <= r.keys() for r in askllm)
     with open(out / "report.html", encoding="utf-8") as f:
         page = f.read()
-    assert 'id="results"' in page and 'id="kendall"' in page
+    from gristmill.eval import report
+    for section in report.SECTIONS:  # every section of the report, each linked from the contents
+        assert f'id="{section}"' in page and f'href="#{section}"' in page, section
+    assert "SmolLM2-135M-Instruct" in page and "weak stand-in" in page
     for feature in ("score/perplexity/", "score/semdedup/", "score/prototypes/", "score/askllm-head/"):
         assert feature in page, feature and "score/askllm/smollm2-135m-instruct" in page
 
