@@ -1,7 +1,7 @@
 """`gristmill experiment --grid GRID.json --scored SPEC`: samplers x rates x model sizes x steps x seeds.
 
 A thin orchestration layer over the library (CONTRIBUTING.md style rule 9): for every cell of the grid it plans
-a selection (`training.data.plan_from_records` -> `sampling.plan_from_scores`), trains
+a selection (`training.data.plan_from_records` -> `sampling.plan_from_rows`), trains
 (`training.train.train`), and evaluates the span-corruption perplexity (`eval.perplexity`) of
 each saved checkpoint on the held-out text sets, giving learning curves (value vs training tokens).
 

@@ -516,6 +516,57 @@ def plan_from_scores(rule: Union[str, type[Rule]], ids: Sequence[DocId], scores:
                 tokens_feature=tokens_feature, missing=missing)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SelectionSpec:
+    """What to select, checked once for every caller (select's flags, an experiment's samplers):
+    a rule over a score feature, at a rate (None: the caller gives rates later), counted by
+    documents or tokens, and what happens to documents without the score."""
+
+    rule: str
+    score: Optional[str] = None
+    rate: Optional[float] = None
+    rate_by: str = DOCUMENTS
+    missing: str = MissingScorePolicy.ERROR.value
+
+    def __post_init__(self):
+        if self.rule not in RULES:
+            raise SamplingError(f"unknown rule {self.rule!r}; expected one of {sorted(RULES)}")
+        if RULES[self.rule].needs_scores and not self.score:
+            raise SamplingError(f"rule {self.rule!r} needs a score feature (e.g. score/askllm/flan-t5-xl)")
+        if self.rate_by not in RATE_BY:
+            raise SamplingError(f"rate_by must be one of {RATE_BY}, got {self.rate_by!r}")
+        if self.rate is not None:
+            _check_rate(self.rate, self.rate_by)
+        try:
+            MissingScorePolicy(self.missing)
+        except ValueError:
+            raise SamplingError(f"missing must be one of {[p.value for p in MissingScorePolicy]}, "
+                                f"got {self.missing!r}") from None
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether the rule reads the score (random does not)."""
+        return RULES[self.rule].needs_scores
+
+
+def plan_from_rows(rows: Iterable[tuple[DocId, Optional[float], int]], spec: SelectionSpec, *, seed: int,
+                   tokens_feature: Optional[str] = None, absent_message: Optional[str] = None) -> Plan:
+    """The exact plan over (id, score or None, tokens) rows held in memory: the one exact planner that
+    select (for IPS) and the experiment's training data use (`plan_from_scores` over the rows).
+
+    absent_message: the error when no row has the score (it names what the rows have instead).
+    """
+    rows = sorted(rows, key=lambda r: r[0])  # the plan does not depend on the order; this only fixes it
+    if spec.needs_scores and rows and all(r[1] is None for r in rows) and absent_message:
+        raise MissingScoreError(absent_message)
+    ids = [r[0] for r in rows]
+    scores = None if not spec.needs_scores else np.array([np.nan if r[1] is None else r[1] for r in rows])
+    tokens = np.array([r[2] for r in rows], dtype=np.int64)
+    return plan_from_scores(spec.rule, ids, scores, rate=spec.rate, seed=seed, tokens=tokens, rate_by=spec.rate_by,
+                            score_feature=spec.score, tokens_feature=tokens_feature or PROXY_TOKENS,
+                            missing=spec.missing)
+
+
 def plan_from_quantiles(rule: Union[str, type[Rule]], quantiles: Optional[Sequence[float]], *, rate: float,
                         seed: int, num_documents: int, num_tokens: Optional[int] = None,
                         rate_by: str = DOCUMENTS, score_feature: Optional[str] = None,

@@ -37,9 +37,9 @@ def sort_keys(rule: str, scores: Optional[np.ndarray], u: np.ndarray) -> tuple[n
     exactly m / 2**53 for a 53-bit integer m.
     """
     m = np.round(np.asarray(u, dtype=np.float64) * 2.0**_U_BITS).astype(np.uint64)
-    if rule == "random":
+    if rule == sampling.Random.name:
         return np.zeros(len(m), dtype=np.uint64), _FULL_U - m  # keeping the smallest u first
-    sign = 1.0 if rule == "topk" else -1.0
+    sign = 1.0 if rule == sampling.TopK.name else -1.0
     key = (sign * np.asarray(scores, dtype=np.float64)).astype(np.float32) + np.float32(0.0)  # -0.0 -> 0.0
     bits = key.view(np.uint32).astype(np.uint64)
     negative = (bits >> np.uint64(31)) == 1
@@ -183,7 +183,7 @@ def to_plan(rule: str, first_excluded: Optional[Row], kept_documents: int, kept_
     rule_cls = sampling.RULES[rule]
     if first_excluded is None:
         fitted = rule_cls()
-    elif rule == "random":
+    elif rule == sampling.Random.name:
         fitted = rule_cls(threshold=first_excluded[3])
     else:
         fitted = rule_cls(threshold_score=first_excluded[2], threshold_u=first_excluded[3])
@@ -196,7 +196,7 @@ def to_plan(rule: str, first_excluded: Optional[Row], kept_documents: int, kept_
 def search_row(rule: str, score: Optional[float], u: float, tokens: int) -> Row:
     """One document's Row, computed alone (Beam maps documents one by one): `sort_keys` for a single document."""
     m = int(round(u * 2.0**_U_BITS))
-    if rule == "random":
+    if rule == sampling.Random.name:
         return 0, (1 << _U_BITS) - 1 - m, score, u, tokens
     key32, _ = sort_keys(rule, np.array([score]), np.array([u]))
     return int(key32[0]), m, score, u, tokens

@@ -38,7 +38,7 @@ def test_config_errors_name_the_problem(tmp_path):
         G.ExperimentConfig.from_dict({**base, "rate": [0.1]})
     with pytest.raises(G.ExperimentError, match="unknown rule 'top'"):
         G.ExperimentConfig.from_dict({**base, "samplers": {"a": {"rule": "top", "score": "s"}}})
-    with pytest.raises(G.ExperimentError, match="needs a \"score\""):
+    with pytest.raises(G.ExperimentError, match="needs a score feature"):
         G.ExperimentConfig.from_dict({**base, "samplers": {"a": {"rule": "topk"}}})
     with pytest.raises(G.ExperimentError, match="set by the experiment"):
         G.ExperimentConfig.from_dict({**base, "train": {"steps": 3}})

@@ -56,13 +56,15 @@ class SamplerSpec:
             if self.score is not None or self.rates is not None:
                 raise ExperimentError(f"sampler {self.name!r}: a score or rates need a rule")
             return
-        if self.rule not in sampling.RULES:
-            raise ExperimentError(f"sampler {self.name!r}: unknown rule {self.rule!r}; known: {sorted(sampling.RULES)}")
-        if sampling.RULES[self.rule].needs_scores and not self.score:
-            raise ExperimentError(f"sampler {self.name!r}: rule {self.rule!r} needs a \"score\" feature")
-        sampling.MissingScorePolicy(self.missing)
-        if self.rate_by not in sampling.RATE_BY:
-            raise ExperimentError(f"sampler {self.name!r}: rate_by must be one of {sampling.RATE_BY}")
+        try:
+            self.spec(None)
+        except sampling.SamplingError as err:
+            raise ExperimentError(f"sampler {self.name!r}: {err}") from None
+
+    def spec(self, rate: Optional[float]) -> sampling.SelectionSpec:
+        """This sampler's selection at one rate of the grid (`sampling.SelectionSpec`, checked)."""
+        return sampling.SelectionSpec(rule=self.rule, score=self.score, rate=rate, rate_by=self.rate_by,
+                                      missing=self.missing)
 
     @property
     def is_full(self) -> bool:

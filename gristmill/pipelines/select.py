@@ -65,15 +65,12 @@ class SelectConfig:
             return
         if self.rate is None:
             raise ValueError("--rate is required (a fraction in (0, 1]) unless --plan is given")
-        if self.rule not in sampling.RULES:
-            raise ValueError(f"unknown rule {self.rule!r}; expected one of {sorted(sampling.RULES)}")
-        if not 0 < self.rate <= 1:
-            raise ValueError(f"--rate must be in (0, 1], got {self.rate}")
-        if self.rule != "random" and not self.score:
-            raise ValueError(f"--rule {self.rule} needs --score FEATURE (e.g. score/askllm/flan-t5-xl)")
-        if self.rate_by not in sampling.RATE_BY:
-            raise ValueError(f"--rate_by must be one of {sampling.RATE_BY}, got {self.rate_by!r}")
-        sampling.MissingScorePolicy(self.missing)
+        self.spec()
+
+    def spec(self) -> sampling.SelectionSpec:
+        """What to select, checked (`sampling.SelectionSpec`)."""
+        return sampling.SelectionSpec(rule=self.rule, score=self.score, rate=self.rate, rate_by=self.rate_by,
+                                      missing=self.missing)
 
 
 def score_of(record: records.Record, feature: Optional[str]) -> Optional[float]:
@@ -105,16 +102,10 @@ def absent_score_message(feature: str, present: Any, documents: int) -> str:
 
 def _exact_plan(rows: list[tuple[str, Optional[float], int]], config: SelectConfig,
                 present: Any = ()) -> sampling.Plan:
-    if config.score and all(r[1] is None for r in rows):
-        raise sampling.MissingScoreError(absent_score_message(config.score, present, len(rows)))
-    rows = sorted(rows)
-    ids = [r[0] for r in rows]
-    scores = None if config.score is None else np.array([np.nan if r[1] is None else r[1] for r in rows])
-    tokens = np.array([r[2] for r in rows], dtype=np.int64)
-    return sampling.plan_from_scores(config.rule, ids, scores, rate=config.rate, seed=config.seed, tokens=tokens,
-                                     rate_by=config.rate_by, score_feature=config.score,
-                                     tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS,
-                                     missing=config.missing)
+    """The in-memory exact plan (`sampling.plan_from_rows`): for IPS, and zero-token corpora."""
+    message = absent_score_message(config.score, present, len(rows)) if config.score else None
+    return sampling.plan_from_rows(rows, config.spec(), seed=config.seed, tokens_feature=config.tokens_feature,
+                                   absent_message=message)
 
 
 class _Summary(beam.CombineFn):
@@ -185,7 +176,7 @@ def _approximate_plan(config: SelectConfig, summary: dict[str, int], quantiles: 
                   num_tokens=summary["tokens"], rate_by=config.rate_by, score_feature=config.score,
                   tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS,
                   num_missing=summary["missing"], missing=config.missing)
-    if config.rule == "ips":
+    if config.rule == sampling.IPS.name:
         return sampling.plan_from_histogram(histogram["edges"], histogram["weights"], histogram["inverse"],
                                             **common)
     return sampling.plan_from_quantiles(config.rule, quantiles, **common)
@@ -262,7 +253,7 @@ def _search_plan(state: dict[str, Any], gathered: list, after: Optional[tuple], 
     """The plan from the finished search (or, for zero-token documents, from every row in memory)."""
     if state["in_memory"]:
         return _exact_plan(everything, config, present)
-    if config.score and config.rule != "random" and state["documents"] == 0:
+    if config.score and config.spec().needs_scores and state["documents"] == 0:
         raise sampling.MissingScoreError(absent_score_message(config.score, present, summary["missing"]))
     found, documents, tokens = threshold_search.threshold(
         state["search"], gathered, after, config.rate_by == sampling.TOKENS, state["target"])
@@ -304,7 +295,7 @@ class BoundedExactPlan(beam.PTransform):
 
     def expand(self, rows):
         config = self.config
-        needs_score = config.rule != "random" and config.score is not None
+        needs_score = config.spec().needs_scores and config.score is not None
         if needs_score:
             rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, self.present)
         summary = rows | "Summary" >> beam.CombineGlobally(_Summary(needs_score))
@@ -360,7 +351,7 @@ class PlanSelection(beam.PTransform):
     def expand(self, rows):
         config, present = self.config, self.present
         if not config.approximate:
-            if config.rule == "ips":  # the normaliser needs every distinct score: gathered in memory
+            if config.rule == sampling.IPS.name:  # the normaliser needs every distinct score: gathered in memory
                 return (rows
                         | "GatherAll" >> beam.combiners.ToList()
                         | "ExactPlan" >> beam.Map(_exact_plan, config, present))
@@ -368,13 +359,13 @@ class PlanSelection(beam.PTransform):
         rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, present)
         summary = rows | "Summary" >> beam.CombineGlobally(_Summary(config.score is not None))
         scored = rows | "WithScore" >> beam.Filter(lambda row: row[1] is not None)
-        if config.rule == "random":
+        if not config.spec().needs_scores:
             quantiles = rows.pipeline | "NoQuantiles" >> beam.Create([None])
         else:
             quantiles = (scored
                          | "Scores" >> beam.Map(lambda row: float(np.float32(row[1])))
                          | "Quantiles" >> beam.ApproximateQuantiles.Globally(NUM_QUANTILES))
-        if config.rule == "ips":
+        if config.rule == sampling.IPS.name:
             weight = (lambda row: row[2]) if config.rate_by == sampling.TOKENS else (lambda row: 1)
             histogram = (scored
                          | "ScoreWeight" >> beam.Map(lambda row: (row[1], weight(row)))

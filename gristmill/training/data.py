@@ -201,30 +201,28 @@ def plan_from_records(files: Union[str, Sequence[str]], rule: str, *, rate: floa
                       tokens_feature: Optional[str] = None,
                       missing: Union[str, sampling.MissingScorePolicy] = sampling.MissingScorePolicy.ERROR,
                       ) -> sampling.Plan:
-    """An exact plan over scored TFRecords that fit in memory (`sampling.plan_from_scores`).
+    """An exact plan over scored TFRecords that fit in memory (`sampling.plan_from_rows`).
 
     Token counts (always recorded) come from `tokens_feature` (`tokens/<tokenizer>`) or, when it is
     None, from `sampling.approx_token_count` of the text.
     """
+    spec = sampling.SelectionSpec(rule=rule, score=score_feature, rate=rate, rate_by=rate_by,
+                                  missing=sampling.MissingScorePolicy(missing).value)
     files = list_files(files)
     ds = _records(files).batch(PARSE_BATCH).map(_parser(score_feature, tokens_feature))
-    ids, scores, tokens = [], [], []
+    rows: list[tuple[bytes, Optional[float], int]] = []
     for batch in ds.as_numpy_iterator():
-        ids.extend(batch[records.ID])
-        if score_feature:
-            scores.append(batch[score_feature])
+        ids = batch[records.ID]
+        scores = batch[score_feature] if score_feature else [None] * len(ids)
         if tokens_feature:
             counts = batch[tokens_feature]
             if (counts < 0).any():
-                bad = batch[records.ID][int(np.flatnonzero(counts < 0)[0])].decode("utf-8", "replace")
+                bad = ids[int(np.flatnonzero(counts < 0)[0])].decode("utf-8", "replace")
                 raise DataError(f"document {bad!r} has no {tokens_feature!r} feature")
-            tokens.append(counts)
         else:
-            tokens.append(np.asarray([sampling.approx_token_count(t) for t in batch[records.TEXT]]))
-    return sampling.plan_from_scores(
-        rule, ids, np.concatenate(scores) if score_feature else None, rate=rate, seed=seed,
-        tokens=np.concatenate(tokens).astype(np.int64), rate_by=rate_by, score_feature=score_feature,
-        tokens_feature=tokens_feature or sampling.PROXY_TOKENS, missing=missing)
+            counts = [sampling.approx_token_count(t) for t in batch[records.TEXT]]
+        rows.extend((i, None if s is None or np.isnan(s) else float(s), int(t)) for i, s, t in zip(ids, scores, counts))
+    return sampling.plan_from_rows(rows, spec, seed=seed, tokens_feature=tokens_feature)
 
 
 # --- tokens -> examples -> rows (pure numpy) -------------------------------------------------
