@@ -73,8 +73,8 @@ def test_approximate_plans_are_close(tmp_path, scored):
 
 @pytest.mark.parametrize("flags, message", [
     (["--rule", "median", "--rate", "0.5", "--score", FEATURE], "unknown rule"),
-    (["--rule", "topk", "--rate", "1.5", "--score", FEATURE], "--rate must be in"),
-    (["--rule", "topk", "--rate", "0", "--score", FEATURE], "--rate must be in"),
+    (["--rule", "topk", "--rate", "1.5", "--score", FEATURE], "rate must be a fraction in"),
+    (["--rule", "topk", "--rate", "0", "--score", FEATURE], "rate must be a fraction in"),
     (["--rule", "topk", "--rate", "0.5"], "needs a score feature"),
 ])
 def test_bad_flags(tmp_path, scored, flags, message):
