@@ -20,12 +20,12 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gristmill import io  # noqa: E402
-from gristmill.pipelines import score_random, units  # noqa: E402
+from gristmill import io  # noqa: E402 (the jobs, which need Beam, are imported where they run)
 
 
 def make_output(root: str, n: int) -> tuple[str, dict]:
     """A finished `score random` output of n one-record units."""
+    from gristmill.pipelines import score_random
     corpus = os.path.join(tempfile.mkdtemp(prefix="resume-corpus-"), "c.jsonl")
     with open(corpus, "w") as f:
         f.writelines(json.dumps({"text": f"document {i}"}) + "\n" for i in range(n))
@@ -60,6 +60,7 @@ class Requests:
 
 def measure(out: str, manifest: dict) -> dict:
     """Seconds and requests of each way of finding the finished units of out."""
+    from gristmill.pipelines import units
     result = {}
     for name, find in (("read every marker", lambda: units.verified_markers(out, units.read_markers(out))),
                        ("unit index", lambda: units.resume_markers(out, manifest))):

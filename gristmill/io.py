@@ -36,8 +36,6 @@ import tempfile
 import uuid
 from typing import Any, BinaryIO, Iterator, Optional
 
-import google_crc32c
-
 TEMP_MARK = ".tmp-"
 CRASH_ENV = "GRISTMILL_CRASH_AT"
 GCS = "gs://"
@@ -111,11 +109,13 @@ def is_temporary(path: str) -> bool:
 
 def checksum(data: bytes) -> str:
     """CRC32C of data as 8 lowercase hex digits."""
+    import google_crc32c  # here, not at the top: model loading on machines without it reads through this module
     return f"{google_crc32c.value(bytes(data)):08x}"
 
 
 def file_checksum(path: str) -> str:
     """CRC32C of a file's bytes (streamed)."""
+    import google_crc32c
     crc = google_crc32c.Checksum()
     with open_read(path) as f:
         for chunk in iter(lambda: f.read(_READ_CHUNK), b""):
