@@ -55,7 +55,7 @@ class Collection:
 def manifest_references(manifest: dict[str, Any]) -> tuple[set[str], set[str]]:
     """(relative paths a manifest references, unit keys it lists)."""
     refs = set(manifest.get("files", {}))
-    for value in manifest.get("outputs", {}).values():
+    for value in [*manifest.get("outputs", {}).values(), *manifest.get("bookkeeping", {}).values()]:
         refs.update([value] if isinstance(value, str) else [v for v in value or () if isinstance(v, str)])
     return refs, {u["key"] for u in manifest.get("units", []) if "key" in u}
 

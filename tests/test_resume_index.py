@@ -33,7 +33,7 @@ def test_a_no_op_rerun_reads_no_marker_the_manifest_lists(output_root, corpus, m
     out = io.join(output_root, "random")
     argv = ["--input", corpus, "--output", out, "--unit_records", "5"]
     first = score_random.run(argv, save_main_session=False)
-    assert first["counts"]["units_total"] == 6 and first["outputs"]["units_index"].endswith(units.INDEX_FILE)
+    assert first["counts"]["units_total"] == 6 and first["bookkeeping"]["units_index"].endswith(units.INDEX_FILE)
     read = _markers_read(monkeypatch)
     again = score_random.run(argv, save_main_session=False)
     assert again["counts"]["units_reused"] == 6 and again["reconciled"]
@@ -48,7 +48,7 @@ def test_markers_the_index_does_not_list_are_read_and_changed_files_are_verified
     argv = ["--input", corpus, "--output", out, "--unit_records", "5"]
     first = score_random.run(argv, save_main_session=False)
     if not index:
-        os.remove(os.path.join(out, first["outputs"]["units_index"]))
+        os.remove(os.path.join(out, first["bookkeeping"]["units_index"]))
     unit = sorted(first["outputs"]["records"])[2]
     path = os.path.join(out, unit)
     data = open(path, "rb").read()

@@ -140,16 +140,16 @@ def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]
     dead_letters = version_path(version, DEAD_LETTER_FILE)
     infos = write_once(output_dir, dead_letters, b"".join(dead_lines))
     # Bookkeeping for the next run's resume, not an output: it records this machine's file
-    # generations, so it is named in `outputs` but not checksummed in `files` (resume checks each
-    # entry against the listing). Created once per version, like every file of a version.
+    # generations, so it is named under `bookkeeping`, not in `outputs` or `files` (resume checks
+    # each entry against the listing). Created once per version, like every file of a version.
     index = version_path(version, units.INDEX_FILE)
     if not io.exists(io.join(output_dir, index)):
         io.create_exclusive(io.join(output_dir, index),
                             units.index_bytes(output_dir, markers, io.list_stats(output_dir)))
     io.atomic_write(io.join(output_dir, DEAD_LETTER_FILE), b"".join(dead_lines))
     infos.update(listed_files(output_dir, [rel for rel in (files or {}).values() if rel]))
-    manifest = build_manifest(base, markers, reused,
-                              {**(files or {}), "dead_letters": dead_letters, "units_index": index}, infos)
+    manifest = build_manifest(base, markers, reused, {**(files or {}), "dead_letters": dead_letters}, infos)
+    manifest["bookkeeping"] = {"units_index": index}
     manifest["output_version"] = version
     stamp = manifest["finished_at"].replace("-", "").replace(":", "").split("+")[0]
     manifest["history"] = f"{MANIFESTS_DIR}/{stamp}-{version}.json"
@@ -159,7 +159,7 @@ def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]
     counts = manifest["counts"]
     seconds = (datetime.datetime.fromisoformat(manifest["finished_at"])
                - datetime.datetime.fromisoformat(base["started_at"])).total_seconds()
-    rate = "" if counts["units_reused"] else f" at {counts['read'] / max(seconds, 1e-9):.1f}/s"
+    rate = "" if counts["units_reused"] or seconds < 1 else f" at {counts['read'] / seconds:.1f}/s"
     log.info("done in %s: read %d%s, written %d, dead-lettered %d, excluded %d; units %d (%d reused)%s; %s",
              duration(seconds), counts["read"], rate, counts["written"], counts["dead_lettered"],
              sum(counts["excluded"].values()), counts["units_total"], counts["units_reused"],

@@ -221,7 +221,7 @@ def _unchanged(output_dir: str, marker: dict[str, Any], stamps: dict[str, int],
 
 def read_index(output_dir: str, manifest: Optional[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict]]:
     """key -> (marker, file generations) from the unit index the manifest names (empty without one)."""
-    rel = (manifest or {}).get("outputs", {}).get("units_index")
+    rel = (manifest or {}).get("bookkeeping", {}).get("units_index")
     if not rel:
         return {}
     entries = {}
