@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from typing import Any, Callable, Iterable, Optional
@@ -110,10 +111,13 @@ def config_dict(config: Any) -> dict[str, Any]:
 
 def prepare(job: str, options: JobOptions, config: Any, pipeline_options: PipelineOptions,
             fingerprint_extra: Optional[dict[str, Any]] = None,
-            files: Optional[list[units.InputFile]] = None, replans: bool = False) -> Prepared:
+            files: Optional[list[units.InputFile]] = None, replans: bool = False,
+            shard: Optional[tuple[int, int]] = None) -> Prepared:
     """Resolves inputs, checks the output directory and splits the work into units to do and reused ones.
 
-    replans: the job's records depend on its whole input (see units.check_output).
+    replans: the job's records depend on its whole input (see units.check_output). shard: (i, n)
+    for worker i of a local `--workers n` job (`run_shards`): it takes the input files i, i+n, ...
+    that have work left, under the lease its launcher holds.
     """
     files = input_files(options) if files is None else files
     described = config_dict(config)
@@ -123,7 +127,10 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
         shaping["unit_bytes"] = options.unit_bytes
     fp = units.fingerprint(job, shaping)
     output = options.output
-    hold_output(output, f"gristmill {job}")
+    if shard is None:
+        hold_output(output, f"gristmill {job}")
+    else:
+        _check_launcher_lease(output)
     try:
         fresh = not io.exists(io.join(output, units.JOB_FILE)) or options.overwrite
         removed = io.remove_temporaries(output)
@@ -142,7 +149,11 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
         release_output(output)
         raise
     work, reused = units.plan_work(files, options.unit_records, fp, markers, options.unit_bytes)
-    log.info("%s: %d file(s), %d to read, %d unit(s) reused", job, len(files), len(work), len(reused))
+    if shard is not None:  # by the file's place among all inputs: what other workers finish does not move it
+        place = {f.path: k for k, f in enumerate(files)}
+        work = [w for w in work if place[w.file.path] % shard[1] == shard[0]]
+    log.info("%s: %d file(s), %d to read, %d unit(s) reused%s", job, len(files), len(work), len(reused),
+             "" if shard is None else f" (worker {shard[0] + 1} of {shard[1]})")
     base = {
         "job": job, "command": " ".join(["gristmill", *job.split()] + sys.argv[1:]) if sys.argv else job,
         "config": described, "fingerprint": fp,
@@ -296,11 +307,93 @@ class Scorer:
 
 
 def run_scorer(scorer: Scorer, argv=None, save_main_session=True, test_pipeline=None):
-    """Parses flags, builds read -> score -> write for a one-pass scorer, runs it; returns the manifest."""
+    """Parses flags, builds read -> score -> write for a one-pass scorer, runs it; returns the manifest.
+
+    With `--workers N` on the local runner, N worker processes write the units first
+    (`run_shards`), and this process then finds them all done and writes the manifest.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
     options, config, pipeline_options = parse(argv, scorer.config_class, scorer.description)
     scorer.check(config)
-    prepared = prepare(scorer.job, options, config, pipeline_options, scorer.fingerprint_extra(config))
+    shard = current_shard()
+    if shard is None and test_pipeline is None and options.workers > 1 and _runs_locally(pipeline_options):
+        first = prepare(scorer.job, options, config, pipeline_options, scorer.fingerprint_extra(config))
+        try:
+            run_shards(scorer.job, argv, first, options.workers)
+        except BaseException:
+            release_output(options.output)
+            raise
+        argv = [*argv, "--workers=0", "--nooverwrite"]  # the units are there: reuse them, in-process
+        options, config, pipeline_options = parse(argv, scorer.config_class, scorer.description)
+    prepared = prepare(scorer.job, options, config, pipeline_options, scorer.fingerprint_extra(config), shard=shard)
     pipeline = new_pipeline(pipeline_options, save_main_session, test_pipeline)
-    items = read(pipeline, prepared)
-    write(prepared, items | "Score" >> scorer.transform(config, options))
+    items = read(pipeline, prepared) | "Score" >> scorer.transform(config, options)
+    if shard is not None:  # a worker of run_shards: units only; its launcher writes the manifest
+        items | "WriteUnits" >> WriteUnits(options.output)
+        pipeline.run().wait_until_finish()
+        return None
+    write(prepared, items)
     return run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)
+
+
+# ------------------------------------------------------------------------------------ local workers
+
+
+SHARD_ENV = "GRISTMILL_SHARD"  # "i/n": this process is worker i of a local --workers n job
+LEASE_TOKEN_ENV = "GRISTMILL_LEASE_TOKEN"  # the token of the lease its launcher holds on --output
+
+
+class WorkerFailedError(OSError):
+    """A worker process of a local --workers job failed (it printed why); its finished units are kept."""
+
+
+def current_shard() -> Optional[tuple[int, int]]:
+    """(i, n) when this process is worker i of a local `--workers n` job, else None."""
+    value = os.environ.get(SHARD_ENV)
+    if not value:
+        return None
+    i, n = (int(part) for part in value.split("/"))
+    return i, n
+
+
+def _runs_locally(pipeline_options: PipelineOptions) -> bool:
+    return pipeline_options.get_all_options().get("runner") in (LOCAL_RUNNER, "DirectRunner", None)
+
+
+def _check_launcher_lease(output: str) -> None:
+    """A worker writes under its launcher's lease: the lease file must hold the token it was given."""
+    try:
+        holder = json.loads(io.read_bytes(io.join(output, lease.LEASE_FILE)))
+    except (FileNotFoundError, ValueError):
+        holder = {}
+    if holder.get("token") != os.environ.get(LEASE_TOKEN_ENV):
+        raise lease.LeaseHeldError(f"{output}: this worker's launcher no longer holds the output's lease "
+                                   f"(now {lease.describe(holder) if holder else 'nobody'})")
+
+
+def run_shards(job: str, argv: list[str], prepared: Prepared, workers: int) -> None:
+    """Runs a one-pass job's units in `workers` local processes, each an in-process pipeline over every
+    workers-th input file, under this process's lease; they write units and no manifest.
+
+    Like DataTrove's local tasks: no element crosses a process boundary, so two workers are about
+    twice one on two idle cores (Beam's multi-processing runner ships every element between them).
+    """
+    n = min(workers, len(prepared.files), len(prepared.work))
+    if n < 2:
+        return
+    held = _LEASES[prepared.options.output]
+    child_argv = [a for a in argv if a != "--overwrite" and not a.startswith("--overwrite=")]
+    log.info("%s: %d files to read in %d worker processes", job, len(prepared.work), n)
+    processes = []
+    for i in range(n):
+        env = dict(os.environ, **{SHARD_ENV: f"{i}/{n}", LEASE_TOKEN_ENV: held.holder["token"]})
+        command = [sys.executable, "-m", "gristmill.cli", *job.split(), *child_argv, "--workers=0", "--nooverwrite"]
+        processes.append(subprocess.Popen(command, env=env))
+    failed = [(i, p.wait()) for i, p in enumerate(processes)]
+    failed = [(i, code) for i, code in failed if code != 0]
+    if failed:
+        raise WorkerFailedError(
+            f"{len(failed)} of {n} worker processes failed ("
+            + ", ".join(f"worker {i + 1} exit {code}" for i, code in failed)
+            + "); their finished units are kept: rerun the same command to resume")
+
