@@ -31,22 +31,19 @@ unit of the source, at most `--unit_records` records), Parquet in row groups of 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import fnmatch
 import hashlib
-import importlib.metadata
 import io as _bytes_io
 import json
 import logging
 import math
 import os
-import platform
 import time
 from typing import Any, Iterable, Iterator, Optional
 
 import google_crc32c
 
-from gristmill import errors, flags, io, lease, records
+from gristmill import errors, flags, io, lease, provenance, records
 from gristmill.pipelines import units
 
 JOB = "export"
@@ -534,22 +531,9 @@ def build_manifest(config: ExportConfig, source: Source, fingerprint: str, colum
         "counts": {"read": read, "written": written, "source_records": source.records, "files": len(markers),
                    "files_reused": reused},
         "reconciled": read == written and source.records in (None, read),
-        "versions": _versions(), "started_at": started_at, "finished_at": _now(),
+        "versions": provenance.package_versions(("gristmill", "pyarrow", "zstandard")), "started_at": started_at,
+        "finished_at": provenance.utc_now(),
     }
-
-
-def _versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in ("gristmill", "pyarrow", "zstandard"):
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def check_paths(output: str, source: Source) -> None:
@@ -589,7 +573,7 @@ def _export(config: ExportConfig, source: Source, output: str, fingerprint: str)
         log.info("export: %s is complete (%d files, %d rows); nothing to do", output,
                  finished["counts"]["files"], finished["counts"]["written"])
         return finished
-    started_at = _now()
+    started_at = provenance.utc_now()
     names = [file_name(i, len(source.files), config.format) for i in range(len(source.files))]
     done = verified_markers(output, fingerprint, names, source)
     if done:

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 
-from gristmill import documents, io, records
+from gristmill import documents, io, provenance, records
 from gristmill.pipelines import units
 from gristmill.pipelines.items import duration
 from gristmill.pipelines.job_options import JobOptions
@@ -24,21 +24,13 @@ log = logging.getLogger("gristmill.pipelines.kit")
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape a run's results, for the manifest."""
-    import importlib.metadata
-    import platform
-    versions = {"python": platform.python_version()}
-    for name in ("gristmill", "apache-beam", "tensorflow-cpu", "tensorflow", "jax", "jaxlib", "flax", "numpy"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
+    """Versions of the packages that shape a job's outputs (`gristmill.provenance`)."""
+    return provenance.package_versions()
 
 
 def utc_now() -> str:
     """The current UTC time in ISO 8601, for manifests."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return provenance.utc_now()
 
 
 class IncompleteJobError(RuntimeError):
