@@ -48,7 +48,7 @@ def test_a_job_knows_its_total_from_limit_or_an_input_manifest(tmp_path, embedde
         score_random.run(["--input", first, "--output", str(tmp_path / "again")], save_main_session=False)
     done = [r.getMessage() for r in caplog.records
             if r.getMessage().startswith("done in ") and "again" in r.getMessage()]
-    assert len(done) == 1 and "read 30 at " in done[0] and "units 3 (0 reused)" in done[0], done
+    assert len(done) == 1 and "read 30" in done[0] and "units 3 (0 reused)" in done[0], done  # no rate under 1 s
 
 
 def test_warnings_a_user_cannot_act_on_are_dropped():

@@ -106,8 +106,12 @@ def test_external_worker_pool_gives_the_in_process_records(tmp_path, small_corpu
 
 
 def _from_image(dockerfile: str) -> str:
+    """The image of a Dockerfile's first FROM, its build ARGs' defaults filled in (`${BEAM_VERSION}`)."""
     with open(os.path.join(ROOT, dockerfile)) as f:
-        return next(line.split()[1] for line in f if line.startswith("FROM "))
+        lines = f.read().splitlines()
+    defaults = dict(line.split(None, 1)[1].split("=", 1) for line in lines if line.startswith("ARG ") and "=" in line)
+    image = next(line.split()[1] for line in lines if line.startswith("FROM "))
+    return re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
 
 
 def test_flink_compose_file_agrees_with_itself_and_the_worker_image():
