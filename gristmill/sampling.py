@@ -51,9 +51,12 @@ import enum
 import hashlib
 import json
 import math
+from fractions import Fraction
 from typing import Any, ClassVar, Iterable, Optional, Sequence, Union
 
 import numpy as np
+
+from gristmill import exact_sum
 
 DOCUMENTS = "documents"
 TOKENS = "tokens"
@@ -301,9 +304,7 @@ class IPS(Rule):
     @classmethod
     def fit(cls, scores, u, weights, target):
         del u  # c depends on the scores only; u only decides which documents realise it
-        values, inverse = np.unique(scores, return_inverse=True)  # ascending
-        group_weight = np.bincount(inverse, weights=weights.astype(np.float64), minlength=len(values))
-        return cls(c=solve_ips_normaliser(values, group_weight, group_weight / values, target))
+        return cls(c=solve_ips_normaliser(scores, weights, target))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -349,24 +350,66 @@ def _rule_class(rule: Union[str, type[Rule]]) -> type[Rule]:
     return RULES[rule]
 
 
-def solve_ips_normaliser(values: np.ndarray, weight: np.ndarray, inverse: np.ndarray,
-                         target: float) -> Optional[float]:
-    """Exact c with sum_g weight_g * min(1, c / values_g) = target, over ascending distinct scores.
+def ips_terms(scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each document's share of the IPS suffix sum: float64(weight) / score, rounded once per document.
 
-    `inverse` is weight / values per group. f(c) = sum w min(1, c/s) is increasing and piecewise
-    linear with breakpoints at the scores: find the first score s_j with f(s_j) >= target; then
-    the groups below s_j are capped at 1 and c = (target - their weight) / (sum of w/s from s_j on).
-    Returns None when the target needs every document (rate 1).
+    The normaliser's sums are exact sums of these terms (`gristmill.exact_sum`), so c does not
+    depend on how documents are grouped or ordered (in memory, or merged from Beam bins).
     """
-    total = float(weight.sum())
+    return np.asarray(weights).astype(np.float64) / np.asarray(scores, dtype=np.float64)
+
+
+def ips_normaliser_from_sums(target: float, capped: int, suffix: exact_sum.Exact) -> float:
+    """c = (target - capped weight) / (exact sum of the uncapped documents' `ips_terms`), rounded once."""
+    return float((Fraction(target) - capped) / exact_sum.to_fraction(suffix))
+
+
+def ips_reaches(capped: int, score: float, suffix: exact_sum.Exact, target: float) -> bool:
+    """Whether f(score) = capped + score * suffix >= target, compared exactly (no rounding)."""
+    return capped + Fraction(score) * exact_sum.to_fraction(suffix) >= Fraction(target)
+
+
+def solve_ips_normaliser(scores: np.ndarray, weights: np.ndarray, target: float) -> Optional[float]:
+    """Exact c with sum_i weight_i * min(1, c / score_i) = target (scores > 0, integer weights).
+
+    f(s) = (weight of documents with score <= s) + s * (sum of `ips_terms` of those above s) is
+    f evaluated at c = s: increasing in s. Find the first distinct score s_j with f(s_j) >= target
+    (by bisection, each f evaluated exactly); the documents below s_j are capped at 1 and
+    c = (target - their weight) / (sum of the terms from s_j on). Every sum is exact and c is
+    rounded once, so the bounded-memory planner (`threshold_search.ips_*`), which finds the same
+    s_j from radix histograms, gets the same bits. Returns None when the target needs every
+    document (rate 1).
+
+    f is increasing over distinct float32 scores even with the terms rounded: from s_j to s_j+1 it
+    gains W_(j+1) - s_j * T_(j+1) + (s_(j+1) - s_j) * (terms above) with T_(j+1) <= W_(j+1) / s_(j+1)
+    * (1 + 2**-52) and s_j / s_(j+1) <= 1 - 2**-24, so the bisection is sound.
+    """
+    order = np.argsort(scores, kind="stable")
+    scores = np.asarray(scores, dtype=np.float64)[order]
+    weights = np.asarray(weights, dtype=np.int64)[order]
+    total = int(weights.sum())
     if target >= total:
         return None
-    capped = np.cumsum(weight)                                   # sum of w over groups <= j
-    suffix = np.concatenate([np.cumsum(inverse[::-1])[::-1], [0.0]])  # suffix[j] = sum_{g>=j} w/s
-    f = capped + values * suffix[1:]
-    j = int(np.searchsorted(f, target, side="left"))
-    below = float(capped[j - 1]) if j > 0 else 0.0
-    return (target - below) / float(suffix[j])
+    terms = ips_terms(scores, weights)
+    capped_through = np.cumsum(weights)                    # weight of documents 0..i
+    _, starts = np.unique(scores, return_index=True)       # first document of each distinct score
+    ends = np.append(starts[1:], len(scores))
+
+    def reaches(g: int) -> bool:
+        end = int(ends[g])
+        return ips_reaches(int(capped_through[end - 1]), float(scores[end - 1]), exact_sum.total(terms[end:]),
+                           target)
+
+    lo, hi = 0, len(starts) - 1  # f at the largest score is the total, above the target
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if reaches(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    first = int(starts[lo])
+    below = int(capped_through[first - 1]) if first else 0
+    return ips_normaliser_from_sums(target, below, exact_sum.total(terms[first:]))
 
 
 # --- plans -----------------------------------------------------------------------------------
@@ -511,8 +554,8 @@ def plan_from_scores(rule: Union[str, type[Rule]], ids: Sequence[DocId], scores:
     return Plan(rule=fitted, score_feature=score_feature if rule_cls.needs_scores else None, rate=float(rate),
                 rate_by=rate_by, seed=seed, num_documents=len(s),
                 num_tokens=None if tok is None else int(tok.sum()), num_missing=int(absent.sum()),
-                expected_documents=float(pi.sum()),
-                expected_tokens=None if tok is None else float((pi * tok).sum()),
+                expected_documents=exact_sum.to_float(exact_sum.total(pi)),
+                expected_tokens=None if tok is None else exact_sum.to_float(exact_sum.total(pi * tok)),
                 tokens_feature=tokens_feature, missing=missing)
 
 

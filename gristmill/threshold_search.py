@@ -1,4 +1,4 @@
-"""Exact top-k, bottom-k and random plans in bounded memory: radix histograms, then one small gather.
+"""Exact top-k, bottom-k, random and IPS plans in bounded memory: radix histograms, then one small gather.
 
 `sampling.plan_from_scores` sorts the whole corpus by (key, u) and keeps the prefix whose weight is
 closest to the target. The same prefix is found here without holding the corpus: each document
@@ -12,6 +12,11 @@ document moves the cumulative weight), which holds for documents and for the byt
 proxy; a corpus with zero-token documents is planned in memory.
 
 Keys: top-k ranks by the score, bottom-k by its negation, random by -u alone (its key bits are 0).
+
+Exact IPS (section below) is searched the same way over the bits of the float32 score: two passes
+locate the distinct score where the normaliser's piecewise linear function crosses the target, with
+exact per-bin sums (`gristmill.exact_sum`), and a third sums the expected sizes; the plan equals
+`sampling.plan_from_scores`'s byte for byte.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from gristmill import sampling
+from gristmill import exact_sum, sampling
 
 LEVELS = 4
 BITS = 16
@@ -225,3 +230,160 @@ def prefix_value(prefix: Sequence[int]) -> int:
 def in_prefix(row: Row, prefix: Sequence[int]) -> bool:
     """Whether a Row falls in every bin chosen so far."""
     return all(row_bits(row, level) == chosen for level, chosen in enumerate(prefix))
+
+
+# --- exact IPS in bounded memory ---------------------------------------------------------------
+#
+# `sampling.solve_ips_normaliser` finds the first distinct score s_j with f(s_j) >= target, where
+# f(s) = (weight of documents with score <= s) + s * (exact sum of `sampling.ips_terms` above s)
+# is increasing over distinct float32 scores. Positive float32 scores order like their bit
+# patterns, so two 16-bit passes find it. Pass 1 histograms the top 16 bits (per bin: documents,
+# tokens and the exact sum of the terms) and evaluates f at each occupied bin's largest
+# representable score v_b: f(s_last) <= f(v_b) <= f(s_next) for the last score of the bin and
+# the first score after it, so the first bin with f(v_b) >= target holds s_j, or s_j is the first
+# score after that bin. Pass 2 histograms the low 16 bits inside that bin: each bin is one distinct
+# score, and f there is exact. c = (target - weight below s_j) / (terms from s_j on) is then the
+# in-memory planner's value to the bit (both sums are exact; c is rounded once).
+
+IPS_LEVELS = 2
+
+
+def ips_bits(scores: np.ndarray) -> np.ndarray:
+    """The float32 bit patterns of positive scores as int64: they order like the scores."""
+    return np.asarray(scores, dtype=np.float32).view(np.uint32).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class IpsSearch:
+    """Where the IPS search stands: the target, then the level-0 bin holding s_j with the weight of
+    the documents below it and the exact term sum above it, then c (None with `done`: rate 1)."""
+
+    target: float
+    high: Optional[int] = None
+    below: int = 0
+    above: exact_sum.Exact = exact_sum.ZERO
+    c: Optional[float] = None
+    done: bool = False
+
+
+def ips_histogram(scores: np.ndarray, tokens: np.ndarray, by_tokens: bool,
+                  high: Optional[int] = None) -> tuple[np.ndarray, dict[int, exact_sum.Exact]]:
+    """(counts, inverse) of one IPS pass over positive float32-valued scores.
+
+    high None: pass 1, bins are the top 16 bits; else pass 2 over the documents of that top bin,
+    bins are the low 16 bits. counts: (2, BINS) int64 documents and tokens per bin; inverse: the
+    exact sum of `sampling.ips_terms` per bin (weight 1 a document, or its tokens). Histograms of
+    parts of a corpus merge with `ips_merge`.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    bits = ips_bits(scores)
+    if high is None:
+        bins = bits >> BITS
+    else:
+        mask = (bits >> BITS) == high
+        bins, scores, tokens = bits[mask] & (BINS - 1), scores[mask], tokens[mask]
+    counts = np.zeros((2, BINS), dtype=np.int64)
+    counts[0] = np.bincount(bins, minlength=BINS)
+    np.add.at(counts[1], bins, tokens)
+    weights = tokens if by_tokens else np.ones(len(tokens), dtype=np.int64)
+    return counts, exact_sum.grouped(bins, sampling.ips_terms(scores, weights))
+
+
+def ips_merge(a: tuple[np.ndarray, dict], b: tuple[np.ndarray, dict]) -> tuple[np.ndarray, dict]:
+    """Two `ips_histogram` results of disjoint documents merged (their union's histogram)."""
+    return a[0] + b[0], exact_sum.merge(a[1], b[1])
+
+
+def _first_reaching(points: list[float], capped_through: list[int], suffix_after: list[exact_sum.Exact],
+                    target: float) -> Optional[int]:
+    """The first i with capped_through[i] + points[i] * suffix_after[i] >= target (f is increasing)."""
+    lo, hi = 0, len(points)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if sampling.ips_reaches(capped_through[mid], points[mid], suffix_after[mid], target):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo if lo < len(points) else None
+
+
+def _cumulative(weight: np.ndarray, inverse: dict[int, exact_sum.Exact], start: int, after: exact_sum.Exact):
+    """Occupied bins ascending, each with its weight, the weight through it and the terms after it."""
+    occupied = sorted(set(np.flatnonzero(weight).tolist()) | set(inverse))
+    through, running = [], start
+    for b in occupied:
+        running += int(weight[b])
+        through.append(running)
+    suffix, running_terms = [], after
+    for b in reversed(occupied):
+        suffix.append(running_terms)
+        running_terms = exact_sum.add(running_terms, inverse.get(b, exact_sum.ZERO))
+    return occupied, through, suffix[::-1]
+
+
+def _score_of_bits(bits: int) -> float:
+    return float(np.array([bits], dtype=np.uint32).view(np.float32)[0])
+
+
+def ips_choose_high(counts: np.ndarray, inverse: dict[int, exact_sum.Exact], by_tokens: bool,
+                    target: float) -> IpsSearch:
+    """After pass 1: the top bin holding s_j (or the bin just below it), or `done` when the target
+    needs every document."""
+    weight = counts[1] if by_tokens else counts[0]
+    if target >= int(weight.sum()):
+        return IpsSearch(target, done=True)
+    occupied, through, suffix = _cumulative(weight, inverse, 0, exact_sum.ZERO)
+    points = [_score_of_bits((b << BITS) | (BINS - 1)) for b in occupied]
+    i = _first_reaching(points, through, suffix, target)
+    if i is None:  # f at the top bin is the total weight, above the target
+        raise AssertionError("IPS search: no bin reaches the target below the total weight")
+    b = occupied[i]
+    return IpsSearch(target, high=b, below=through[i] - int(weight[b]), above=suffix[i])
+
+
+def ips_choose_score(search: IpsSearch, counts: np.ndarray, inverse: dict[int, exact_sum.Exact],
+                     by_tokens: bool) -> IpsSearch:
+    """After pass 2 (the low bits inside `search.high`): the search with c, as the in-memory solver finds it."""
+    if search.done:
+        return search
+    weight = counts[1] if by_tokens else counts[0]
+    occupied, through, suffix = _cumulative(weight, inverse, search.below, search.above)
+    points = [_score_of_bits((search.high << BITS) | low) for low in occupied]
+    i = _first_reaching(points, through, suffix, search.target)
+    if i is None:  # s_j is the first score above this bin: everything in it is capped
+        capped, rest = search.below + int(weight.sum()), search.above
+    else:
+        low = occupied[i]
+        capped = through[i] - int(weight[low])
+        rest = exact_sum.add(suffix[i], inverse.get(low, exact_sum.ZERO))
+    return dataclasses.replace(search, c=sampling.ips_normaliser_from_sums(search.target, capped, rest), done=True)
+
+
+def ips_expected(scores: np.ndarray, tokens: np.ndarray, c: Optional[float]) -> tuple[exact_sum.Exact,
+                                                                                       exact_sum.Exact]:
+    """Exact sums of the inclusion probabilities and of probability * tokens (the plan's expected
+    documents and tokens), mergeable with `exact_sum.add`, as `sampling.plan_from_scores` sums them."""
+    pi = sampling.IPS(c=c).inclusion_probability(np.asarray(scores, dtype=np.float64))
+    return exact_sum.total(pi), exact_sum.total(pi * np.asarray(tokens, dtype=np.int64))
+
+
+def ips_plan_rows(scores: np.ndarray, tokens: np.ndarray, by_tokens: bool,
+                  target: float) -> tuple[Optional[float], exact_sum.Exact, exact_sum.Exact]:
+    """The bounded IPS search over in-memory arrays, pass by pass as the Beam job runs it (for tests and
+    tools): (c, expected documents, expected tokens)."""
+    search = ips_choose_high(*ips_histogram(scores, tokens, by_tokens), by_tokens, target)
+    if not search.done:
+        search = ips_choose_score(search, *ips_histogram(scores, tokens, by_tokens, search.high), by_tokens)
+    return (search.c, *ips_expected(scores, tokens, search.c))
+
+
+def ips_to_plan(c: Optional[float], expected_documents: exact_sum.Exact, expected_tokens: exact_sum.Exact, *,
+                num_documents: int, num_tokens: int, rate: float, seed: int, rate_by: str, score_feature: str,
+                tokens_feature: Optional[str], num_missing: int, missing) -> sampling.Plan:
+    """The `sampling.Plan` of a finished IPS search: the same fields `sampling.plan_from_scores` gives."""
+    return sampling.Plan(rule=sampling.IPS(c=c), score_feature=score_feature, rate=float(rate), rate_by=rate_by,
+                         seed=seed, num_documents=num_documents, num_tokens=num_tokens, num_missing=num_missing,
+                         expected_documents=exact_sum.to_float(expected_documents),
+                         expected_tokens=exact_sum.to_float(expected_tokens), tokens_feature=tokens_feature,
+                         missing=missing)

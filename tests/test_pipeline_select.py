@@ -95,7 +95,8 @@ def test_missing_score_feature(tmp_path, scored):
     assert manifest["reconciled"] and counts["read"] == 1010
 
 
-@pytest.mark.parametrize("rule, rate_by", [("topk", "documents"), ("bottomk", "tokens"), ("random", "tokens")])
+@pytest.mark.parametrize("rule, rate_by", [("topk", "documents"), ("bottomk", "tokens"), ("random", "tokens"),
+                                           ("ips", "documents"), ("ips", "tokens")])
 def test_the_bounded_exact_planner_gives_the_in_memory_exact_plan(tmp_path, scored, rule, rate_by):
     """The job plans in passes over (id, score, tokens) rows; the in-memory planner over the same rows agrees."""
     flags = ["--rule", rule, "--rate", "0.3", "--rate_by", rate_by, "--seed", "7", "--plan_only"]

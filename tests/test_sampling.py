@@ -7,6 +7,7 @@ for top-k, bisection for the IPS normaliser, binomial statistics over many seeds
 import dataclasses
 import hashlib
 import json
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -324,3 +325,55 @@ def test_approx_token_count():
     assert S.approx_token_count("abcd") == 1
     assert S.approx_token_count("abcde") == 2
     assert S.approx_token_count("é" * 4) == 2  # UTF-8 bytes, not characters
+
+
+# --- the exact IPS normaliser against a brute force in rational arithmetic --------------------------
+
+def brute_force_c(scores, weights, target):
+    """The exact real c with sum w min(1, c/s) = target (Fractions): try each set of capped scores."""
+    s = [Fraction(float(x)) for x in scores]
+    w = [Fraction(int(x)) for x in weights]
+    target = Fraction(target)
+    for cap in sorted(set(s)):  # documents with score < cap are capped at 1
+        below = sum((wi for si, wi in zip(s, w) if si < cap), Fraction(0))
+        inverse = sum((wi / si for si, wi in zip(s, w) if si >= cap), Fraction(0))
+        if inverse == 0:
+            continue
+        c = (target - below) / inverse
+        if c <= cap and (below == 0 or c >= max(si for si in s if si < cap)):
+            assert sum(wi * min(1, c / si) for si, wi in zip(s, w)) == target
+            return c
+    raise AssertionError("no exact solution")
+
+
+@pytest.mark.parametrize("rate_by", ["documents", "tokens"])
+def test_ips_normaliser_against_a_rational_brute_force(rate_by):
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        n = int(rng.integers(1, 12))
+        scores = rng.lognormal(0.0, 2.0, n).astype(np.float32)
+        if trial % 3 == 0:
+            scores[: n // 2] = scores[-1]                               # ties
+        tokens = rng.integers(1, 3000, n) if rate_by == "tokens" else np.ones(n, dtype=np.int64)
+        rate = float(rng.choice([0.05, 0.3, 0.7, 0.95]))
+        plan = S.plan_from_scores("ips", [str(i) for i in range(n)], scores, rate=rate, seed=0, tokens=tokens,
+                                  rate_by=rate_by, score_feature=FEATURE)
+        target = rate * int(tokens.sum())
+        c_exact = brute_force_c(scores, tokens, target)
+        # each term w/s is rounded once, c once: a few units in the last place at most
+        assert abs(Fraction(plan.rule.c) - c_exact) <= c_exact * Fraction(8, 2**53), (trial, plan.rule.c)
+
+
+def test_ips_normaliser_is_the_correctly_rounded_exact_value_when_the_terms_are_exact():
+    """With power-of-two scores every term w/s is exact, so c is the exact solution rounded once."""
+    rng = np.random.default_rng(12)
+    for _ in range(60):
+        n = int(rng.integers(1, 12))
+        scores = 2.0 ** rng.integers(-20, 20, n)
+        tokens = rng.integers(1, 3000, n)
+        rate = float(rng.random()) * 0.99 + 0.005
+        plan = S.plan_from_scores("ips", [str(i) for i in range(n)], scores, rate=rate, seed=0, tokens=tokens,
+                                  rate_by="tokens", score_feature=FEATURE)
+        assert plan.rule.c == float(brute_force_c(scores, tokens, rate * int(tokens.sum())))
+    plan = S.plan_from_scores("ips", list("abcd"), [1, 1, 2, 4], rate=0.5, seed=0, score_feature=FEATURE)
+    assert plan.rule.c == float(Fraction(8, 11)) and plan.expected_documents == 2.0

@@ -3,10 +3,11 @@
     gristmill select --input out/askllm --output out/top60 \\
         --score score/askllm/flan-t5-xl --rule topk --rate 0.6 [--seed 0] [--plan_only]
 
-One pass computes the plan over the whole corpus (`gristmill.sampling`): exactly, by gathering
-(id, score, tokens) of every document in memory (about 100 bytes a document: fine to tens of
-millions), or with `--approximate` from Beam's approximate quantiles (top-k, bottom-k, random)
-or a score histogram (IPS), whose error bound the plan records in `expected_error`. The plan is
+One pass computes the plan over the whole corpus (`gristmill.sampling`): exactly, in bounded
+memory, from radix-histogram passes over (id, score, tokens) rows and a gather of the few documents
+at the threshold (`gristmill.threshold_search`; byte-identical to planning in memory), or with
+`--approximate` from Beam's approximate quantiles (top-k, bottom-k, random) or a score histogram
+(IPS), whose error bound the plan records in `expected_error`. The plan is
 saved as `plan.json`, then applied record by record: the selected records are written with all
 their features, one file per input unit (`units/<unit>.tfrecord`, listed in the manifest's
 `outputs.records`; `--input` of the next job can be this directory, so selections chain), and
@@ -27,7 +28,7 @@ from typing import Any, Optional
 import apache_beam as beam
 import numpy as np
 
-from gristmill import io, records, sampling, threshold_search
+from gristmill import exact_sum, io, records, sampling, threshold_search
 from gristmill.pipelines import kit, units
 
 PLAN_FILE = "plan.json"
@@ -337,6 +338,150 @@ class BoundedExactPlan(beam.PTransform):
                                            beam.pvalue.AsSingleton(everything), config, self.present))
 
 
+def _positive(row, config: SelectConfig):
+    doc_id, score, _ = row
+    if not np.float32(score) > 0:
+        raise sampling.SamplingError(f"ips: scores must be > 0 (keep probability is proportional to 1/score), "
+                                     f"got {score!r} for document {doc_id!r}")
+    return row
+
+
+class _IpsLevel(beam.CombineFn):
+    """One pass of the bounded IPS search (`threshold_search.ips_histogram`) over (id, score, tokens)
+    rows: pass 1 (side input None) over every document, pass 2 inside the bin the search state names.
+    The accumulator is (counts, exact term sums per bin, pending rows); rows are binned in batches."""
+
+    BATCH = 4096
+
+    def __init__(self, by_tokens: bool):
+        self.by_tokens = by_tokens
+
+    def create_accumulator(self, state):
+        return (np.zeros((2, threshold_search.BINS), dtype=np.int64), {}), []
+
+    def add_input(self, acc, row, state):
+        histogram, pending = acc
+        if state is not None and state.done:
+            return acc
+        pending.append((row[1], row[2]))
+        if len(pending) >= self.BATCH:
+            return self._flush(histogram, pending, state), []
+        return histogram, pending
+
+    def _flush(self, histogram, pending, state):
+        if not pending:
+            return histogram
+        scores = np.fromiter((s for s, _ in pending), dtype=np.float64, count=len(pending))
+        tokens = np.fromiter((t for _, t in pending), dtype=np.int64, count=len(pending))
+        part = threshold_search.ips_histogram(scores, tokens, self.by_tokens, None if state is None else state.high)
+        return threshold_search.ips_merge(histogram, part)
+
+    def merge_accumulators(self, accs, state):
+        merged = None
+        for histogram, pending in accs:
+            histogram = self._flush(histogram, pending, state)
+            merged = histogram if merged is None else threshold_search.ips_merge(merged, histogram)
+        return merged, []
+
+    def extract_output(self, acc, state):
+        return self._flush(*acc, state)
+
+
+class _IpsExpected(beam.CombineFn):
+    """Exact sums of the inclusion probabilities and of probability * tokens, once c is known."""
+
+    def create_accumulator(self, search):
+        return exact_sum.ZERO, exact_sum.ZERO, []
+
+    def add_input(self, acc, row, search):
+        documents, tokens, pending = acc
+        pending.append((row[1], row[2]))
+        if len(pending) >= _IpsLevel.BATCH:
+            return (*self._flush(documents, tokens, pending, search), [])
+        return documents, tokens, pending
+
+    @staticmethod
+    def _flush(documents, tokens, pending, search):
+        if not pending:
+            return documents, tokens
+        scores = np.fromiter((s for s, _ in pending), dtype=np.float64, count=len(pending))
+        counts = np.fromiter((t for _, t in pending), dtype=np.int64, count=len(pending))
+        d, t = threshold_search.ips_expected(scores, counts, search.c)
+        return exact_sum.add(documents, d), exact_sum.add(tokens, t)
+
+    def merge_accumulators(self, accs, search):
+        documents = tokens = exact_sum.ZERO
+        for acc in accs:
+            d, t = self._flush(*acc, search)
+            documents, tokens = exact_sum.add(documents, d), exact_sum.add(tokens, t)
+        return documents, tokens, []
+
+    def extract_output(self, acc, search):
+        return self._flush(*acc, search)
+
+
+def _ips_first(histogram, config: SelectConfig) -> dict[str, Any]:
+    counts, inverse = histogram
+    by_tokens = config.rate_by == sampling.TOKENS
+    total = int(counts[1].sum()) if by_tokens else int(counts[0].sum())
+    return {"documents": int(counts[0].sum()), "tokens": int(counts[1].sum()),
+            "search": threshold_search.ips_choose_high(counts, inverse, by_tokens, config.rate * total)}
+
+
+def _ips_plan(expected, state: dict[str, Any], summary: dict[str, int], config: SelectConfig,
+              present: Any) -> sampling.Plan:
+    if state["documents"] == 0:
+        raise sampling.MissingScoreError(absent_score_message(config.score, present, summary["missing"]))
+    return threshold_search.ips_to_plan(
+        state["search"].c, *expected, num_documents=state["documents"], num_tokens=state["tokens"],
+        rate=config.rate, seed=config.seed, rate_by=config.rate_by, score_feature=config.score,
+        tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS, num_missing=summary["missing"],
+        missing=config.missing)
+
+
+class BoundedIpsPlan(beam.PTransform):
+    """(id, score, tokens) rows -> the exact IPS plan, in bounded memory.
+
+    Two radix passes over the scores' float32 bits find the distinct score where the normaliser's
+    piecewise linear function crosses the target, a third sums the expected sizes
+    (`gristmill.threshold_search`, IPS section); every sum is exact, so the plan equals
+    `sampling.plan_from_scores` over the same rows, byte for byte.
+    """
+
+    def __init__(self, config: SelectConfig, present):
+        super().__init__()
+        self.config = config
+        self.present = present
+
+    def expand(self, rows):
+        config = self.config
+        by_tokens = config.rate_by == sampling.TOKENS
+        rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, self.present)
+        summary = rows | "Summary" >> beam.CombineGlobally(_Summary(True))
+        scored = (rows
+                  | "WithScore" >> beam.Filter(lambda row: row[1] is not None)
+                  | "Finite" >> beam.Map(_finite, config)
+                  | "Positive" >> beam.Map(_positive, config)
+                  | "Float32" >> beam.Map(lambda row: (row[0], float(np.float32(row[1])), row[2])))
+        none = beam.pvalue.AsSingleton(scored.pipeline | "NoState" >> beam.Create([None]))
+        first = (scored
+                 | "Level0" >> beam.CombineGlobally(_IpsLevel(by_tokens), none)
+                 | "ChooseBin" >> beam.Map(_ips_first, config))
+        first_side = beam.pvalue.AsSingleton(first)
+        search = beam.pvalue.AsSingleton(
+            scored
+            | "Level1" >> beam.CombineGlobally(_IpsLevel(by_tokens),
+                                               beam.pvalue.AsSingleton(first | "Search0" >> beam.Map(
+                                                   lambda st: st["search"])))
+            | "ChooseScore" >> beam.Map(lambda h, st: threshold_search.ips_choose_score(st["search"], *h, by_tokens),
+                                        first_side))
+        expected = scored | "Expected" >> beam.CombineGlobally(_IpsExpected(), search)
+        state = first | "WithC" >> beam.Map(lambda st, found: {**st, "search": found}, search)
+        return (expected
+                | "IpsPlan" >> beam.Map(_ips_plan, beam.pvalue.AsSingleton(state), beam.pvalue.AsSingleton(summary),
+                                        config, self.present))
+
+
 class PlanSelection(beam.PTransform):
     """(id, score, tokens) rows -> a single-element PCollection holding the selection plan over all of them.
 
@@ -351,10 +496,8 @@ class PlanSelection(beam.PTransform):
     def expand(self, rows):
         config, present = self.config, self.present
         if not config.approximate:
-            if config.rule == sampling.IPS.name:  # the normaliser needs every distinct score: gathered in memory
-                return (rows
-                        | "GatherAll" >> beam.combiners.ToList()
-                        | "ExactPlan" >> beam.Map(_exact_plan, config, present))
+            if config.rule == sampling.IPS.name:
+                return rows | "ExactIps" >> BoundedIpsPlan(config, present)
             return rows | "Exact" >> BoundedExactPlan(config, present)
         rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, present)
         summary = rows | "Summary" >> beam.CombineGlobally(_Summary(config.score is not None))
