@@ -19,6 +19,8 @@ CORE = [
     "psutil>=5.9",
     "pyarrow>=14",
     "zstandard>=0.22",
+    "isal>=1.6",  # ISA-L gzip: inflates C4's .json.gz about 4x faster than zlib
+    "orjson>=3.9",  # JSON lines parsed several times faster than json
     "sentencepiece>=0.2",
     "tokenizers>=0.19",
     "safetensors>=0.5",  # safe_open(framework="numpy") reads bf16 as ml_dtypes.bfloat16
@@ -39,7 +41,7 @@ setuptools.setup(
     install_requires=CORE,
     extras_require={
         "dev": ["pytest>=7", "scipy>=1.10", "regex>=2023", "ruff>=0.5", "hypothesis>=6.100",
-                "gcp-storage-emulator>=2024.8", "datasets>=2.19", "datatrove>=0.3", "orjson>=3.9"],
+                "gcp-storage-emulator>=2024.8", "datasets>=2.19", "datatrove>=0.3"],
         "gpu": ["jax[cuda12]>=0.4.30"],
         "ref": ["torch==2.13.0", "transformers>=4.40", "sentence-transformers>=3"],
         "dataflow": ["apache-beam[gcp]>=2.60,<3"],

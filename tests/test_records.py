@@ -71,8 +71,11 @@ def test_serialized_bytes_equal_tensorflows_own_example():
         return feature_pb2.Feature(float_list=feature_pb2.FloatList(value=values))
 
     rng = np.random.default_rng(0)
+    # text lengths around the varint size steps (1, 2 and 3 bytes) of each nested length prefix
+    lengths = [0, 1, 40, 60, 61, 62, 63, 64, 8186, 8187, 8188, 8189, 8190, 8191, 8192, 70000]
     for i in range(300):
-        record = {"id": f"{i:032x}", "text": "é" * int(rng.integers(0, 40)), "url": "https://x/" + str(i),
+        text = "é" * lengths[i % len(lengths)] + "x" * (i % 3)
+        record = {"id": f"{i:032x}", "text": text, "url": "https://x/" + str(i), "big": 1e40, "nan": float("nan"),
                   "score/a/b": float(rng.random()), "tokens/t": int(rng.integers(-5, 10**12)),
                   "multi": [float(x) for x in rng.random(int(rng.integers(1, 5)))], "raw": b"\x00\xff",
                   "i": [-1, 2**63 - 1, -2**63], "t": [1e40, -0.0, float("nan")], "tex": "", "ä": 3}
