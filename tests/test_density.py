@@ -458,3 +458,52 @@ def test_default_sketch_ranks_like_exact_gaussian_kde_on_real_documents(c4_embed
     # The former job default (p-stable l2, k = 2, w = 5% distance quantile) ranks further from it.
     former = D.make_sketch_config(x.shape[1], kernel="l2", hashes_per_row=2, bandwidth=D.estimate_bandwidth(x))
     assert scipy.stats.spearmanr(scores(former), kde).statistic < rho - 0.05
+
+
+# --------------------------------------------------------------------------- cached ids
+
+def test_a_documents_ids_do_not_depend_on_the_documents_hashed_with_it():
+    """Each document's ids are the same hashed alone, in a unit of any size or at any offset: the
+    projection runs in fixed 256-row chunks, so no document's matmul shape depends on its unit."""
+    cfg = D.make_sketch_config(384)
+    params = D.make_hash_params(cfg)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((700, 384)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    whole = D.row_bucket_ids(params, x)
+    for start, stop in ((0, 1), (3, 4), (250, 260), (255, 513), (699, 700), (1, 700)):
+        np.testing.assert_array_equal(D.row_bucket_ids(params, x[start:stop]), whole[:, start:stop])
+    shuffled = rng.permutation(700)
+    np.testing.assert_array_equal(D.row_bucket_ids(params, x[shuffled]), whole[:, shuffled])
+
+
+def test_small_id_dtypes_count_and_gather_like_int32():
+    assert D.ids_dtype(D.make_sketch_config(384)) == np.uint8  # 256 buckets: a byte a row
+    assert D.ids_dtype(D.make_sketch_config(384, buckets=4096)) == np.uint16
+    assert D.ids_dtype(D.make_sketch_config(384, buckets=65536)) == np.uint16
+    assert D.ids_dtype(D.make_sketch_config(384, buckets=65537)) == np.uint32
+    cfg = D.make_sketch_config(16, rows=64)
+    params = D.make_hash_params(cfg)
+    x = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    ids = D.row_bucket_ids(params, x)
+    small = ids.astype(D.ids_dtype(cfg))
+    np.testing.assert_array_equal(small, ids)  # nothing lost: every id is below 256
+    a, b = D.Sketch.empty(params).add_rows(ids), D.Sketch.empty(params).add_rows(small)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_array_equal(a.query_rows(small), a.query_rows(ids))
+
+
+def test_hash_digest_names_the_functions():
+    cfg = D.make_sketch_config(16, rows=64)
+    same = D.hash_digest(D.make_hash_params(cfg))
+    assert same == D.hash_digest(D.make_hash_params(D.make_sketch_config(16, rows=64)))
+    others = {D.hash_digest(D.make_hash_params(c)) for c in (
+        D.make_sketch_config(16, rows=64, seed=1), D.make_sketch_config(16, rows=65),
+        D.make_sketch_config(16, rows=64, hashes_per_row=7), D.make_sketch_config(17, rows=64),
+        D.make_sketch_config(16, rows=64, kernel="l2", bandwidth=1.0))}
+    assert len(others) == 5 and same not in others
+    params = D.make_hash_params(cfg)
+    changed = D.HashParams(config=cfg, projection=params.projection.copy(), offsets=params.offsets,
+                           mult_hi=params.mult_hi, mult_lo=params.mult_lo)
+    changed.projection[0, 0] += 1.0  # same config, other functions (a sketch file from elsewhere)
+    assert D.hash_digest(changed) != same

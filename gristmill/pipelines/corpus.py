@@ -245,8 +245,9 @@ class _EmbeddingsHook:
         fields: dict[str, Any] = {"embeddings": None, "embedded": embedded, "embedder": self.embedder}
         if vectors:
             rel = embeddings_file(info.key)
-            fields["embeddings"] = rel
-            fields["files"] = {rel: save_array(io.join(output_dir, rel), np.stack(vectors))}
+            stacked = np.stack(vectors)
+            fields["embeddings"], fields["dim"] = rel, int(stacked.shape[1])
+            fields["files"] = {rel: save_array(io.join(output_dir, rel), stacked)}
         return fields
 
 
@@ -276,13 +277,17 @@ def load_embeddings(output_dir: str, marker: dict[str, Any]) -> np.ndarray:
     return load_array(io.join(output_dir, rel), marker.get("files", {}).get(rel))
 
 
-def read_unit(output_dir: str, marker: dict[str, Any]) -> tuple[list[records.Record], np.ndarray]:
-    """A written unit's records and embeddings, verified against its marker; ([], empty) for none."""
+def read_unit(output_dir: str, marker: dict[str, Any],
+              embeddings: bool = True) -> tuple[list[records.Record], Optional[np.ndarray]]:
+    """A written unit's records and embeddings (None with embeddings=False), verified against its
+    marker; ([], empty) for none."""
     if not marker.get("records"):
         return [], np.zeros((0, 0), np.float32)
     rel = marker["records"]
     data = checked_bytes(io.join(output_dir, rel), marker.get("files", {}).get(rel))
     recs = [records.deserialize(payload) for payload in records.iter_tfrecords(_bytes_io.BytesIO(data))]
+    if not embeddings:
+        return recs, None
     x = load_embeddings(output_dir, marker)
     if x.shape[0] != len(recs):
         raise records.CorruptOutputError(f"unit {marker['key']}: {len(recs)} records but {x.shape[0]} embeddings")
@@ -379,12 +384,29 @@ def reuse_version(output_dir: str, version: str, key: str) -> Optional[dict[str,
     return marker
 
 
+# A unit marker's transient {"fields": {...}, "files": {rel: info}}: files a job derived from the unit
+# after it was written (density's bucket ids). They go into its version markers and the manifest,
+# never into the unit's own marker, so losing one never redoes the unit.
+DERIVED = "_derived"
+
+
+def unit_marker(marker: dict[str, Any]) -> dict[str, Any]:
+    """A unit's own marker, as in `units/<u>.json`: the marker without transient (`_`) fields."""
+    return {k: v for k, v in marker.items() if not k.startswith("_")}
+
+
 def write_version(output_dir: str, version: str, marker: dict[str, Any], scored: list[records.Record]) -> dict:
-    """Writes a unit's scored records and then its version marker; returns the version marker."""
+    """Writes a unit's scored records and then its version marker; returns the version marker.
+
+    The version marker is the unit marker with its DERIVED fields and files, the version's records
+    (`records`; the unit's own stay `unit_records`) and every file's size and CRC32C.
+    """
     rel = version_file(version, marker["key"] + units.RECORDS_SUFFIX)
     files = kit.write_file(output_dir, rel, records.tfrecord_bytes(scored))
-    out = {**marker, "records": rel, "unit_records": marker["records"], "version": version,
-           "files": {**marker.get("files", {}), **files}}
+    derived = marker.get(DERIVED, {})
+    own = unit_marker(marker)
+    out = {**own, **derived.get("fields", {}), "records": rel, "unit_records": own["records"], "version": version,
+           "files": {**own.get("files", {}), **derived.get("files", {}), **files}}
     io.write_json(io.join(output_dir, version_file(version, marker["key"] + units.MARKER_SUFFIX)), out)
     return out
 
@@ -392,30 +414,39 @@ def write_version(output_dir: str, version: str, marker: dict[str, Any], scored:
 Score = Callable[..., tuple[list[records.Record], dict[str, Any]]]
 
 
-class _VersionFn(beam.DoFn):
-    """(unit marker, payload) -> its version marker: reused when verified, else scored and written."""
+UNIT = "_unit"  # a version marker's transient copy of its unit's own marker, for the unit index
 
-    def __init__(self, output_dir: str, score: Score, what: str):
-        self.output_dir, self.score, self.what = output_dir, score, what
+
+class _VersionFn(beam.DoFn):
+    """(unit marker, payload) -> its version marker: reused when verified, else scored and written.
+
+    A version marker the last run's unit index holds (units.VERSIONS_KEY, its files verified from the
+    listing at resume) is reused without a read; one the index lacks is read and verified.
+    """
+
+    def __init__(self, output_dir: str, score: Score, what: str, embeddings: bool = True):
+        self.output_dir, self.score, self.what, self.embeddings = output_dir, score, what, embeddings
 
     def setup(self):
         self.progress = kit.Progress(self.what)
 
     def process(self, element, version: str, *sides):
         marker, payload = element
+        own = unit_marker(marker)
         if not marker.get("records"):
-            yield {**marker, "version": version}
+            yield {**own, **marker.get(DERIVED, {}).get("fields", {}), "version": version, UNIT: own}
             return
-        reused = reuse_version(self.output_dir, version, marker["key"])
+        reused = marker.get(units.VERSIONS_KEY, {}).get(version) or reuse_version(self.output_dir, version,
+                                                                                   marker["key"])
         if reused is not None:
-            yield reused
+            yield {**reused, UNIT: own}
             return
-        recs, x = read_unit(self.output_dir, marker)
+        recs, x = read_unit(self.output_dir, marker, self.embeddings)
         scored, transient = self.score(marker, recs, x, payload, *sides)
         if len(scored) != len(recs):
             raise ValueError(f"unit {marker['key']}: {len(recs)} records but {len(scored)} scored")
         self.progress.tick(len(scored))
-        yield {**write_version(self.output_dir, version, marker, scored), **transient}
+        yield {**write_version(self.output_dir, version, marker, scored), **transient, UNIT: own}
 
 
 class WriteVersions(beam.PTransform):
@@ -424,14 +455,18 @@ class WriteVersions(beam.PTransform):
     version: a side input (AsSingleton) of the version id. score(marker, records, embeddings,
     payload, *sides) -> (scored records in the same order, transient marker fields that reach
     Finalize but are not written, e.g. timings). Keys starting with `_` are transient by convention.
+    embeddings=False: score gets None for the embeddings, which are not read (density scores from
+    its cached bucket ids).
     """
 
-    def __init__(self, output_dir: str, version, score: Score, *sides, what: str = "documents scored"):
+    def __init__(self, output_dir: str, version, score: Score, *sides, what: str = "documents scored",
+                 embeddings: bool = True):
         super().__init__()
         self.output_dir, self.version, self.score, self.sides, self.what = output_dir, version, score, sides, what
+        self.embeddings = embeddings
 
     def expand(self, pairs):
-        return pairs | "ScoreUnit" >> beam.ParDo(_VersionFn(self.output_dir, self.score, self.what),
+        return pairs | "ScoreUnit" >> beam.ParDo(_VersionFn(self.output_dir, self.score, self.what, self.embeddings),
                                                  self.version, *self.sides)
 
 
@@ -457,8 +492,9 @@ class Finalize(beam.PTransform):
         waits = [beam.pvalue.AsList(pc) for pc in self.after]
 
         def finalize(markers, outputs, *_):
-            clean = [{k: v for k, v in m.items() if not k.startswith("_")} for m in markers]
-            return kit.finalize(output, base, clean, n_reused, outputs, generation)
+            clean = [unit_marker(m) for m in markers]
+            own = {m["key"]: m[UNIT] for m in markers if UNIT in m}
+            return kit.finalize(output, base, clean, n_reused, outputs, generation, unit_markers=own)
 
         return (version_markers
                 | "ListVersions" >> beam.combiners.ToList()

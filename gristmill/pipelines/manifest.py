@@ -115,13 +115,15 @@ def build_manifest(base: dict[str, Any], markers: Iterable[dict[str, Any]], reus
 
 
 def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]], reused: int,
-             files: Optional[dict[str, str]] = None, manifest_generation: Optional[int] = None) -> dict[str, Any]:
+             files: Optional[dict[str, str]] = None, manifest_generation: Optional[int] = None,
+             unit_markers: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
     """Checks every unit arrived, writes the merged dead letters and then, last, the manifest.
 
     The merged dead letters and the manifest's history copy go under `versions/<version>/` and
     `manifests/`, never replaced; the top-level `dead_letters.jsonl` and `manifest.json` are the
     latest run's copies. manifest_generation: replace manifest.json only if it is still the one
     the job saw when it started (0: none yet), so a writer that lost its lease cannot overwrite.
+    unit_markers: a two-pass job's unit markers by key, for the unit index (`units.index_bytes`).
     """
     check_complete(base, markers)
     dead_lines = []
@@ -137,7 +139,7 @@ def finalize(output_dir: str, base: dict[str, Any], markers: list[dict[str, Any]
     index = version_path(version, units.INDEX_FILE)
     if not io.exists(io.join(output_dir, index)):
         io.create_exclusive(io.join(output_dir, index),
-                            units.index_bytes(output_dir, markers, io.list_stats(output_dir)))
+                            units.index_bytes(output_dir, markers, io.list_stats(output_dir), unit_markers))
     io.atomic_write(io.join(output_dir, DEAD_LETTER_FILE), b"".join(dead_lines))
     infos.update(listed_files(output_dir, [rel for rel in (files or {}).values() if rel]))
     manifest = build_manifest(base, markers, reused, {**(files or {}), "dead_letters": dead_letters}, infos)

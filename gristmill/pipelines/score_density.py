@@ -29,19 +29,20 @@ from __future__ import annotations
 import dataclasses
 import io as _bytes_io
 import logging
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
 
 from gristmill import io, records
-from gristmill.pipelines import corpus, kit
+from gristmill.pipelines import corpus, kit, units
 from gristmill.scoring import density
 
 JOB = "score density"
 SCORER = "density"
 SKETCH_FILE = "sketch.npz"
 PARAMS_FILE = "density_params.json"
+IDS_SUFFIX = ".ids.npy"
 BANDWIDTH_SAMPLE = 2000
 log = logging.getLogger(__name__)
 
@@ -140,39 +141,162 @@ def _bandwidth(output_dir: str, markers: list[dict], config: DensityConfig) -> O
 
 
 def _dimension(output_dir: str, markers: list[dict]) -> int:
+    """The embeddings' dimension: recorded in the unit markers (an older marker: its embeddings' shape)."""
     for m in markers:
         if m.get("embeddings"):
-            return int(corpus.load_embeddings(output_dir, m).shape[1])
+            return int(m["dim"]) if m.get("dim") else int(corpus.load_embeddings(output_dir, m).shape[1])
     return 1
 
 
-class _SketchCombineFn(beam.CombineFn):
-    """Pass 1: unit markers -> the sketch of every unit's embeddings (counts add: exact, associative)."""
+def ids_file(key: str, digest: str) -> str:
+    """A unit's cached bucket ids under the hash functions `digest` names (`density.hash_digest`),
+    relative to the output directory: `units/<u>.<digest>.ids.npy`, [R, N] in `density.ids_dtype`."""
+    return units.relative_unit_path(key, f".{digest}{IDS_SUFFIX}")
+
+
+def load_ids(output_dir: str, marker: dict, rows: int) -> np.ndarray:
+    """A unit's cached bucket ids [R, N], verified against the size and CRC32C its marker carries."""
+    fields = marker[corpus.DERIVED]
+    rel = fields["fields"]["ids"]
+    path = io.join(output_dir, rel)
+    ids = corpus.load_array(path, fields["files"][rel])
+    if ids.ndim != 2 or ids.shape != (rows, marker["written"]):
+        raise records.CorruptOutputError(f"{path} holds ids of shape {list(ids.shape)}, expected "
+                                         f"[{rows}, {marker['written']}]; delete it to hash the unit again")
+    return ids
+
+
+class _UnitIdsFn(beam.DoFn):
+    """Pass 1: a unit marker -> the marker with its cached bucket ids (corpus.DERIVED), hashing its
+    embeddings only when no ids file of these hash functions exists: each document is hashed once, ever.
+
+    An ids file a verified version marker of the last run lists (units.VERSIONS_KEY) is trusted
+    without a read; one the last run recorded but whose file changed is read and checked against its
+    recorded size and CRC32C; one no marker lists (a run killed before its manifest) is read and its
+    shape checked (written atomically, so it is whole). Otherwise the unit's embeddings are hashed.
+    """
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+        self._params, self._digest = None, None
+
+    def process(self, marker: dict, params: density.HashParams):
+        if not marker.get("embeddings") or not marker.get("written"):
+            yield marker
+            return
+        if params is not self._params:
+            self._params, self._digest = params, density.hash_digest(params)
+        rel = ids_file(marker["key"], self._digest)
+        info = next((vm["files"][rel] for vm in marker.get(units.VERSIONS_KEY, {}).values()
+                     if rel in vm.get("files", {})), None)
+        if info is None:
+            recorded = marker.get(units.INDEXED_VERSION_KEY, {}).get("files", {}).get(rel)
+            info = self._existing(rel, marker, params, recorded) or self._hash(rel, marker, params)
+        yield {**marker, corpus.DERIVED: {"fields": {"ids": rel}, "files": {rel: info}}}
+
+    def _existing(self, rel: str, marker: dict, params: density.HashParams, recorded: Optional[dict]) -> Optional[dict]:
+        path = io.join(self.output_dir, rel)
+        if not io.exists(path):
+            return None
+        data = io.read_bytes(path)
+        if recorded is not None and io.file_info(data) != recorded:
+            log.warning("%s is not the file the last run recorded (size %d, CRC32C %s); hashing the unit again",
+                        path, recorded["size"], recorded["crc32c"])
+            return None
+        try:
+            ids = np.load(_bytes_io.BytesIO(data), allow_pickle=False)
+        except ValueError:
+            ids = None
+        want = (params.config.rows, marker["written"])
+        if ids is None or ids.shape != want or ids.dtype != density.ids_dtype(params.config):
+            log.warning("%s is not the unit's ids (%s); hashing the unit again", path,
+                        "unreadable" if ids is None else f"{ids.dtype} {list(ids.shape)}")
+            return None
+        return io.file_info(data)
+
+    def _hash(self, rel: str, marker: dict, params: density.HashParams) -> dict:
+        x = corpus.load_embeddings(self.output_dir, marker)
+        ids = density.row_bucket_ids(params, x).astype(density.ids_dtype(params.config))
+        return corpus.save_array(io.join(self.output_dir, rel), ids)
+
+
+class _CountFn(beam.CombineFn):
+    """Pass 1: unit markers with cached ids -> the sketch of their documents (a bincount per row from
+    the ids, no hashing; counts add, so the sum is exact and associative)."""
 
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
 
-    def create_accumulator(self, sketch_config):
+    def create_accumulator(self, params):
         return None
 
-    def add_input(self, sketch, marker, sketch_config):
-        if not marker.get("embeddings"):
+    def add_input(self, sketch, marker, params):
+        if corpus.DERIVED not in marker:
             return sketch
-        sketch = sketch or density.Sketch.empty(sketch_config)
-        sketch.add_embeddings(corpus.load_embeddings(self.output_dir, marker))
-        return sketch
+        sketch = sketch or density.Sketch.empty(params)
+        return sketch.add_rows(load_ids(self.output_dir, marker, params.config.rows))
 
-    def merge_accumulators(self, sketches, sketch_config):
+    def merge_accumulators(self, sketches, params):
         sketches = [s for s in sketches if s is not None]
         return density.Sketch.merge_all(sketches) if sketches else None
 
-    def extract_output(self, sketch, sketch_config):
-        return sketch if sketch is not None else density.Sketch.empty(sketch_config)
+    def extract_output(self, sketch, params):
+        return sketch if sketch is not None else density.Sketch.empty(params)
 
 
-def score_unit(marker: dict, recs: list, x: np.ndarray, _, sketch: density.Sketch, feature: str):
-    """Pass 2 (corpus.WriteVersions): a unit's records with their density under the sketch."""
-    for record, score in zip(recs, sketch.query_embeddings(x)):
+class Previous(NamedTuple):
+    """The last run's sketch (relative path, recorded size and CRC32C) and the units it counted."""
+
+    sketch: str
+    info: dict
+    counted: frozenset
+
+
+def previous_sketch(output_dir: str, prepared: kit.Prepared, config: DensityConfig) -> Optional[Previous]:
+    """The last finished run's sketch, when this run can add to it: same configuration, and every unit
+    it counted (the units its manifest lists) is reused as it was. None: build the sketch from every
+    unit's cached ids (a counted unit disappeared or is redone, or there is no such run)."""
+    path = io.join(output_dir, records.MANIFEST_FILE)
+    if config.sketch or not prepared.options.resume or not io.exists(path):
+        return None
+    try:
+        manifest = io.read_json(path)
+    except ValueError:
+        return None
+    rel = manifest.get("outputs", {}).get("sketch")
+    info = manifest.get("files", {}).get(rel)
+    if manifest.get("fingerprint") != prepared.base["fingerprint"] or not rel or not info:
+        return None
+    if config.kernel == "l2" and config.bandwidth is None and not io.exists(io.join(output_dir, PARAMS_FILE)):
+        return None
+    problem = io.verify(io.join(output_dir, rel), info)
+    if problem:
+        log.warning("density: the last run's sketch %s %s; counting every unit's ids again", rel, problem)
+        return None
+    counted = frozenset(u["key"] for u in manifest.get("units", []))
+    gone = counted - {m["key"] for m in prepared.reused}
+    if gone:
+        log.info("density: %d unit(s) the last sketch counted are gone or redone; counting every unit's ids again",
+                 len(gone))
+        return None
+    return Previous(rel, info, counted)
+
+
+def load_previous(prev: Previous, output_dir: str, config: DensityConfig) -> density.Sketch:
+    """The last run's sketch, verified by its recorded size and CRC32C and checked to have this
+    run's hash functions; CorruptOutputError naming the file otherwise."""
+    path = io.join(output_dir, prev.sketch)
+    sketch = density.Sketch.load(_bytes_io.BytesIO(corpus.checked_bytes(path, prev.info)))
+    want = config.sketch_config(sketch.config.dim, _bandwidth(output_dir, [], config))
+    if sketch.config != want or not sketch.params.same_functions(density.make_hash_params(want)):
+        raise records.CorruptOutputError(f"{path}: its sketch ({sketch.config}) is not this configuration's "
+                                         f"({want}); rerun with --overwrite")
+    return sketch
+
+
+def score_unit(marker: dict, recs: list, _x, _payload, sketch: density.Sketch, feature: str, output_dir: str):
+    """Pass 2 (corpus.WriteVersions): a unit's records with their density, gathered from its cached ids."""
+    for record, score in zip(recs, sketch.query_rows(load_ids(output_dir, marker, sketch.config.rows))):
         record[feature] = float(score)
     return recs, {}
 
@@ -183,25 +307,49 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     corpus.check_embedder(options.input, config.embedder)
     prepared = kit.prepare(JOB, options, config, pipeline_options)
     output = options.output
+    prev = previous_sketch(output, prepared, config)
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     every_unit = corpus.every_unit(corpus.write_units(pipeline, prepared, config.embedder, config.share_model))
     listed = every_unit | "ListUnits" >> beam.combiners.ToList()
     if config.sketch:
-        sketch = pipeline | "SketchPath" >> beam.Create([config.sketch]) | "LoadSketch" >> beam.Map(load_sketch)
+        given = pipeline | "SketchPath" >> beam.Create([config.sketch]) | "LoadSketch" >> beam.Map(load_sketch)
+        params = given | "Params" >> beam.Map(lambda s: s.params)
+    elif prev:
+        base = (pipeline | "PreviousPath" >> beam.Create([prev.sketch])
+                | "LoadPrevious" >> beam.Map(lambda _: load_previous(prev, output, config)))
+        params = base | "Params" >> beam.Map(lambda s: s.params)
     else:
-        sketch_config = listed | "SketchConfig" >> beam.Map(
-            lambda ms: config.sketch_config(_dimension(output, ms), _bandwidth(output, ms, config)))
-        sketch = every_unit | "BuildSketch" >> beam.CombineGlobally(_SketchCombineFn(output),
-                                                                    beam.pvalue.AsSingleton(sketch_config))
+        params = listed | "HashParams" >> beam.Map(lambda ms: density.make_hash_params(
+            config.sketch_config(_dimension(output, ms), _bandwidth(output, ms, config))))
+    with_ids = every_unit | "UnitIds" >> beam.ParDo(_UnitIdsFn(output), beam.pvalue.AsSingleton(params))
+    if config.sketch:
+        sketch = given
+    else:
+        counted = prev.counted if prev else frozenset()
+        uncounted = with_ids | "NotCounted" >> beam.Filter(lambda m: m["key"] not in counted)
+        # one empty element, so the combine never sees an empty input (Beam's default for one does not
+        # pass side inputs)
+        sketch = ((uncounted, pipeline | "NoUnit" >> beam.Create([{}])) | "WithEmpty" >> beam.Flatten()
+                  | "CountIds" >> beam.CombineGlobally(_CountFn(output), beam.pvalue.AsSingleton(params)))
+        if prev:
+            sketch = sketch | "AddToPrevious" >> beam.Map(
+                lambda new, old: old.merge(new) if new.num_points else old, beam.pvalue.AsSingleton(base))
     fingerprint = prepared.base["fingerprint"]
     version = sketch | "Version" >> beam.Map(lambda s: corpus.version_id(sketch_digest(s), fingerprint))
-    outputs = sketch | "SaveSketch" >> beam.Map(save_version, output, beam.pvalue.AsSingleton(version))
+    kept = prev.sketch if prev else None
+
+    def save(s, v):
+        if kept and corpus.version_file(v, SKETCH_FILE) == kept:
+            return {"sketch": kept}  # the last run's sketch, verified when it was loaded
+        return save_version(s, output, v)
+
+    outputs = sketch | "SaveSketch" >> beam.Map(save, beam.pvalue.AsSingleton(version))
     if config.kernel == "l2" and not config.sketch and config.bandwidth is None:
         outputs = outputs | "WithParams" >> beam.Map(lambda o: {**o, "params": PARAMS_FILE})
-    scored = (every_unit
+    scored = (with_ids
               | "Pairs" >> beam.Map(lambda m: (m, None))
               | "Query" >> corpus.WriteVersions(output, beam.pvalue.AsSingleton(version), score_unit,
-                                                beam.pvalue.AsSingleton(sketch), config.feature,
-                                                what="documents scored by density"))
+                                                beam.pvalue.AsSingleton(sketch), config.feature, output,
+                                                what="documents scored by density", embeddings=False))
     _ = scored | "Finalize" >> corpus.Finalize(prepared, beam.pvalue.AsSingleton(outputs))
     return kit.run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)

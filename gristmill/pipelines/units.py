@@ -185,21 +185,36 @@ def verified_markers(output_dir: str, markers: dict[str, dict[str, Any]],
     return good
 
 
-def index_bytes(output_dir: str, markers: Iterable[dict[str, Any]],
-                listing: dict[str, io.FileStat]) -> bytes:
+VERSIONS_KEY = "_versions"  # a resumed unit marker's verified version markers, {version: marker} (transient)
+INDEXED_VERSION_KEY = "_indexed_version"  # its version marker as the index recorded it, verified or not
+
+
+def index_bytes(output_dir: str, markers: Iterable[dict[str, Any]], listing: dict[str, io.FileStat],
+                unit_markers: Optional[dict[str, dict[str, Any]]] = None) -> bytes:
     """The unit index a finished run leaves beside its manifest: each unit marker (as in `units/`), one
     JSON a line, with the generation every file of it had when the run finished (`resume_markers`
-    trusts a file that still has it). Two-pass jobs hand over version markers, which are left out."""
+    trusts a file that still has it).
+
+    Two-pass jobs hand over version markers (`versions/<v>/<u>.json`); with unit_markers (key -> the
+    unit's own marker) each line holds the unit marker and, under "version", the version marker, with
+    the generations of both markers' files, so a rerun with the same version reads neither marker.
+    A version marker without its unit marker is left out (resume reads that unit's marker)."""
     lines = []
     for marker in sorted(markers, key=lambda m: m["key"]):
+        entry: dict[str, Any] = {"marker": marker}
         if "version" in marker:
-            continue  # a two-pass job's version marker, not the unit's own: resume reads that one
+            unit = (unit_markers or {}).get(marker["key"])
+            if unit is None:
+                continue  # a two-pass job's version marker, not the unit's own: resume reads that one
+            entry = {"marker": unit, "version": marker}
+        files = {**entry["marker"].get("files", {}), **entry.get("version", {}).get("files", {})}
         stamps = {}
-        for rel in sorted(marker.get("files", {})):
+        for rel in sorted(files):
             found = listing.get(io.join(output_dir, rel))
             if found is not None and found.generation is not None:
                 stamps[rel] = found.generation
-        lines.append(json.dumps({"marker": marker, "generations": stamps}, sort_keys=True) + "\n")
+        entry = {k: {f: v for f, v in m.items() if not f.startswith("_")} for k, m in entry.items()}
+        lines.append(json.dumps({**entry, "generations": stamps}, sort_keys=True) + "\n")
     return "".join(lines).encode("utf-8")
 
 
@@ -221,6 +236,11 @@ def _unchanged(output_dir: str, marker: dict[str, Any], stamps: dict[str, int],
 
 def read_index(output_dir: str, manifest: Optional[dict[str, Any]]) -> dict[str, tuple[dict[str, Any], dict]]:
     """key -> (marker, file generations) from the unit index the manifest names (empty without one)."""
+    return {key: (marker, stamps) for key, (marker, stamps, _) in _index_entries(output_dir, manifest).items()}
+
+
+def _index_entries(output_dir: str, manifest: Optional[dict[str, Any]]) -> dict[str, tuple[dict, dict, Optional[dict]]]:
+    """key -> (unit marker, file generations, version marker or None) from the manifest's unit index."""
     rel = (manifest or {}).get("bookkeeping", {}).get("units_index")
     if not rel:
         return {}
@@ -228,7 +248,7 @@ def read_index(output_dir: str, manifest: Optional[dict[str, Any]]) -> dict[str,
     try:
         for line in io.read_text(io.join(output_dir, rel)).splitlines():
             entry = json.loads(line)
-            entries[entry["marker"]["key"]] = (entry["marker"], entry["generations"])
+            entries[entry["marker"]["key"]] = (entry["marker"], entry["generations"], entry.get("version"))
     except FileNotFoundError:
         return {}
     except (ValueError, KeyError, TypeError) as err:
@@ -242,19 +262,25 @@ def resume_markers(output_dir: str, manifest: Optional[dict[str, Any]] = None) -
     markers that index does not list (read in parallel): O(listings), not one read per unit.
 
     An indexed unit whose files the listing shows unchanged is trusted without reading anything;
-    one whose files changed is verified by CRC32C (or redone), as `verified_markers` does.
+    one whose files changed is verified by CRC32C (or redone), as `verified_markers` does. A two-pass
+    job's indexed version marker comes with the unit's marker under INDEXED_VERSION_KEY (what was
+    recorded, e.g. the checksums of files derived from the unit) and, when its files are all unchanged
+    too, under VERSIONS_KEY ({version: version marker}), so that version's pass 2 reuses it unread.
     """
     listing = io.list_stats(output_dir)
     marker_dir = io.join(output_dir, UNITS_DIR) + "/"
     present = {path[len(marker_dir):-len(MARKER_SUFFIX)]: path for path in listing
                if path.startswith(marker_dir) and path.endswith(MARKER_SUFFIX) and "/" not in path[len(marker_dir):]}
-    index = read_index(output_dir, manifest)
+    index = _index_entries(output_dir, manifest)
     good, to_check = {}, {}
-    for key, (marker, stamps) in index.items():
+    for key, (marker, stamps, version) in index.items():
         if key not in present:
             continue  # its marker is gone: the unit is redone
         if _unchanged(output_dir, marker, stamps, listing):
             good[key] = marker
+            if version is not None:
+                verified = {version["version"]: version} if _unchanged(output_dir, version, stamps, listing) else {}
+                good[key] = {**marker, VERSIONS_KEY: verified, INDEXED_VERSION_KEY: version}
         else:
             to_check[key] = marker
     unread = [key for key in present if key not in index]

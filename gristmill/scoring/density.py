@@ -83,6 +83,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import numbers
@@ -112,13 +113,15 @@ DEFAULT_BANDWIDTH_QUANTILE = 0.05
 # Cosine rows with up to this many bits get B = 2^k direct buckets by default (2^14 = 16384).
 _MAX_DIRECT_BITS = 14
 
-# Projection batches are padded to a power of two up to this many rows, so only
-# a handful of programs are compiled whatever the batch sizes.
-_CHUNK_ROWS = 1024
-_MIN_PAD_ROWS = 8
+# Embeddings are projected in chunks of exactly this many rows (the last one zero-padded), so a
+# document's projection is computed by the same matmul shape whatever its unit or batch: its bucket
+# ids cannot depend on which documents share its call (one compiled program, one BLAS blocking).
+_CHUNK_ROWS = 256
 
 # v2: cosine sketches with B = 2^k index buckets by the sign word (v1 hashed it); nothing else changed.
 _FORMAT, _FORMAT_V1 = "gristmill-density-sketch-v2", "gristmill-density-sketch-v1"
+# How ids are computed from the parameters (fixed 256-row chunks); part of `hash_digest`.
+_IDS_FORMAT = "gristmill-density-ids-v1"
 
 # Streams of the seed: one independent generator per kind of parameter, so
 # that changing one shape does not change the other parameters.
@@ -269,6 +272,27 @@ class HashParams:
         )
 
 
+def ids_dtype(config: SketchConfig) -> np.dtype:
+    """The smallest unsigned dtype holding every bucket id of `config`: uint8 for B <= 256 (the
+    default sketch: one byte a row), uint16 for B <= 65536, else uint32. Cached ids are stored so."""
+    for dtype in (np.uint8, np.uint16):
+        if config.buckets <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.uint32)
+
+
+def hash_digest(params: HashParams) -> str:
+    """16 hex digits naming a set of hash functions: the config, every parameter array and the way
+    they are applied (`_IDS_FORMAT`). Equal digests give every embedding the same bucket ids, so ids
+    cached under a digest are reused only by sketches that would compute the same ones."""
+    h = hashlib.sha256(_IDS_FORMAT.encode())
+    for part in (params.config.to_json().encode(), params.projection, params.offsets, params.mult_hi, params.mult_lo):
+        data = part if isinstance(part, bytes) else np.ascontiguousarray(part).tobytes()
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
 def _stream(seed: int, stream: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, stream])))
 
@@ -374,10 +398,6 @@ def check_embeddings(config: SketchConfig, x) -> np.ndarray:
     return arr
 
 
-def _padded_size(n: int) -> int:
-    return max(_MIN_PAD_ROWS, 1 << (n - 1).bit_length())
-
-
 def _hash(params: HashParams, x, rows_first: bool) -> np.ndarray:
     cfg = params.config
     arr = check_embeddings(cfg, x)
@@ -393,9 +413,8 @@ def _hash(params: HashParams, x, rows_first: bool) -> np.ndarray:
     for start in range(0, n, _CHUNK_ROWS):
         chunk = arr[start:start + _CHUNK_ROWS]
         m = chunk.shape[0]
-        padded = _padded_size(m)
-        if padded != m:
-            chunk = np.concatenate([chunk, np.zeros((padded - m, cfg.dim), np.float32)])
+        if m != _CHUNK_ROWS:
+            chunk = np.concatenate([chunk, np.zeros((_CHUNK_ROWS - m, cfg.dim), np.float32)])
         if on_cpu:
             z = params.projection_t @ chunk.T  # [R*k, N]
             ids = np.asarray(_ids_from_projections_jit(z, *device_args[1:], **static))
@@ -411,11 +430,12 @@ def _hash(params: HashParams, x, rows_first: bool) -> np.ndarray:
 def bucket_ids(params: HashParams, x) -> np.ndarray:
     """Bucket of every embedding in every row: int32 [N, R] in [0, B).
 
-    One float32 ``x @ projection`` matmul per chunk of up to 1024 embeddings
+    One float32 ``x @ projection`` matmul per chunk of 256 embeddings
     (numpy's BLAS on CPU, XLA elsewhere), then the floor/sign and the
-    universal hash fused by XLA. Chunks are padded
-    to a power of two so few programs compile. Raises SketchError for a wrong
-    shape or NaN/inf embeddings.
+    universal hash fused by XLA. Every chunk has the same shape (the last is
+    zero-padded), so one program compiles and a point's ids do not depend on
+    the other points hashed with it. Raises SketchError for a wrong shape or
+    NaN/inf embeddings.
     """
     return _hash(params, x, rows_first=False)
 
@@ -786,7 +806,7 @@ def exact_scores(config: SketchConfig, corpus, queries, *, block: int = 2048) ->
 
 __all__: Sequence[str] = (
     "SketchConfig", "SketchError", "HashParams", "Sketch", "make_hash_params", "bucket_ids", "row_bucket_ids",
-    "check_embeddings",
+    "check_embeddings", "ids_dtype", "hash_digest",
     "build_sketch", "pstable_collision_probability", "srp_collision_probability", "collision_probability",
     "exact_scores", "estimate_bandwidth", "pairwise_distances", "make_sketch_config", "log_kernel_slope",
     "gaussian_equivalent_bandwidth", "DEFAULT_KERNEL", "DEFAULT_ROWS", "DEFAULT_BITS", "DEFAULT_HASHES_PER_ROW",
