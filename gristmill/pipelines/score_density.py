@@ -4,18 +4,25 @@
         [--embedder minilm|st5:DIR] [--kernel cosine|l2] [--rows 1000] [--hashes_per_row K] [--buckets B]
 
     units to do --read--> embed (RunInference) --> units/<u>.tfrecord + units/<u>.emb.npy + marker
-    every unit's embeddings --hash, CombineGlobally(add counts)--> sketch, version v (a hash of it)
-    every unit --query the sketch (side input)--> versions/<v>/<u>.tfrecord with score/density/<embedder>
+    every unit without ids --hash its embeddings, once--> units/<u>.<hash digest>.ids.npy
+    new units' ids --bincount, CombineGlobally(add counts)--> + the last run's sketch = the sketch, version v
+    every unit --gather its ids' counts (side input)--> versions/<v>/<u>.tfrecord with score/density/<embedder>
     the sketch --> versions/<v>/sketch.npz; manifest.json names this version's files
 
-Embed once, ever: each unit's embeddings are cached beside its records (`gristmill.pipelines.corpus`),
-so pass 2, resumed runs and later incremental batches never re-embed, and an input that is a
-gristmill output with cached embeddings is not embedded at all. The sketch of a batch is the exact
-sum of every unit's counts (counts add), so a corpus scored in batches gets the sketch of one run
-over all of it. Because the sketch grows with the corpus, pass 2 scores every unit of the current
-inputs again, from the cached embeddings (hashing only), into a new version: the files of an
-earlier batch, which a published selection may name, are never rewritten (`gristmill gc` removes
-them once nothing references them). A rerun with the same sketch reuses its version's files.
+Embed once and hash once, ever: each unit's embeddings are cached beside its records
+(`gristmill.pipelines.corpus`), and its bucket ids (R small integers a document, one byte each for
+the default sketch) beside them under a digest of the hash functions, so a sketch of another
+configuration never reads them. Pass 1 counts ids, pass 2 gathers counts at them; neither hashes a
+document whose ids exist, and an input that is a gristmill output with cached embeddings is not
+embedded at all. The sketch is the exact sum of every unit's counts, and a document's ids do not
+depend on its unit or batch (fixed-size hash chunks), so a corpus scored in batches gets the bytes of
+one run over all of it. A batch adds only its new units' counts to the last run's sketch (named by
+its manifest, with the units it counted, and verified by CRC32C; if a counted unit is gone or
+anything does not verify, the sketch is counted again from every unit's cached ids). Because the
+sketch grows, pass 2 scores every unit of the current inputs again, from the cached ids, into a new
+version: the files of an earlier batch, which a published selection may name, are never rewritten
+(`gristmill gc` removes them once nothing references them). A rerun with nothing new reuses the last
+sketch and, through the unit index, each unit's version marker: it reads no ids, embeddings or marker.
 
 Defaults (`gristmill.scoring.density`): the cosine (sign random projection) kernel, which needs no
 data-dependent parameter; `--kernel l2` is the paper's p-stable sketch, whose bandwidth is

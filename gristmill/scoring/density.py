@@ -74,7 +74,9 @@ it before (k = 2, w = 5% distance quantile); benchmarks/density_accuracy.py.
   multiply-adds at d = 384, 6.1 M at d = 768), then R sign words and R
   counter updates (pass 1) or lookups (pass 2): 151 us a document for hash,
   add and query on this loaded 2-core machine, against 99 us for the former l2
-  k = 2 sketch and ~100 ms for MiniLM itself. The counts are R x 2^k int32 =
+  k = 2 sketch and ~100 ms for MiniLM itself. The density job hashes a document
+  once, ever, and caches its ids (`ids_dtype`: one byte a row for B = 256, named
+  by `hash_digest`); counting and querying cached ids is a bincount and a gather. The counts are R x 2^k int32 =
   1 MB (the paper's 1000 x 20000: 80 MB) and stay in cache; the projection
   matrix is d x R k float32 (11.7 MiB at d = 384).
 """
