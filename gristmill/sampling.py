@@ -542,21 +542,41 @@ def plan_from_scores(rule: Union[str, type[Rule]], ids: Sequence[DocId], scores:
         raise SamplingError("no scored documents to plan over")
     u = uniform_from_ids(ids_p, seed)
     s = scores[present]
-    tok = None if tokens is None else tokens[present]
-    instance = rule_cls()
-    instance.check_scores(s, ids_p)
+    rule_cls().check_scores(s, ids_p)
+    # the id only orders documents with the same (score, u): no plan depends on that order
     order = np.lexsort((np.asarray([_id_bytes(i) for i in ids_p], dtype=object).astype("S"), u, s))
+    return plan_from_uniforms(rule_cls, s[order], u[order], None if tokens is None else tokens[present][order],
+                              rate=rate, seed=seed, rate_by=rate_by, score_feature=score_feature,
+                              tokens_feature=tokens_feature, num_missing=int(absent.sum()), missing=missing)
+
+
+def plan_from_uniforms(rule: Union[str, type[Rule]], scores: np.ndarray, u: np.ndarray, tokens: Optional[np.ndarray],
+                       *, rate: float, seed: int, rate_by: str = DOCUMENTS, score_feature: Optional[str] = None,
+                       tokens_feature: Optional[str] = None, num_missing: int = 0,
+                       missing: Union[str, MissingScorePolicy] = MissingScorePolicy.ERROR) -> Plan:
+    """`plan_from_scores` once each document's hash uniform is known: the same plan, from the planned
+    documents' scores (valid float32 values; ignored by `random`), u (`uniform_from_ids` with this seed)
+    and token counts, in any order. Select's bounded job uses it where it keeps columns, not ids."""
+    rule_cls = _rule_class(rule)
+    _check_rate(rate, rate_by)
+    s = np.asarray(scores, dtype=np.float64) if rule_cls.needs_scores else np.zeros(len(u))
+    u = np.asarray(u, dtype=np.float64)
+    tok = None if tokens is None else np.asarray(tokens, dtype=np.int64)
+    if not len(u):
+        raise SamplingError("no scored documents to plan over")
+    rule_cls().check_scores(s)
+    order = np.lexsort((u, s))
     s, u, tok = s[order], u[order], None if tok is None else tok[order]
     weights = _weights(rate_by, len(s), tok)
     total = int(weights.sum())
     fitted = rule_cls.fit(s, u, weights, rate * total)
     pi = fitted.inclusion_probability(s) if isinstance(fitted, IPS) else fitted.keep(s, u).astype(np.float64)
     return Plan(rule=fitted, score_feature=score_feature if rule_cls.needs_scores else None, rate=float(rate),
-                rate_by=rate_by, seed=seed, num_documents=len(s),
-                num_tokens=None if tok is None else int(tok.sum()), num_missing=int(absent.sum()),
+                rate_by=rate_by, seed=_check_seed(seed), num_documents=len(s),
+                num_tokens=None if tok is None else int(tok.sum()), num_missing=num_missing,
                 expected_documents=exact_sum.to_float(exact_sum.total(pi)),
                 expected_tokens=None if tok is None else exact_sum.to_float(exact_sum.total(pi * tok)),
-                tokens_feature=tokens_feature, missing=missing)
+                tokens_feature=tokens_feature, missing=MissingScorePolicy(missing))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

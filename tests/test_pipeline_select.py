@@ -1,11 +1,15 @@
 """The Beam select job: plans across runners and shardings, chaining, Beam subset == tf.data subset."""
 
+import glob
 import json
 import os
 
+import apache_beam as beam
+import numpy as np
 import pytest
 
 from gristmill import records as gm_records
+from gristmill import sampling
 from gristmill.pipelines import score_random, select
 from gristmill.training import data as training_data
 
@@ -111,6 +115,88 @@ def test_the_bounded_exact_planner_gives_the_in_memory_exact_plan(tmp_path, scor
 
 
 def test_documents_without_the_score_are_left_out_of_the_histograms_not_drawn_at_zero():
-    assert select._scores_present((select.SELECTED, ("a", None, 3))) == []
-    assert select._scores_present((select.NOT_SELECTED, ("b", 0.0, 3))) == [0.0]
-    assert select._scores_present((select.SELECTED, ("c", 0.75, 3))) == [0.75]
+    plan = sampling.plan_from_scores("random", ["a", "b", "c"], rate=1.0, seed=0)
+    columns = select.Columns(np.array([False, True, True]), np.array([np.nan, 0.0, 0.75]),
+                             sampling.uniform_from_ids(["a", "b", "c"], 0), np.array([3, 3, 3]))
+    outcomes = select._Outcomes()
+    acc = outcomes.add_input(outcomes.create_accumulator(plan), columns, plan)
+    result = outcomes.extract_output(acc, plan)
+    assert sorted(result["before"]) == sorted(result["after"]) == [0.0, 0.75]
+    assert result[select.SELECTED] == 3
+
+
+def _columns_corpus(tmp_path, rng, n, kind, units=3):
+    """Columns files of n documents in `units` units under tmp_path, and the ids, scores and tokens they hold."""
+    ids = [f"doc-{i}" for i in range(n)]
+    if kind == "ties":
+        scores = rng.integers(1, 4, n) * 0.5
+    elif kind == "capped":
+        scores = np.where(rng.random(n) < 0.2, 1e-6, rng.lognormal(0.0, 1.0, n))
+    else:
+        scores = rng.lognormal(0.0, 1.0, n)
+    scores = scores.astype(np.float32).astype(np.float64)
+    tokens = rng.integers(0 if kind == "zero_tokens" else 1, 50, n)
+    planning = select.Planning("ips", FEATURE, 7, None, "error")
+    facts_units = []
+    for k, part in enumerate(np.array_split(np.arange(n), units)):
+        path = f"columns/u{k}.npz"
+        columns = select.Columns(np.ones(len(part), dtype=bool), scores[part],
+                                 sampling.uniform_from_ids([ids[i] for i in part], 7), tokens[part])
+        os.makedirs(tmp_path / "columns", exist_ok=True)
+        (tmp_path / path).write_bytes(select.columns_bytes(columns))
+        facts_units.append({"unit": f"u{k}", "path": path, "documents": len(part), "tokens": int(tokens[part].sum()),
+                            "missing": 0, "zero_tokens": int((tokens[part] == 0).sum()), "features": [FEATURE],
+                            "first_missing": None, "invalid": None})
+    return ids, scores, tokens, select.corpus_facts(facts_units, planning)
+
+
+@pytest.mark.parametrize("rule", ["ips", "topk", "random"])
+@pytest.mark.parametrize("kind, rate_by, rate", [("lognormal", "documents", 0.3), ("ties", "tokens", 0.6),
+                                                 ("capped", "documents", 0.9), ("zero_tokens", "tokens", 0.25),
+                                                 ("lognormal", "tokens", 1.0)])
+def test_plan_selection_over_spilled_columns_equals_the_in_memory_plan(tmp_path, rule, kind, rate_by, rate):
+    """PlanSelection in a TestPipeline, reading Columns files, gives plan_from_scores's plan byte for byte."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    rng = np.random.default_rng(hash((rule, kind, rate_by)) % 2**32)
+    ids, scores, tokens, facts = _columns_corpus(tmp_path, rng, 700, kind)
+    config = select.SelectConfig(rule=rule, score=FEATURE, rate=rate, rate_by=rate_by, seed=7)
+    expected = sampling.plan_from_scores(rule, ids, scores, rate=rate, seed=7, tokens=tokens, rate_by=rate_by,
+                                         score_feature=FEATURE, tokens_feature=sampling.PROXY_TOKENS)
+    planning = select.Planning(rule, FEATURE, 7, None, "error")
+    with TestPipeline() as p:
+        plans = (p | beam.Create([facts]) | select.PlanSelection(config, str(tmp_path), planning)
+                 | beam.Map(lambda plan: plan.to_json()))
+        assert_that(plans, equal_to([expected.to_json()]))
+
+
+def test_select_ips_in_a_test_pipeline_writes_the_in_memory_plan_and_its_columns(tmp_path, scored):
+    """The job on a TestPipeline (bounded IPS by tokens); pass 1's Columns files hold each document's
+    score, hash uniform and tokens."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    out = str(tmp_path / "ips-tp")
+    with TestPipeline() as p:
+        select.run(["--input", scored, "--output", out, "--score", FEATURE, "--rule", "ips", "--rate", "0.4",
+                    "--rate_by", "tokens", "--seed", "3", "--plan_only", "--unit_records", "300"], test_pipeline=p)
+    config = select.SelectConfig(rule="ips", score=FEATURE, rate=0.4, rate_by="tokens", seed=3)
+    docs = list(gm_records.iter_scored_records(scored))
+    rows = [(r["id"], select.score_of(r, FEATURE), select.tokens_of(r, None)) for r in docs]
+    assert _plan(out) == select._exact_plan(rows, config).to_json()
+    files = sorted(glob.glob(os.path.join(out, "versions", "*", select.COLUMNS_DIR, "*" + select.COLUMNS_SUFFIX)))
+    assert len(files) == 4  # 1,000 documents in units of 300
+    loaded = [select.read_columns(out, os.path.relpath(f, out)) for f in files]
+    by_u = dict(zip(sampling.uniform_from_ids([r[0] for r in rows], 3).tolist(), rows))
+    got = sorted((float(u), float(s), int(t)) for c in loaded for s, u, t in zip(c.score, c.u, c.tokens))
+    assert got == sorted((u, float(np.float32(r[1])), r[2]) for u, r in by_u.items())
+    assert all(c.scored.all() for c in loaded)
+
+
+def test_ips_refuses_a_score_that_is_not_positive_naming_the_document(tmp_path):
+    corpus = tmp_path / "scored.tfrecord"
+    corpus.write_bytes(b"".join(gm_records.encode_tfrecord(gm_records.serialize(
+        {"id": f"d{i}", "text": f"document {i}", FEATURE: float(i)})) for i in range(5)))
+    with pytest.raises(Exception, match=r"ips: scores must be > 0.*'d0'"):
+        select.run(["--input", str(corpus), "--output", str(tmp_path / "x"), "--score", FEATURE, "--rule", "ips",
+                    "--rate", "0.5"])

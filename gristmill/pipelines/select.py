@@ -3,11 +3,14 @@
     gristmill select --input out/askllm --output out/top60 \\
         --score score/askllm/flan-t5-xl --rule topk --rate 0.6 [--seed 0] [--plan_only]
 
-One pass computes the plan over the whole corpus (`gristmill.sampling`): exactly, in bounded
-memory, from radix-histogram passes over (id, score, tokens) rows and a gather of the few documents
-at the threshold (`gristmill.threshold_search`; byte-identical to planning in memory), or with
-`--approximate` from Beam's approximate quantiles (top-k, bottom-k, random) or a score histogram
-(IPS), whose error bound the plan records in `expected_error`. The plan is
+Pass 1 reads every record once and keeps, per input unit, a small columnar file of what planning
+needs (`versions/<v>/columns/<unit>.<h>.npz`: float32 score, the id's hash uniform, token count;
+about 21 bytes a document), so the passes that follow read those files, not the records, and the
+runner holds nothing per document between them. The plan over the whole corpus
+(`gristmill.sampling`) is exact by default, in bounded memory: radix-histogram passes and a gather
+of the few documents at the threshold (`gristmill.threshold_search`; byte-identical to planning in
+memory), or with `--approximate` from Beam's approximate quantiles (top-k, bottom-k, random) or a
+score histogram (IPS), whose error bound the plan records in `expected_error`. The plan is
 saved as `plan.json`, then applied record by record: the selected records are written with all
 their features, one file per input unit (`units/<unit>.tfrecord`, listed in the manifest's
 `outputs.records`; `--input` of the next job can be this directory, so selections chain), and
@@ -19,11 +22,11 @@ before and after. Plan, report and histogram are written under `versions/<v>/` (
 from __future__ import annotations
 
 import dataclasses
-import functools
+import hashlib
 import io as _bytes_io
 import json
 import logging
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -35,6 +38,7 @@ PLAN_FILE = "plan.json"
 REPORT_FILE = "report.json"
 HISTOGRAM_FILE = "histogram.png"
 SELECTED, NOT_SELECTED, MISSING_SCORE, PLAN_ONLY = "selected", "not_selected", "missing_score", "plan_only"
+COLUMNS_DIR, COLUMNS_SUFFIX = "columns", ".npz"
 NUM_QUANTILES = 10001
 HISTOGRAM_SAMPLE = 10000
 log = logging.getLogger(__name__)
@@ -109,28 +113,6 @@ def _exact_plan(rows: list[tuple[str, Optional[float], int]], config: SelectConf
                                    absent_message=message)
 
 
-class _Summary(beam.CombineFn):
-    """Counts documents, tokens and missing scores (for the approximate planners)."""
-
-    def __init__(self, needs_score: bool):
-        self.needs_score = needs_score
-
-    def create_accumulator(self):
-        return np.zeros(3, dtype=np.int64)
-
-    def add_input(self, acc, row):
-        _, score, tokens = row
-        acc = acc.copy()
-        acc += (1, tokens, 0) if score is not None or not self.needs_score else (0, 0, 1)
-        return acc
-
-    def merge_accumulators(self, accs):
-        return sum(accs, np.zeros(3, dtype=np.int64))
-
-    def extract_output(self, acc):
-        return {"documents": int(acc[0]), "tokens": int(acc[1]), "missing": int(acc[2])}
-
-
 def histogram_edges(quantiles: list[float]) -> np.ndarray:
     """Histogram edges for IPS planning from score quantiles: unique, with the top edge above the max."""
     edges = np.unique(np.asarray(quantiles, dtype=np.float64))
@@ -140,25 +122,443 @@ def histogram_edges(quantiles: list[float]) -> np.ndarray:
     return edges
 
 
-class _IpsHistogram(beam.CombineFn):
-    """Per-bin sums of weight and weight/score over edges from a side input (sampling.ips_histogram).
+def _write_file(output_dir: str, version: str, name: str, data: bytes) -> None:
+    """Writes a job file of this version (`versions/<v>/<name>`, listed in the manifest, never replaced)
+    and its latest copy at the top level (`<name>`, replaced by the next version)."""
+    kit.write_once(output_dir, kit.version_path(version, name), data)  # a rerun keeps the version's file
+    io.atomic_write(io.join(output_dir, name), data)
 
-    The accumulator is the pair of sum arrays, so merging is addition.
+
+# --- pass 1: each unit's columns, spilled to a small file -----------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Planning:
+    """What pass 1 reads of each document: the score feature, the rule that reads it (its checks), the
+    seed of the hash uniforms, the tokens feature and the missing-score policy (--plan's when given)."""
+
+    rule: str
+    feature: Optional[str]
+    seed: int
+    tokens_feature: Optional[str]
+    missing: str
+
+    @property
+    def needs_score(self) -> bool:
+        """Whether the planned population is the documents with the score (else every document)."""
+        return sampling.RULES[self.rule].needs_scores and self.feature is not None
+
+    def columns_path(self, version: str, unit: str) -> str:
+        """A unit's columns file, relative to the output directory: named by what its columns hold."""
+        what = json.dumps([self.feature, self.tokens_feature, self.seed]).encode()
+        return kit.version_path(version, f"{COLUMNS_DIR}/{unit}.{hashlib.blake2b(what, digest_size=4).hexdigest()}"
+                                         f"{COLUMNS_SUFFIX}")
+
+
+def planning_of(config: SelectConfig) -> Planning:
+    """The Planning of a select run: from its flags, or from the plan file it applies."""
+    if config.plan:
+        plan = load_plan(config.plan)
+        return Planning(plan.rule.name, plan.score_feature, plan.seed, config.tokens_feature, plan.missing.value)
+    return Planning(config.rule, config.score, config.seed, config.tokens_feature, config.missing)
+
+
+class Columns(NamedTuple):
+    """One unit's documents as columns: all the plan, the report and their checks need of them (about
+    21 bytes a document). scored: has the score feature; score: float32 values as float64 (NaN where
+    absent); u: `sampling.uniform_from_id` of the id with the planning seed; tokens: int64."""
+
+    scored: np.ndarray
+    score: np.ndarray
+    u: np.ndarray
+    tokens: np.ndarray
+
+    def population(self, planning: Planning) -> Columns:
+        """The documents a plan is made over: those with the score, or every document (no score needed)."""
+        if not planning.needs_score:
+            return self
+        keep = self.scored
+        return Columns(keep[keep], self.score[keep], self.u[keep], self.tokens[keep])
+
+
+def columns_bytes(columns: Columns) -> bytes:
+    """A Columns as an .npz file's bytes (score stored as float32)."""
+    buffer = _bytes_io.BytesIO()
+    np.savez(buffer, scored=columns.scored, score=columns.score.astype(np.float32), u=columns.u,
+             tokens=columns.tokens)
+    return buffer.getvalue()
+
+
+def read_columns(output_dir: str, relative_path: str) -> Columns:
+    """A unit's Columns from its file under the output directory (written by pass 1)."""
+    with np.load(_bytes_io.BytesIO(io.read_bytes(io.join(output_dir, relative_path)))) as data:
+        return Columns(data["scored"], data["score"].astype(np.float64), data["u"], data["tokens"])
+
+
+class _UnitSpill:
+    """One unit's documents as they are read: lists until the unit's info Item closes it."""
+
+    def __init__(self):
+        self.ids, self.scores, self.u, self.tokens, self.features = [], [], [], [], set()
+
+    def add(self, record: records.Record, planning: Planning) -> None:
+        doc_id = record[records.ID]
+        self.ids.append(doc_id)
+        self.scores.append(score_of(record, planning.feature))
+        self.u.append(sampling.uniform_from_id(doc_id, planning.seed))
+        self.tokens.append(tokens_of(record, planning.tokens_feature))
+        self.features.update(k for k in record if k.startswith("score/"))
+
+    def finish(self, output_dir: str, version: str, planning: Planning, unit: str) -> dict[str, Any]:
+        """Writes the unit's columns file (once: a rerun keeps it) and returns what the plan needs to know
+        of the unit without reading it: its file, counts, score features and first bad document."""
+        scored = np.array([s is not None for s in self.scores], dtype=bool)
+        with np.errstate(over="ignore", invalid="ignore"):
+            raw = np.array([np.nan if s is None else s for s in self.scores], dtype=np.float64)
+            score = raw.astype(np.float32).astype(np.float64)
+        columns = Columns(scored, score, np.array(self.u, dtype=np.float64), np.array(self.tokens, dtype=np.int64))
+        path = planning.columns_path(version, unit)
+        kit.write_once(output_dir, path, columns_bytes(columns))
+        population = scored if planning.needs_score else np.ones(len(scored), dtype=bool)
+        invalid = None
+        if planning.needs_score:
+            with np.errstate(invalid="ignore"):
+                bad = scored & (~np.isfinite(score) | ((score <= 0) if planning.rule == sampling.IPS.name else False))
+            if bad.any():
+                k = int(np.flatnonzero(bad)[0])
+                invalid = [self.ids[k], float(raw[k])]
+        absent = ~scored if planning.needs_score else np.zeros(len(scored), dtype=bool)
+        return {"unit": unit, "path": path, "documents": int(population.sum()),
+                "tokens": int(columns.tokens[population].sum()), "missing": int(absent.sum()),
+                "zero_tokens": int((columns.tokens[population] == 0).sum()), "features": sorted(self.features),
+                "first_missing": self.ids[int(np.flatnonzero(absent)[0])] if absent.any() else None,
+                "invalid": invalid}
+
+
+class _SpillFn(beam.DoFn):
+    """Items -> one dict per unit, after writing the unit's Columns (`_UnitSpill.finish`). A unit's Items
+    arrive in one bundle, its info Item last (`kit.ReadUnits`)."""
+
+    def __init__(self, output_dir: str, version: str, planning: Planning):
+        self.output_dir, self.version, self.planning = output_dir, version, planning
+
+    def start_bundle(self):
+        self.open: dict[str, _UnitSpill] = {}
+
+    def process(self, item: kit.Item):
+        if item.kind == kit.RECORD:
+            self.open.setdefault(item.unit, _UnitSpill()).add(item.value, self.planning)
+        elif item.kind == kit.UNIT:
+            yield self.open.pop(item.unit, _UnitSpill()).finish(self.output_dir, self.version, self.planning,
+                                                                 item.unit)
+
+    def finish_bundle(self):
+        if self.open:
+            raise RuntimeError(f"units left unfinished at the end of a bundle: {sorted(self.open)[:5]}; a unit's "
+                               f"Items must stay in one bundle")
+
+
+def corpus_facts(units: list[dict[str, Any]], planning: Planning) -> dict[str, Any]:
+    """The whole input's counts from its units' dicts, after the checks that need no pass over the data:
+    a document without the score (policy error) or with a score the rule cannot use fails the job here,
+    naming the document and the score features the records have."""
+    units = sorted(units, key=lambda u: u["unit"])
+    present = sorted(set().union(*(u["features"] for u in units)))
+    missing = [u["first_missing"] for u in units if u["first_missing"] is not None]
+    if missing and planning.missing == sampling.MissingScorePolicy.ERROR.value:
+        raise sampling.MissingScoreError(
+            f"document {missing[0]} has no score feature {planning.feature!r} (use --missing drop|keep to allow "
+            f"it); score features in the records: {', '.join(present) or 'none'}")
+    invalid = [u["invalid"] for u in units if u["invalid"] is not None]
+    if invalid:
+        doc_id, score = invalid[0]
+        if planning.rule == sampling.IPS.name and np.isfinite(np.float32(score)):
+            raise sampling.SamplingError(f"ips: scores must be > 0 (keep probability is proportional to 1/score), "
+                                         f"got {score!r} for document {doc_id!r}")
+        raise sampling.SamplingError(f"{planning.rule}: non-finite score {score!r} for document {doc_id!r}")
+    return {"present": present, "paths": [u["path"] for u in units],
+            **{k: sum(u[k] for u in units) for k in ("documents", "tokens", "missing", "zero_tokens")}}
+
+
+def _paths(facts: dict[str, Any]) -> list[str]:
+    return facts["paths"]
+
+
+class UnitColumns(beam.PTransform):
+    """The corpus facts -> each unit's Columns (population only), read afresh from its file.
+
+    Each pass applies its own UnitColumns, so what a runner keeps between passes is the list of
+    files, never the documents (the in-process runner materialises a PCollection that several passes
+    read)."""
+
+    def __init__(self, output_dir: str, planning: Planning):
+        super().__init__()
+        self.output_dir, self.planning = output_dir, planning
+
+    def expand(self, facts):
+        output_dir, planning = self.output_dir, self.planning
+        return (facts
+                | "Paths" >> beam.FlatMap(_paths)
+                | "Reshuffle" >> beam.Reshuffle()
+                | "Read" >> beam.Map(lambda path: read_columns(output_dir, path).population(planning)))
+
+
+# --- exact top-k, bottom-k and random: threshold_search over the columns -----------------------------
+
+def _start_state(facts: dict[str, Any], config: SelectConfig) -> dict[str, Any]:
+    by_tokens = config.rate_by == sampling.TOKENS
+    total = facts["tokens"] if by_tokens else facts["documents"]
+    return {"target": config.rate * total, "documents": facts["documents"], "tokens": facts["tokens"],
+            "in_memory": bool(by_tokens and facts["zero_tokens"]), "search": threshold_search.Search()}
+
+
+def _sort_keys(columns: Columns, rule: str):
+    scores = None if rule == sampling.Random.name else columns.score
+    return threshold_search.sort_keys(rule, scores, columns.u)
+
+
+class _LevelHistogram(beam.CombineFn):
+    """Documents and tokens per bin of one level of `threshold_search` over Columns, among the documents
+    under the prefix chosen so far (side input: the search state)."""
+
+    def __init__(self, rule: str):
+        self.rule = rule
+
+    def create_accumulator(self, state):
+        return np.zeros((2, threshold_search.BINS), dtype=np.int64)
+
+    def add_input(self, acc, columns, state):
+        if state["in_memory"] or state["search"].keeps_all:
+            return acc
+        key32, m = _sort_keys(columns, self.rule)
+        return acc + threshold_search.histogram(key32, m, columns.tokens, state["search"].prefix)
+
+    def merge_accumulators(self, accs, state):
+        return sum(accs, np.zeros((2, threshold_search.BINS), dtype=np.int64))
+
+    def extract_output(self, acc, state):
+        return acc
+
+
+def _next_state(counts: np.ndarray, state: dict[str, Any], config: SelectConfig) -> dict[str, Any]:
+    if state["in_memory"]:
+        return state
+    search = threshold_search.choose(state["search"], counts, config.rate_by == sampling.TOKENS, state["target"])
+    return {**state, "search": search}
+
+
+def _latest(rows):
+    return max(rows, key=lambda r: (r[0], r[1]), default=None)
+
+
+class _Gather(beam.CombineFn):
+    """The documents at the threshold (the full prefix) and the first one below them, as
+    `threshold_search` Rows; or, for a corpus with zero-token documents planned by tokens, every
+    document's columns (planned in memory: about 21 bytes a document)."""
+
+    def __init__(self, rule: str):
+        self.rule = rule
+
+    def create_accumulator(self, state):
+        return [], None, []
+
+    def add_input(self, acc, columns, state):
+        rows, after, kept = acc
+        if state["in_memory"]:
+            return rows, after, kept + [columns]
+        search = state["search"]
+        if search.keeps_all:
+            return acc
+        key32, m = _sort_keys(columns, self.rule)
+        score = (lambda k: None) if self.rule == sampling.Random.name else (lambda k: float(columns.score[k]))
+
+        def row(k):
+            return int(key32[k]), int(m[k]), score(k), float(columns.u[k]), int(columns.tokens[k])
+
+        inside = threshold_search.prefix_mask(key32, m, search.prefix)
+        below = np.flatnonzero(~inside & threshold_search.below_prefix(key32, m, search.prefix))
+        best_below = after
+        if below.size:  # the highest-ranked of them: the largest (key32, m)
+            best_below = _latest([r for r in (after, row(below[np.lexsort((m[below], key32[below]))[-1]]))
+                                  if r is not None])
+        return rows + [row(k) for k in np.flatnonzero(inside)], best_below, kept
+
+    def merge_accumulators(self, accs, state):
+        rows, afters, kept = [], [], []
+        for r, a, k in accs:
+            rows += r
+            kept += k
+            if a is not None:
+                afters.append(a)
+        return rows, _latest(afters), kept
+
+    def extract_output(self, acc, state):
+        return acc
+
+
+def _search_plan(state: dict[str, Any], gathered: tuple, facts: dict[str, Any], config: SelectConfig) -> sampling.Plan:
+    """The plan from the finished search (or, for zero-token documents, from every document's columns)."""
+    if config.score and config.spec().needs_scores and state["documents"] == 0:
+        raise sampling.MissingScoreError(absent_score_message(config.score, facts["present"], facts["missing"]))
+    rows, after, kept = gathered
+    common = dict(rate=config.rate, seed=config.seed, rate_by=config.rate_by,
+                  tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS, num_missing=facts["missing"],
+                  missing=config.missing)
+    if state["in_memory"]:
+        return sampling.plan_from_uniforms(
+            config.rule, np.concatenate([c.score for c in kept]), np.concatenate([c.u for c in kept]),
+            np.concatenate([c.tokens for c in kept]), score_feature=config.score, **common)
+    found, documents, tokens = threshold_search.threshold(
+        state["search"], rows, after, config.rate_by == sampling.TOKENS, state["target"])
+    return threshold_search.to_plan(config.rule, found, documents, tokens, num_documents=state["documents"],
+                                    num_tokens=state["tokens"], score_feature=config.score, **common)
+
+
+class BoundedExactPlan(beam.PTransform):
+    """Corpus facts -> the exact top-k / bottom-k / random plan, in bounded memory.
+
+    Four histogram passes over the units' Columns and one gather of the few documents at the threshold
+    (`gristmill.threshold_search`); the plan equals `sampling.plan_from_scores` over the same documents.
     """
+
+    def __init__(self, config: SelectConfig, output_dir: str, planning: Planning):
+        super().__init__()
+        self.config, self.output_dir, self.planning = config, output_dir, planning
+
+    def expand(self, facts):
+        config, rule = self.config, self.config.rule
+        facts_side = beam.pvalue.AsSingleton(facts)
+        state = facts | "Start" >> beam.Map(_start_state, config)
+        for level in range(threshold_search.LEVELS):
+            side = beam.pvalue.AsSingleton(state)
+            state = (facts
+                     | f"Columns{level}" >> UnitColumns(self.output_dir, self.planning)
+                     | f"Level{level}" >> beam.CombineGlobally(_LevelHistogram(rule), side)
+                     | f"Choose{level}" >> beam.Map(_next_state, side, config))
+        side = beam.pvalue.AsSingleton(state)
+        gathered = (facts
+                    | "ColumnsGather" >> UnitColumns(self.output_dir, self.planning)
+                    | "Gather" >> beam.CombineGlobally(_Gather(rule), side))
+        return (state
+                | "SearchPlan" >> beam.Map(_search_plan, beam.pvalue.AsSingleton(gathered), facts_side, config))
+
+
+# --- exact IPS: threshold_search's IPS section over the columns --------------------------------------
+
+class _IpsLevel(beam.CombineFn):
+    """One pass of the bounded IPS search (`threshold_search.ips_histogram`) over Columns: pass 1 (side
+    input: a search without a bin) over every document, pass 2 inside the bin the search names."""
+
+    def __init__(self, by_tokens: bool):
+        self.by_tokens = by_tokens
+
+    def create_accumulator(self, search):
+        return np.zeros((2, threshold_search.BINS), dtype=np.int64), {}
+
+    def add_input(self, acc, columns, search):
+        if search.done:
+            return acc
+        part = threshold_search.ips_histogram(columns.score, columns.tokens, self.by_tokens, search.high)
+        return threshold_search.ips_merge(acc, part)
+
+    def merge_accumulators(self, accs, search):
+        merged = None
+        for acc in accs:
+            merged = acc if merged is None else threshold_search.ips_merge(merged, acc)
+        return merged
+
+    def extract_output(self, acc, search):
+        return acc
+
+
+class _IpsExpected(beam.CombineFn):
+    """Exact sums of the inclusion probabilities and of probability * tokens, once c is known."""
+
+    def create_accumulator(self, search):
+        return exact_sum.ZERO, exact_sum.ZERO
+
+    def add_input(self, acc, columns, search):
+        documents, tokens = threshold_search.ips_expected(columns.score, columns.tokens, search.c)
+        return exact_sum.add(acc[0], documents), exact_sum.add(acc[1], tokens)
+
+    def merge_accumulators(self, accs, search):
+        accs = list(accs)
+        return exact_sum.add_all(a[0] for a in accs), exact_sum.add_all(a[1] for a in accs)
+
+    def extract_output(self, acc, search):
+        return acc
+
+
+def _ips_start(facts: dict[str, Any], config: SelectConfig) -> threshold_search.IpsSearch:
+    by_tokens = config.rate_by == sampling.TOKENS
+    return threshold_search.IpsSearch(config.rate * (facts["tokens"] if by_tokens else facts["documents"]))
+
+
+def _ips_plan(expected, search: threshold_search.IpsSearch, facts: dict[str, Any],
+              config: SelectConfig) -> sampling.Plan:
+    if facts["documents"] == 0:
+        raise sampling.MissingScoreError(absent_score_message(config.score, facts["present"], facts["missing"]))
+    return threshold_search.ips_to_plan(
+        search.c, *expected, num_documents=facts["documents"], num_tokens=facts["tokens"],
+        rate=config.rate, seed=config.seed, rate_by=config.rate_by, score_feature=config.score,
+        tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS, num_missing=facts["missing"],
+        missing=config.missing)
+
+
+class BoundedIpsPlan(beam.PTransform):
+    """Corpus facts -> the exact IPS plan, in bounded memory.
+
+    Two radix passes over the units' Columns find the distinct score where the normaliser's piecewise
+    linear function crosses the target, a third sums the expected sizes (`gristmill.threshold_search`,
+    IPS section); every sum is exact, so the plan equals `sampling.plan_from_scores` over the same
+    documents, byte for byte.
+    """
+
+    def __init__(self, config: SelectConfig, output_dir: str, planning: Planning):
+        super().__init__()
+        self.config, self.output_dir, self.planning = config, output_dir, planning
+
+    def expand(self, facts):
+        config = self.config
+        by_tokens = config.rate_by == sampling.TOKENS
+        start = facts | "Start" >> beam.Map(_ips_start, config)
+        start_side = beam.pvalue.AsSingleton(start)
+        high = (facts
+                | "Columns0" >> UnitColumns(self.output_dir, self.planning)
+                | "Level0" >> beam.CombineGlobally(_IpsLevel(by_tokens), start_side)
+                | "ChooseBin" >> beam.Map(lambda h, st: threshold_search.ips_choose_high(*h, by_tokens, st.target),
+                                         start_side))
+        high_side = beam.pvalue.AsSingleton(high)
+        search = (facts
+                  | "Columns1" >> UnitColumns(self.output_dir, self.planning)
+                  | "Level1" >> beam.CombineGlobally(_IpsLevel(by_tokens), high_side)
+                  | "ChooseScore" >> beam.Map(lambda h, s: threshold_search.ips_choose_score(s, *h, by_tokens),
+                                              high_side))
+        search_side = beam.pvalue.AsSingleton(search)
+        expected = (facts
+                    | "ColumnsExpected" >> UnitColumns(self.output_dir, self.planning)
+                    | "Expected" >> beam.CombineGlobally(_IpsExpected(), search_side))
+        return expected | "IpsPlan" >> beam.Map(_ips_plan, search_side, beam.pvalue.AsSingleton(facts), config)
+
+
+# --- approximate plans ---------------------------------------------------------------------------
+
+class _IpsHistogram(beam.CombineFn):
+    """Per-bin sums of weight and weight/score over edges from a side input (sampling.ips_histogram),
+    over Columns. The accumulator is the pair of sum arrays, so merging is addition."""
+
+    def __init__(self, by_tokens: bool):
+        self.by_tokens = by_tokens
 
     def create_accumulator(self, quantiles):
         size = histogram_edges(quantiles).size - 1
         return np.zeros(size), np.zeros(size)
 
-    def add_inputs(self, acc, rows, quantiles):
-        rows = list(rows)
-        if not rows:
+    def add_input(self, acc, columns, quantiles):
+        if not len(columns.score):
             return acc
-        w, inv = sampling.ips_histogram([r[0] for r in rows], [r[1] for r in rows], histogram_edges(quantiles))
+        weights = columns.tokens if self.by_tokens else np.ones(len(columns.score))
+        w, inv = sampling.ips_histogram(columns.score, weights, histogram_edges(quantiles))
         return acc[0] + w, acc[1] + inv
-
-    def add_input(self, acc, row, quantiles):
-        return self.add_inputs(acc, [row], quantiles)
 
     def merge_accumulators(self, accs, quantiles):
         accs = list(accs)
@@ -169,356 +569,51 @@ class _IpsHistogram(beam.CombineFn):
                 "inverse": np.asarray(acc[1]).tolist()}
 
 
-def _approximate_plan(config: SelectConfig, summary: dict[str, int], quantiles: list[float],
-                      histogram: Optional[dict[str, Any]], present: Any = ()) -> sampling.Plan:
-    if config.score and summary["documents"] == 0:
-        raise sampling.MissingScoreError(absent_score_message(config.score, present, summary["missing"]))
-    common = dict(rate=config.rate, seed=config.seed, num_documents=summary["documents"],
-                  num_tokens=summary["tokens"], rate_by=config.rate_by, score_feature=config.score,
+def _approximate_plan(facts: dict[str, Any], quantiles: list[float], histogram: Optional[dict[str, Any]],
+                      config: SelectConfig) -> sampling.Plan:
+    if config.score and facts["documents"] == 0:
+        raise sampling.MissingScoreError(absent_score_message(config.score, facts["present"], facts["missing"]))
+    common = dict(rate=config.rate, seed=config.seed, num_documents=facts["documents"],
+                  num_tokens=facts["tokens"], rate_by=config.rate_by, score_feature=config.score,
                   tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS,
-                  num_missing=summary["missing"], missing=config.missing)
+                  num_missing=facts["missing"], missing=config.missing)
     if config.rule == sampling.IPS.name:
         return sampling.plan_from_histogram(histogram["edges"], histogram["weights"], histogram["inverse"],
                                             **common)
     return sampling.plan_from_quantiles(config.rule, quantiles, **common)
 
 
-def _write_file(output_dir: str, version: str, name: str, data: bytes) -> None:
-    """Writes a job file of this version (`versions/<v>/<name>`, listed in the manifest, never replaced)
-    and its latest copy at the top level (`<name>`, replaced by the next version)."""
-    kit.write_once(output_dir, kit.version_path(version, name), data)  # a rerun keeps the version's file
-    io.atomic_write(io.join(output_dir, name), data)
-
-
-def _check_missing(row, config: SelectConfig, present: Any = ()):
-    doc_id, score, _ = row
-    if score is None and config.score and config.missing == sampling.MissingScorePolicy.ERROR.value:
-        have = ", ".join(sorted(present or ())) or "none"
-        raise sampling.MissingScoreError(
-            f"document {doc_id} has no score feature {config.score!r} (use --missing drop|keep to allow it); "
-            f"score features in the records: {have}")
-    return row
-
-
-class _LevelHistogram(beam.CombineFn):
-    """Documents and tokens per bin of one level of `threshold_search`, among the documents under the
-    prefix chosen so far (side input: the search state). Rows are binned in batches."""
-
-    BATCH = 4096
-
-    def create_accumulator(self, state):
-        return np.zeros((2, threshold_search.BINS), dtype=np.int64), []
-
-    def add_input(self, acc, row, state):
-        counts, pending = acc
-        search = state["search"]
-        if threshold_search.in_prefix(row, search.prefix):
-            pending.append((threshold_search.row_bits(row, len(search.prefix)), row[4]))
-            if len(pending) >= self.BATCH:
-                return self._flush(counts, pending), []
-        return counts, pending
-
-    @staticmethod
-    def _flush(counts, pending):
-        if pending:
-            bins = np.fromiter((b for b, _ in pending), dtype=np.int64, count=len(pending))
-            tokens = np.fromiter((t for _, t in pending), dtype=np.int64, count=len(pending))
-            counts = counts.copy()
-            np.add.at(counts[0], bins, 1)
-            np.add.at(counts[1], bins, tokens)
-        return counts
-
-    def merge_accumulators(self, accs, state):
-        return sum(self._flush(*acc) for acc in accs), []
-
-    def extract_output(self, acc, state):
-        return self._flush(*acc)
-
-
-def _first_state(counts: np.ndarray, config: SelectConfig, zero_weight: int) -> dict[str, Any]:
-    """The search state after level 0: the target from the corpus' totals, then level 0's choice."""
-    by_tokens = config.rate_by == sampling.TOKENS
-    total = int(counts[1].sum()) if by_tokens else int(counts[0].sum())
-    state = {"target": config.rate * total, "documents": int(counts[0].sum()), "tokens": int(counts[1].sum()),
-             "in_memory": bool(by_tokens and zero_weight)}
-    return {**state, "search": threshold_search.choose(threshold_search.Search(), counts, by_tokens, state["target"])}
-
-
-def _next_state(counts: np.ndarray, state: dict[str, Any], config: SelectConfig) -> dict[str, Any]:
-    search = threshold_search.choose(state["search"], counts, config.rate_by == sampling.TOKENS, state["target"])
-    return {**state, "search": search}
-
-
-def _search_plan(state: dict[str, Any], gathered: list, after: Optional[tuple], summary: dict[str, int],
-                 everything: list, config: SelectConfig, present: Any) -> sampling.Plan:
-    """The plan from the finished search (or, for zero-token documents, from every row in memory)."""
-    if state["in_memory"]:
-        return _exact_plan(everything, config, present)
-    if config.score and config.spec().needs_scores and state["documents"] == 0:
-        raise sampling.MissingScoreError(absent_score_message(config.score, present, summary["missing"]))
-    found, documents, tokens = threshold_search.threshold(
-        state["search"], gathered, after, config.rate_by == sampling.TOKENS, state["target"])
-    return threshold_search.to_plan(
-        config.rule, found, documents, tokens, num_documents=state["documents"], num_tokens=state["tokens"],
-        rate=config.rate, seed=config.seed, rate_by=config.rate_by, score_feature=config.score,
-        tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS, num_missing=summary["missing"],
-        missing=config.missing)
-
-
-def _finite(row, config: SelectConfig):
-    doc_id, score, _ = row
-    if score is not None and not np.isfinite(np.float32(score)):
-        raise sampling.SamplingError(f"{config.rule}: non-finite score {score!r} for document {doc_id!r}")
-    return row
-
-
-def _search_row(row, config: SelectConfig):
-    doc_id, score, tokens = row
-    score = None if score is None else float(np.float32(score))
-    return threshold_search.search_row(config.rule, score, sampling.uniform_from_id(doc_id, config.seed), tokens)
-
-
-def _latest(rows):
-    return max(rows, key=lambda r: (r[0], r[1]), default=None)
-
-
-class BoundedExactPlan(beam.PTransform):
-    """(id, score, tokens) rows -> the exact top-k / bottom-k / random plan, in bounded memory.
-
-    Four histogram passes and one gather of the few documents at the threshold
-    (`gristmill.threshold_search`); the plan equals `sampling.plan_from_scores` over the same rows.
-    """
-
-    def __init__(self, config: SelectConfig, present):
-        super().__init__()
-        self.config = config
-        self.present = present
-
-    def expand(self, rows):
-        config = self.config
-        needs_score = config.spec().needs_scores and config.score is not None
-        if needs_score:
-            rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, self.present)
-        summary = rows | "Summary" >> beam.CombineGlobally(_Summary(needs_score))
-        scored = (rows
-                  | "WithScore" >> beam.Filter(lambda row: row[1] is not None or not needs_score)
-                  | "Finite" >> beam.Map(_finite, config))
-        keyed = scored | "SortKeys" >> beam.Map(_search_row, config)
-        zero_weight = beam.pvalue.AsSingleton(
-            scored
-            | "ZeroTokens" >> beam.Filter(lambda row: row[2] == 0)
-            | "CountZero" >> beam.combiners.Count.Globally())
-        start = beam.pvalue.AsSingleton(
-            keyed.pipeline | "Start" >> beam.Create([{"search": threshold_search.Search()}]))
-        state = (keyed
-                 | "Level0" >> beam.CombineGlobally(_LevelHistogram(), start)
-                 | "Choose0" >> beam.Map(_first_state, config, zero_weight))
-        for level in range(1, threshold_search.LEVELS):
-            side = beam.pvalue.AsSingleton(state)
-            state = (keyed
-                     | f"Level{level}" >> beam.CombineGlobally(_LevelHistogram(), side)
-                     | f"Choose{level}" >> beam.Map(_next_state, side, config))
-        side = beam.pvalue.AsSingleton(state)
-        gathered = (keyed
-                    | "AtThreshold" >> beam.Filter(
-                        lambda row, st: not st["search"].keeps_all and not st["in_memory"]
-                        and threshold_search.in_prefix(row, st["search"].prefix), side)
-                    | "Gather" >> beam.combiners.ToList())
-        after = (keyed
-                 | "Below" >> beam.Filter(
-                     lambda row, st: not st["search"].keeps_all and not st["in_memory"]
-                     and threshold_search.row_top(row) < threshold_search.prefix_value(st["search"].prefix), side)
-                 | "FirstBelow" >> beam.CombineGlobally(_latest))
-        everything = (rows
-                      | "OnlyIfZeroTokens" >> beam.Filter(lambda row, st: st["in_memory"], side)
-                      | "GatherAllRows" >> beam.combiners.ToList())
-        return (state
-                | "SearchPlan" >> beam.Map(_search_plan, beam.pvalue.AsSingleton(gathered),
-                                           beam.pvalue.AsSingleton(after), beam.pvalue.AsSingleton(summary),
-                                           beam.pvalue.AsSingleton(everything), config, self.present))
-
-
-def _positive(row, config: SelectConfig):
-    doc_id, score, _ = row
-    if not np.float32(score) > 0:
-        raise sampling.SamplingError(f"ips: scores must be > 0 (keep probability is proportional to 1/score), "
-                                     f"got {score!r} for document {doc_id!r}")
-    return row
-
-
-class _IpsLevel(beam.CombineFn):
-    """One pass of the bounded IPS search (`threshold_search.ips_histogram`) over (id, score, tokens)
-    rows: pass 1 (side input None) over every document, pass 2 inside the bin the search state names.
-    The accumulator is (counts, exact term sums per bin, pending rows); rows are binned in batches."""
-
-    BATCH = 4096
-
-    def __init__(self, by_tokens: bool):
-        self.by_tokens = by_tokens
-
-    def create_accumulator(self, state):
-        return (np.zeros((2, threshold_search.BINS), dtype=np.int64), {}), []
-
-    def add_input(self, acc, row, state):
-        histogram, pending = acc
-        if state is not None and state.done:
-            return acc
-        pending.append((row[1], row[2]))
-        if len(pending) >= self.BATCH:
-            return self._flush(histogram, pending, state), []
-        return histogram, pending
-
-    def _flush(self, histogram, pending, state):
-        if not pending:
-            return histogram
-        scores = np.fromiter((s for s, _ in pending), dtype=np.float64, count=len(pending))
-        tokens = np.fromiter((t for _, t in pending), dtype=np.int64, count=len(pending))
-        part = threshold_search.ips_histogram(scores, tokens, self.by_tokens, None if state is None else state.high)
-        return threshold_search.ips_merge(histogram, part)
-
-    def merge_accumulators(self, accs, state):
-        merged = None
-        for histogram, pending in accs:
-            histogram = self._flush(histogram, pending, state)
-            merged = histogram if merged is None else threshold_search.ips_merge(merged, histogram)
-        return merged, []
-
-    def extract_output(self, acc, state):
-        return self._flush(*acc, state)
-
-
-class _IpsExpected(beam.CombineFn):
-    """Exact sums of the inclusion probabilities and of probability * tokens, once c is known."""
-
-    def create_accumulator(self, search):
-        return exact_sum.ZERO, exact_sum.ZERO, []
-
-    def add_input(self, acc, row, search):
-        documents, tokens, pending = acc
-        pending.append((row[1], row[2]))
-        if len(pending) >= _IpsLevel.BATCH:
-            return (*self._flush(documents, tokens, pending, search), [])
-        return documents, tokens, pending
-
-    @staticmethod
-    def _flush(documents, tokens, pending, search):
-        if not pending:
-            return documents, tokens
-        scores = np.fromiter((s for s, _ in pending), dtype=np.float64, count=len(pending))
-        counts = np.fromiter((t for _, t in pending), dtype=np.int64, count=len(pending))
-        d, t = threshold_search.ips_expected(scores, counts, search.c)
-        return exact_sum.add(documents, d), exact_sum.add(tokens, t)
-
-    def merge_accumulators(self, accs, search):
-        documents = tokens = exact_sum.ZERO
-        for acc in accs:
-            d, t = self._flush(*acc, search)
-            documents, tokens = exact_sum.add(documents, d), exact_sum.add(tokens, t)
-        return documents, tokens, []
-
-    def extract_output(self, acc, search):
-        return self._flush(*acc, search)
-
-
-def _ips_first(histogram, config: SelectConfig) -> dict[str, Any]:
-    counts, inverse = histogram
-    by_tokens = config.rate_by == sampling.TOKENS
-    total = int(counts[1].sum()) if by_tokens else int(counts[0].sum())
-    return {"documents": int(counts[0].sum()), "tokens": int(counts[1].sum()),
-            "search": threshold_search.ips_choose_high(counts, inverse, by_tokens, config.rate * total)}
-
-
-def _ips_plan(expected, state: dict[str, Any], summary: dict[str, int], config: SelectConfig,
-              present: Any) -> sampling.Plan:
-    if state["documents"] == 0:
-        raise sampling.MissingScoreError(absent_score_message(config.score, present, summary["missing"]))
-    return threshold_search.ips_to_plan(
-        state["search"].c, *expected, num_documents=state["documents"], num_tokens=state["tokens"],
-        rate=config.rate, seed=config.seed, rate_by=config.rate_by, score_feature=config.score,
-        tokens_feature=config.tokens_feature or sampling.PROXY_TOKENS, num_missing=summary["missing"],
-        missing=config.missing)
-
-
-class BoundedIpsPlan(beam.PTransform):
-    """(id, score, tokens) rows -> the exact IPS plan, in bounded memory.
-
-    Two radix passes over the scores' float32 bits find the distinct score where the normaliser's
-    piecewise linear function crosses the target, a third sums the expected sizes
-    (`gristmill.threshold_search`, IPS section); every sum is exact, so the plan equals
-    `sampling.plan_from_scores` over the same rows, byte for byte.
-    """
-
-    def __init__(self, config: SelectConfig, present):
-        super().__init__()
-        self.config = config
-        self.present = present
-
-    def expand(self, rows):
-        config = self.config
-        by_tokens = config.rate_by == sampling.TOKENS
-        rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, self.present)
-        summary = rows | "Summary" >> beam.CombineGlobally(_Summary(True))
-        scored = (rows
-                  | "WithScore" >> beam.Filter(lambda row: row[1] is not None)
-                  | "Finite" >> beam.Map(_finite, config)
-                  | "Positive" >> beam.Map(_positive, config)
-                  | "Float32" >> beam.Map(lambda row: (row[0], float(np.float32(row[1])), row[2])))
-        none = beam.pvalue.AsSingleton(scored.pipeline | "NoState" >> beam.Create([None]))
-        first = (scored
-                 | "Level0" >> beam.CombineGlobally(_IpsLevel(by_tokens), none)
-                 | "ChooseBin" >> beam.Map(_ips_first, config))
-        first_side = beam.pvalue.AsSingleton(first)
-        search = beam.pvalue.AsSingleton(
-            scored
-            | "Level1" >> beam.CombineGlobally(_IpsLevel(by_tokens),
-                                               beam.pvalue.AsSingleton(first | "Search0" >> beam.Map(
-                                                   lambda st: st["search"])))
-            | "ChooseScore" >> beam.Map(lambda h, st: threshold_search.ips_choose_score(st["search"], *h, by_tokens),
-                                        first_side))
-        expected = scored | "Expected" >> beam.CombineGlobally(_IpsExpected(), search)
-        state = first | "WithC" >> beam.Map(lambda st, found: {**st, "search": found}, search)
-        return (expected
-                | "IpsPlan" >> beam.Map(_ips_plan, beam.pvalue.AsSingleton(state), beam.pvalue.AsSingleton(summary),
-                                        config, self.present))
-
-
 class PlanSelection(beam.PTransform):
-    """(id, score, tokens) rows -> a single-element PCollection holding the selection plan over all of them.
+    """Corpus facts (`corpus_facts`, with the units' Columns files) -> a single-element PCollection
+    holding the selection plan over all of them: exact in bounded memory, or --approximate."""
 
-    present: a side input of the score features the records have (named in errors).
-    """
-
-    def __init__(self, config: SelectConfig, present=None):
+    def __init__(self, config: SelectConfig, output_dir: str, planning: Planning):
         super().__init__()
-        self.config = config
-        self.present = present
+        self.config, self.output_dir, self.planning = config, output_dir, planning
 
-    def expand(self, rows):
-        config, present = self.config, self.present
+    def expand(self, facts):
+        config = self.config
         if not config.approximate:
             if config.rule == sampling.IPS.name:
-                return rows | "ExactIps" >> BoundedIpsPlan(config, present)
-            return rows | "Exact" >> BoundedExactPlan(config, present)
-        rows = rows | "CheckMissing" >> beam.Map(_check_missing, config, present)
-        summary = rows | "Summary" >> beam.CombineGlobally(_Summary(config.score is not None))
-        scored = rows | "WithScore" >> beam.Filter(lambda row: row[1] is not None)
+                return facts | "ExactIps" >> BoundedIpsPlan(config, self.output_dir, self.planning)
+            return facts | "Exact" >> BoundedExactPlan(config, self.output_dir, self.planning)
         if not config.spec().needs_scores:
-            quantiles = rows.pipeline | "NoQuantiles" >> beam.Create([None])
+            quantiles = facts.pipeline | "NoQuantiles" >> beam.Create([None])
         else:
-            quantiles = (scored
-                         | "Scores" >> beam.Map(lambda row: float(np.float32(row[1])))
+            quantiles = (facts
+                         | "ColumnsQuantiles" >> UnitColumns(self.output_dir, self.planning)
+                         | "Scores" >> beam.FlatMap(lambda columns: columns.score.tolist())
                          | "Quantiles" >> beam.ApproximateQuantiles.Globally(NUM_QUANTILES))
         if config.rule == sampling.IPS.name:
-            weight = (lambda row: row[2]) if config.rate_by == sampling.TOKENS else (lambda row: 1)
-            histogram = (scored
-                         | "ScoreWeight" >> beam.Map(lambda row: (row[1], weight(row)))
-                         | "IpsHistogram" >> beam.CombineGlobally(_IpsHistogram(), beam.pvalue.AsSingleton(quantiles)))
+            histogram = (facts
+                         | "ColumnsHistogram" >> UnitColumns(self.output_dir, self.planning)
+                         | "IpsHistogram" >> beam.CombineGlobally(_IpsHistogram(config.rate_by == sampling.TOKENS),
+                                                                  beam.pvalue.AsSingleton(quantiles)))
         else:
-            histogram = rows.pipeline | "NoHistogram" >> beam.Create([None])
-        return (summary
-                | "ApproximatePlan" >> beam.Map(
-                    lambda s, q, h, p: _approximate_plan(config, s, q, h, p),
-                    beam.pvalue.AsSingleton(quantiles), beam.pvalue.AsSingleton(histogram), present))
+            histogram = facts.pipeline | "NoHistogram" >> beam.Create([None])
+        return (facts
+                | "ApproximatePlan" >> beam.Map(_approximate_plan, beam.pvalue.AsSingleton(quantiles),
+                                                beam.pvalue.AsSingleton(histogram), config))
 
 
 def load_plan(path: str) -> sampling.Plan:
@@ -570,12 +665,74 @@ def histogram_png(before: list[float], after: list[float], feature: str) -> byte
     return buffer.getvalue()
 
 
-def _write_report(_, output_dir, version, plan, selected, not_selected, missing, before, after):
+def _sample_keys(u: np.ndarray) -> np.ndarray:
+    """A per-document key for the histograms' samples: a mix of all 53 bits of u, so the sample is
+    not tied to the keep decision (which reads u's top bits)."""
+    m = np.round(np.asarray(u, dtype=np.float64) * 2.0**53).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        return m * np.uint64(0x9E3779B97F4A7C15)
+
+
+def unit_outcome(columns: Columns, plan: sampling.Plan) -> np.ndarray:
+    """Each document's `row_decision` as 0 (selected), 1 (not selected) or 2 (missing score, dropped),
+    from its Columns (a missing score under policy error fails the job earlier, in `corpus_facts`)."""
+    outcome = np.ones(len(columns.u), dtype=np.int64)
+    if not plan.rule.needs_scores:
+        outcome[plan.rule.keep(None, columns.u)] = 0
+        return outcome
+    present = columns.scored
+    keep = plan.rule.keep(columns.score[present], columns.u[present])
+    outcome[np.flatnonzero(present)[keep]] = 0
+    if plan.missing == sampling.MissingScorePolicy.DROP:
+        outcome[~present] = 2
+    elif plan.missing == sampling.MissingScorePolicy.KEEP:
+        outcome[~present] = 0
+    return outcome
+
+
+class _Outcomes(beam.CombineFn):
+    """Counts of selected, not selected and dropped documents, and up to HISTOGRAM_SAMPLE scores before
+    and after selection (those with the smallest `_sample_keys`: the same sample on every runner)."""
+
+    def create_accumulator(self, plan):
+        empty = (np.zeros(0, dtype=np.uint64), np.zeros(0))
+        return np.zeros(3, dtype=np.int64), empty, empty
+
+    @staticmethod
+    def _smallest(parts):
+        keys = np.concatenate([p[0] for p in parts])
+        scores = np.concatenate([p[1] for p in parts])
+        order = np.lexsort((scores, keys))[:HISTOGRAM_SAMPLE]
+        return keys[order], scores[order]
+
+    def add_input(self, acc, columns, plan):
+        counts, before, after = acc
+        outcome = unit_outcome(columns, plan)
+        counts = counts + np.bincount(outcome, minlength=3)
+        keys = _sample_keys(columns.u)
+        scored = columns.scored
+        kept = scored & (outcome == 0)
+        return (counts, self._smallest([before, (keys[scored], columns.score[scored])]),
+                self._smallest([after, (keys[kept], columns.score[kept])]))
+
+    def merge_accumulators(self, accs, plan):
+        accs = list(accs)
+        return (sum(a[0] for a in accs), self._smallest([a[1] for a in accs]),
+                self._smallest([a[2] for a in accs]))
+
+    def extract_output(self, acc, plan):
+        counts, before, after = acc
+        return {SELECTED: int(counts[0]), NOT_SELECTED: int(counts[1]), MISSING_SCORE: int(counts[2]),
+                "before": before[1].tolist(), "after": after[1].tolist()}
+
+
+def _write_report(_, output_dir, version, plan, outcomes):
+    selected, not_selected = outcomes[SELECTED], outcomes[NOT_SELECTED]
     report = {
         "plan": json.loads(plan.to_json()),
         "selected": selected,
         "not_selected": not_selected,
-        "missing_score_dropped": missing,
+        "missing_score_dropped": outcomes[MISSING_SCORE],
         "realised_rate_documents": selected / max(1, selected + not_selected),
         "target_rate": plan.rate,
         "rate_by": plan.rate_by,
@@ -583,52 +740,23 @@ def _write_report(_, output_dir, version, plan, selected, not_selected, missing,
     }
     _write_file(output_dir, version, REPORT_FILE, json.dumps(report, indent=2, sort_keys=True).encode())
     feature = plan.score_feature or "score"
-    _write_file(output_dir, version, HISTOGRAM_FILE, histogram_png(before, after, feature))
+    _write_file(output_dir, version, HISTOGRAM_FILE, histogram_png(outcomes["before"], outcomes["after"], feature))
     log.info("select: kept %d of %d documents (%.3f; target %.3f by %s)", selected, selected + not_selected,
              report["realised_rate_documents"], plan.rate, plan.rate_by)
     yield report
 
 
-def _row_and_features(record: records.Record, config: SelectConfig) -> tuple[tuple, list[str]]:
-    """A record -> ((id, score, tokens), its score feature names): all the plan and report need of it.
-
-    The score is the plan's feature (--score, or the loaded plan's, read when the plan is applied).
-    """
-    row = (record[records.ID], _score_for_rows(record, config), tokens_of(record, config.tokens_feature))
-    return row, [k for k in record if k.startswith("score/")]
-
-
-def _score_for_rows(record: records.Record, config: SelectConfig) -> Optional[float]:
-    feature = config.score
-    if config.plan:
-        feature = load_plan_feature(config.plan)
-    return score_of(record, feature)
-
-
-@functools.lru_cache(maxsize=4)
-def load_plan_feature(path: str) -> Optional[str]:
-    """The score feature a plan file reads (cached: each worker reads the plan once)."""
-    return load_plan(path).score_feature
-
-
-def _plan_score(row: tuple, plan: sampling.Plan) -> Optional[float]:
-    return row[1] if plan.score_feature else None
-
-
-def _scores_present(outcome: tuple[str, tuple]) -> list[float]:
-    """The score of a document for the histograms: none when it has none (not plotted as 0)."""
-    score = outcome[1][1]
-    return [] if score is None else [score]
-
-
 def run(argv=None, save_main_session=True, test_pipeline=None):
     """Builds and runs the job; returns the run manifest.
 
-    Pass 1 reads every unit and computes the plan (or loads --plan); pass 2 applies it unit by
-    unit. The plan depends on the whole input, so the input files' identities are part of the
-    units' keys: a resumed run redoes only missing units, a run over more files re-selects all,
-    as a new version beside the old one (`versions/<v>/plan.json`; the top-level plan.json,
-    report.json and histogram.png are the latest version's copies).
+    Pass 1 reads every unit and writes its Columns (score, hash uniform, tokens: about 21 bytes a
+    document, `versions/<v>/columns/`), dropping the records as they are read; the plan's passes
+    and the report read those files (or the plan comes from --plan); the last pass applies the plan
+    to the records unit by unit. Nothing the runner holds between passes grows with the corpus
+    beyond one small dict per unit. The plan depends on the whole input, so the input files'
+    identities are part of the units' keys: a resumed run redoes only missing units, a run over
+    more files re-selects all, as a new version beside the old one (`versions/<v>/plan.json`; the
+    top-level plan.json, report.json and histogram.png are the latest version's copies).
     """
     options, config, pipeline_options = kit.parse(argv, SelectConfig, __doc__)
     files = kit.input_files(options)
@@ -638,43 +766,24 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
     pipeline = kit.new_pipeline(pipeline_options, save_main_session, test_pipeline)
     every_file = [units.FileWork(f, options.unit_records, "", unit_bytes=options.unit_bytes) for f in files]
     everything = dataclasses.replace(prepared, work=every_file, documents=kit.documents_in(options))
-    # Pass 1 keeps only (id, score, tokens) of each document and the score features seen: the
-    # records themselves are dropped as they are read, so nothing downstream holds the corpus.
-    docs = (kit.read(pipeline, everything, "ReadForPlan")
-            | "Documents" >> beam.Filter(lambda item: item.kind == kit.RECORD)
-            | "Rows" >> beam.Map(lambda item: _row_and_features(item.value, config)))
-    rows = docs | "IdScoreTokens" >> beam.Map(lambda pair: pair[0])
-    present = beam.pvalue.AsSingleton(
-        docs
-        | "ScoreFeatures" >> beam.FlatMap(lambda pair: pair[1])
-        | "PresentFeatures" >> beam.combiners.ToSet())
+    version = prepared.base["fingerprint"][:16]  # the inputs are part of it: a new input is a new version
+    planning = planning_of(config)
+    facts = (kit.read(pipeline, everything, "ReadForPlan")
+             | "SpillColumns" >> beam.ParDo(_SpillFn(output, version, planning))
+             | "Units" >> beam.combiners.ToList()
+             | "Facts" >> beam.Map(corpus_facts, planning))
     if config.plan:
         plan = pipeline | "LoadPlan" >> beam.Create([load_plan(config.plan)])
     else:
-        plan = rows | "Plan" >> PlanSelection(config, present)
+        plan = facts | "Plan" >> PlanSelection(config, output, planning)
     plan_side = beam.pvalue.AsSingleton(plan)
-    version = prepared.base["fingerprint"][:16]  # the inputs are part of it: a new input is a new version
     plan_written = plan | "WritePlan" >> beam.Map(
         lambda p: _write_file(output, version, PLAN_FILE, p.to_json().encode()))
-    outcomes = rows | "Outcome" >> beam.Map(lambda row, p: (row_decision(row[0], _plan_score(row, p), p), row),
-                                            plan_side)
-
-    def count(name: str):
-        return beam.pvalue.AsSingleton(
-            outcomes
-            | f"Is{name}" >> beam.Filter(lambda kv, n=name: kv[0] == n)
-            | f"Count{name}" >> beam.combiners.Count.Globally())
-
-    before = (outcomes
-              | "BeforeScores" >> beam.FlatMap(_scores_present)
-              | "BeforeSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
-    after = (outcomes
-             | "Kept" >> beam.Filter(lambda kv: kv[0] == SELECTED)
-             | "AfterScores" >> beam.FlatMap(_scores_present)
-             | "AfterSample" >> beam.combiners.Sample.FixedSizeGlobally(HISTOGRAM_SAMPLE))
+    outcomes = (facts
+                | "ColumnsOutcomes" >> UnitColumns(output, dataclasses.replace(planning, rule=sampling.Random.name))
+                | "Outcomes" >> beam.CombineGlobally(_Outcomes(), plan_side))
     report = pipeline | "Report" >> beam.Create([None]) | "WriteReport" >> beam.FlatMap(
-        _write_report, output, version, plan_side, count(SELECTED), count(NOT_SELECTED), count(MISSING_SCORE),
-        beam.pvalue.AsSingleton(before), beam.pvalue.AsSingleton(after))
+        _write_report, output, version, plan_side, beam.pvalue.AsSingleton(outcomes))
     applied = kit.read(pipeline, prepared) | "Apply" >> beam.Map(_apply, plan_side, config.plan_only)
     kit.write(prepared, applied, after=[plan_written, report],
               files={name: kit.version_path(version, file) for name, file in
