@@ -15,14 +15,14 @@ def _corpus(tmp_path, files=4, per_file=40):
     return str(tmp_path / "part-*.jsonl")
 
 
-def test_workers_write_shares_of_the_units_and_the_output_equals_one_process(tmp_path, capfd):
+def test_workers_write_shares_of_the_units_and_the_output_equals_one_process(tmp_path, capfd, caplog):
     corpus = _corpus(tmp_path)
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     assert cli.main(["score", "random", "--input", corpus, "--output", one, "--unit_records", "15"]) == 0
     capfd.readouterr()
     assert cli.main(["score", "random", "--input", corpus, "--output", two, "--unit_records", "15",
                      "--workers", "2"]) == 0
-    logged = capfd.readouterr().err
+    logged = capfd.readouterr().err + caplog.text  # the second worker's stderr, the launcher's own log
     assert "(worker 1 of 2)" in logged and "(worker 2 of 2)" in logged  # two processes, each its share
     a, b = gm_records.read_manifest(one), gm_records.read_manifest(two)
     assert b["counts"] == {**a["counts"], "units_reused": a["counts"]["units_total"]}  # the launcher reused all

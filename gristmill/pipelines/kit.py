@@ -133,7 +133,8 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
         _check_launcher_lease(output)
     try:
         fresh = not io.exists(io.join(output, units.JOB_FILE)) or options.overwrite
-        removed = io.remove_temporaries(output)
+        # a worker leaves staging files to its launcher: the other workers' writes in flight are staged there
+        removed = io.remove_temporaries(output) if shard is None else 0
         if removed:
             log.info("%s: removed %d staging file(s) that killed writes left", output, removed)
         units.check_output(output, job, {**described, "unit_records": options.unit_records,
@@ -149,9 +150,8 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
         release_output(output)
         raise
     work, reused = units.plan_work(files, options.unit_records, fp, markers, options.unit_bytes)
-    if shard is not None:  # by the file's place among all inputs: what other workers finish does not move it
-        place = {f.path: k for k, f in enumerate(files)}
-        work = [w for w in work if place[w.file.path] % shard[1] == shard[0]]
+    if shard is not None:
+        work = shard_work(files, work, shard)
     log.info("%s: %d file(s), %d to read, %d unit(s) reused%s", job, len(files), len(work), len(reused),
              "" if shard is None else f" (worker {shard[0] + 1} of {shard[1]})")
     base = {
@@ -164,6 +164,14 @@ def prepare(job: str, options: JobOptions, config: Any, pipeline_options: Pipeli
     total = documents_in(options)
     to_read = None if total is None else max(total - sum(m.get("read", 0) for m in reused), 0)
     return Prepared(options, config, pipeline_options, files, work, reused, base, generation or 0, fresh, to_read)
+
+
+def shard_work(files: list[units.InputFile], work: list[units.FileWork],
+               shard: tuple[int, int]) -> list[units.FileWork]:
+    """Worker i of n's share of the work: the files i, i+n, ... by place among all inputs, so what the
+    other workers finish does not move a file to another worker."""
+    place = {f.path: k for k, f in enumerate(files)}
+    return [w for w in work if place[w.file.path] % shard[1] == shard[0]]
 
 
 def new_pipeline(pipeline_options: PipelineOptions, save_main_session: bool, test_pipeline=None) -> beam.Pipeline:
@@ -318,8 +326,18 @@ def run_scorer(scorer: Scorer, argv=None, save_main_session=True, test_pipeline=
     shard = current_shard()
     if shard is None and test_pipeline is None and options.workers > 1 and _runs_locally(pipeline_options):
         first = prepare(scorer.job, options, config, pipeline_options, scorer.fingerprint_extra(config))
+
+        def own_share(shard: tuple[int, int]) -> None:
+            share = dataclasses.replace(first, work=shard_work(first.files, first.work, shard))
+            log.info("%s: %d file(s) to read in this process (worker 1 of %d)", scorer.job, len(share.work), shard[1])
+            in_process = parse([*argv, "--workers=0"], scorer.config_class, scorer.description)[2]
+            pipeline = new_pipeline(in_process, save_main_session)
+            _ = read(pipeline, share) | "Score" >> scorer.transform(config, options) | "WriteUnits" >> WriteUnits(
+                options.output)
+            pipeline.run().wait_until_finish()
+
         try:
-            run_shards(scorer.job, argv, first, options.workers)
+            run_shards(scorer.job, argv, first, options.workers, own_share)
         except BaseException:
             release_output(options.output)
             raise
@@ -371,12 +389,14 @@ def _check_launcher_lease(output: str) -> None:
                                    f"(now {lease.describe(holder) if holder else 'nobody'})")
 
 
-def run_shards(job: str, argv: list[str], prepared: Prepared, workers: int) -> None:
+def run_shards(job: str, argv: list[str], prepared: Prepared, workers: int,
+               own_share: Callable[[tuple[int, int]], None]) -> None:
     """Runs a one-pass job's units in `workers` local processes, each an in-process pipeline over every
     workers-th input file, under this process's lease; they write units and no manifest.
 
-    Like DataTrove's local tasks: no element crosses a process boundary, so two workers are about
-    twice one on two idle cores (Beam's multi-processing runner ships every element between them).
+    This process is worker 1 (`own_share((0, n))`, its modules already imported) while it waits for
+    workers 2..n, started as `gristmill` processes. Like DataTrove's local tasks, no element crosses
+    a process boundary (Beam's multi-processing runner ships every element between its workers).
     """
     n = min(workers, len(prepared.files), len(prepared.work))
     if n < 2:
@@ -385,12 +405,15 @@ def run_shards(job: str, argv: list[str], prepared: Prepared, workers: int) -> N
     child_argv = [a for a in argv if a != "--overwrite" and not a.startswith("--overwrite=")]
     log.info("%s: %d files to read in %d worker processes", job, len(prepared.work), n)
     processes = []
-    for i in range(n):
+    for i in range(1, n):
         env = dict(os.environ, **{SHARD_ENV: f"{i}/{n}", LEASE_TOKEN_ENV: held.holder["token"]})
         command = [sys.executable, "-m", "gristmill.cli", *job.split(), *child_argv, "--workers=0", "--nooverwrite"]
         processes.append(subprocess.Popen(command, env=env))
-    failed = [(i, p.wait()) for i, p in enumerate(processes)]
-    failed = [(i, code) for i, code in failed if code != 0]
+    try:
+        own_share((0, n))
+    finally:  # the others' units are kept either way: let them finish
+        codes = [p.wait() for p in processes]
+    failed = [(i, code) for i, code in enumerate(codes, start=1) if code != 0]
     if failed:
         raise WorkerFailedError(
             f"{len(failed)} of {n} worker processes failed ("
