@@ -1,6 +1,6 @@
 """gristmill against DataTrove on the simplest job: read C4-shaped JSON lines, add a hash score, write.
 
-    python benchmarks/throughput_datatrove.py [--documents 200000] [--files 4] [--rounds 3]
+    python benchmarks/throughput_datatrove.py [--documents 200000] [--files 4] [--rounds 3] [--corpus DIR]
 
 The same input (N documents of about 2 KB in F gzip JSON-lines files) goes through
 - gristmill `score random` in one process (the default in-process runner),
@@ -8,23 +8,28 @@ The same input (N documents of about 2 KB in F gzip JSON-lines files) goes throu
 - DataTrove 0.10: JsonlReader -> a step adding a BLAKE2b score to the metadata -> JsonlWriter,
   F tasks on 2 workers (its LocalPipelineExecutor); its writer gzips by default, so it also runs
   with uncompressed output (gristmill writes uncompressed TFRecords).
-Runs alternate, so each side sees the same background load; the median wall time of each and the
-ratios (DataTrove's time / gristmill's: above 1 means gristmill is faster) are printed.
+Runs alternate, so each side sees the same background load; the median wall time, CPU time (the
+process and its children) and peak RSS (summed over the process tree) of each are printed, with the
+ratios of wall times (DataTrove's / this: above 1 means gristmill is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+import psutil
 
 WORDS = ("the of and to in a is that for it as was with be by on not he this are or his from at which "
          "but have an they you were her she there been one all we their has would when if so no will").split()
@@ -62,10 +67,29 @@ def write_corpus(directory: str, documents: int, files: int) -> None:
                                       "timestamp": "2019-04-21T10:00:00Z"}) + "\n")
 
 
-def timed(argv: list[str]) -> float:
+def timed(argv: list[str]) -> tuple[float, float, float]:
+    """Runs argv; returns (wall seconds, CPU seconds of it and its children, peak summed RSS in GB).
+
+    The RSS is sampled every 20 ms over the whole process tree (both sides start worker processes).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - start
+    job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root, peak = psutil.Process(job.pid), 0
+    while job.poll() is None:
+        rss = 0
+        with contextlib.suppress(psutil.Error):
+            for process in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    rss += process.memory_info().rss
+        peak = max(peak, rss)
+        time.sleep(0.02)
+    wall = time.monotonic() - start
+    if job.returncode:
+        raise subprocess.CalledProcessError(job.returncode, argv)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, peak / 1e9
 
 
 def main() -> None:
@@ -73,10 +97,12 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=200_000)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--corpus", help="keep the generated corpus in this directory and reuse it when there")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="throughput-")
-    corpus = os.path.join(work, "c4")
-    write_corpus(corpus, args.documents, args.files)
+    corpus = args.corpus or os.path.join(work, "c4")
+    if not (args.corpus and os.path.isdir(corpus)):
+        write_corpus(corpus, args.documents, args.files)
     script = os.path.join(work, "datatrove_job.py")
     with open(script, "w") as f:
         f.write(DATATROVE)
@@ -89,19 +115,23 @@ def main() -> None:
         "datatrove (2 workers, uncompressed output)": lambda out: [sys.executable, script, corpus, out, out + "-logs",
                                                                    str(args.files), "none"],
     }
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in sides}
     for round_ in range(args.rounds):
         for name, argv in sides.items():
             out = os.path.join(work, "out")
             shutil.rmtree(out, ignore_errors=True)
             shutil.rmtree(out + "-logs", ignore_errors=True)
-            times[name].append(timed(argv(out)))
-            print(f"round {round_ + 1}: {name}: {times[name][-1]:.1f} s", flush=True)
-    median = {name: statistics.median(t) for name, t in times.items()}
-    peer = median["datatrove (2 workers)"]
-    for name, seconds in median.items():
-        print(f"{name}: median {seconds:.1f} s, {args.documents / seconds:,.0f} documents/s, "
-              f"DataTrove / this = {peer / seconds:.2f}x")
+            runs[name].append(timed(argv(out)))
+            wall, cpu, rss = runs[name][-1]
+            print(f"round {round_ + 1}: {name}: {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.2f} GB", flush=True)
+    median = {name: tuple(statistics.median(r[k] for r in rs) for k in range(3)) for name, rs in runs.items()}
+    gzip_peer = median["datatrove (2 workers)"][0]
+    plain_peer = median["datatrove (2 workers, uncompressed output)"][0]
+    print("\n| side | median wall | CPU | peak RSS | documents/s | DataTrove gzip / this | "
+          "DataTrove uncompressed / this |\n|---|---|---|---|---|---|---|")
+    for name, (wall, cpu, rss) in median.items():
+        print(f"| {name} | {wall:.1f} s | {cpu:.1f} s | {rss:.2f} GB | {args.documents / wall:,.0f} | "
+              f"{gzip_peer / wall:.2f}x | {plain_peer / wall:.2f}x |")
     shutil.rmtree(work, ignore_errors=True)
 
 
