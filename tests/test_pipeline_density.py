@@ -219,3 +219,17 @@ def test_each_unit_is_hashed_once_and_scored_from_its_cached_ids(batches):
         want = [sum(int(sketch.counts[r, ids[r, n]]) for r in range(64)) / 64 for n in range(ids.shape[1])]
         got = [r[FEATURE] for r in gm_records.iter_scored_records(os.path.join(b["out"], rel))]
         assert got == want
+
+
+def test_a_job_chained_on_density_reuses_every_unit_after_a_no_op_rerun(batches, tmp_path):
+    """A rerun with nothing new leaves density's files as they were, so the job reading them redoes nothing."""
+    from gristmill.pipelines import score_random
+
+    b = batches
+    chained = ["--input", b["out"], "--output", str(tmp_path / "random")]
+    first = score_random.run(chained)
+    assert first["counts"]["units_reused"] == 0 and first["counts"]["written"] == 100
+    score_density.run(b["argv"])  # nothing new
+    again = score_random.run(chained)
+    assert again["counts"]["units_reused"] == again["counts"]["units_total"] == first["counts"]["units_total"]
+    assert again["outputs"]["records"] == first["outputs"]["records"]
