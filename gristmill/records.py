@@ -156,6 +156,87 @@ def _varint_size(n: int) -> int:
     return 1 if n < 0x80 else 2 if n < 0x4000 else (n.bit_length() + 6) // 7
 
 
+def add_features(example: bytes, features: Mapping[str, Any]) -> bytes:
+    """`serialize(deserialize(example) | features)` for an Example `serialize` wrote, without parsing it.
+
+    Pass 2 of the corpus jobs adds one score to every record it rewrites: splicing the new map
+    entries into the sorted entries costs a few varint reads a record, where parsing and writing
+    every value again cost several times more. An Example not in `serialize`'s form (another
+    writer's map order) is parsed and written again, so the result is the same either way.
+    """
+    try:
+        entries = _map_entries(example)
+    except ValueError:  # a varint past the end: parsing names the problem
+        entries = None
+    if entries is None:
+        return serialize({**deserialize(example), **features})
+    new = {name: _entry(name, value) for name, value in features.items() if value is not None}
+    kept = [(name, span) for name, span in entries if name not in features]
+    names = _sorted_names(tuple(name for name, _ in kept) + tuple(new))
+    spans = dict(kept)
+    parts = [new[name] if name in new else example[spans[name][0]:spans[name][1]] for name in names]
+    body = b"".join(parts)
+    return b"\x0a" + _varint(len(body)) + body if body else b"\x0a\x00"
+
+
+def _map_entries(example: bytes) -> list[tuple[str, tuple[int, int]]] | None:
+    """(feature name, (start, end) of its whole map entry) in order, or None if not serialize's form."""
+    size = len(example)
+    if size < 2 or example[0] != 0x0A:
+        return None
+    body_length, at = _read_varint(example, 1)
+    if at + body_length != size:
+        return None
+    out, previous = [], None
+    while at < size:
+        start = at
+        if example[at] != 0x0A:
+            return None
+        length, at = _read_varint(example, at + 1)
+        end = at + length
+        if end > size or example[at] != 0x0A:
+            return None
+        key_length = example[at + 1]
+        if key_length >= 0x80:  # a name of 128 bytes or more
+            key_length, key_at = _read_varint(example, at + 1)
+        else:
+            key_at = at + 2
+        if key_at + key_length > end:
+            return None
+        name = _key_name(example[key_at:key_at + key_length])
+        order = _map_order(name) if name is not None else None
+        if order is None or (previous is not None and order <= previous):
+            return None
+        out.append((name, (start, end)))
+        previous, at = order, end
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_name(key: bytes) -> str | None:
+    """A map key's name (None for bytes that are not UTF-8); records share a few names."""
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    """The varint at data[at:] and the offset after it."""
+    if at < len(data) and data[at] < 0x80:
+        return data[at], at + 1
+    value = shift = 0
+    while True:
+        if at >= len(data):
+            raise ValueError("a varint runs past the end of the message")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            return value, at
+        shift += 7
+
+
 @functools.lru_cache(maxsize=4096)
 def _key_field(name: str) -> bytes:
     """A map entry's key field and the value field's tag (feature names repeat in every record)."""
@@ -261,9 +342,10 @@ def encode_tfrecord(data: bytes) -> bytes:
     return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
 
 
-def tfrecord_bytes(recs: Iterable[Mapping[str, Any]]) -> bytes:
-    """Records as the bytes of a TFRecord file of tf.train.Examples (how every output file is written)."""
-    return b"".join(encode_tfrecord(serialize(record)) for record in recs)
+def tfrecord_bytes(recs: Iterable[Mapping[str, Any] | bytes]) -> bytes:
+    """Records (dicts, or tf.train.Examples already serialised) as the bytes of a TFRecord file
+    (how every output file is written)."""
+    return b"".join(encode_tfrecord(record if isinstance(record, bytes) else serialize(record)) for record in recs)
 
 
 MAX_TFRECORD_BYTES = 2**31 - 1  # the most a serialised protobuf (a tf.train.Example) can hold

@@ -84,3 +84,28 @@ def test_serialized_bytes_equal_tensorflows_own_example():
             feature={k: tf_feature(v) for k, v in record.items()})).SerializeToString(deterministic=True)
         assert ours == theirs
         assert ours == records.to_example(record).SerializeToString(deterministic=True)
+
+
+def test_add_features_equals_writing_the_record_again():
+    """The splice gives serialize's bytes for the merged record: new names in map order, a name already
+    there replaced, a None value removes it; an Example in another map order is parsed and written again."""
+    rng = np.random.default_rng(1)
+    names = ["score/density/minilm", "a", "id", "i", "zz", "score/random/seed-0", "ä", "text", "tokens/t"]
+    for i in range(300):
+        record = {"id": f"{i:032x}", "text": "é" * int(rng.integers(0, 9000)), "url": "https://x/" + str(i),
+                  "score/random/seed-0": float(rng.random()), "tokens/t": int(rng.integers(0, 10**6))}
+        added = {str(rng.choice(names)): float(rng.random()) for _ in range(int(rng.integers(1, 4)))}
+        if i % 7 == 0:
+            added["tokens/t"] = None
+        added.pop("id", None), added.pop("text", None)
+        example = records.serialize(record)
+        expected = records.serialize({**record, **added})  # a None value: the feature is absent
+        assert records.add_features(example, added) == expected
+    record = {"id": "x", "text": "t", "url": "u"}
+    reversed_order = b"".join(  # a valid Example whose map entries are not in serialize's order
+        b"\x0a" + records._varint(len(e)) + e for e in
+        [records._key_field(k) + records._varint(len(f)) + f for k, f in
+         ((k, records._encode_feature(k, v)) for k, v in sorted(record.items(), reverse=True))])
+    example = b"\x0a" + records._varint(len(reversed_order)) + reversed_order
+    assert records.deserialize(example) == record
+    assert records.add_features(example, {"s": 1.5}) == records.serialize({**record, "s": 1.5})

@@ -277,15 +277,17 @@ def load_embeddings(output_dir: str, marker: dict[str, Any]) -> np.ndarray:
     return load_array(io.join(output_dir, rel), marker.get("files", {}).get(rel))
 
 
-def read_unit(output_dir: str, marker: dict[str, Any],
-              embeddings: bool = True) -> tuple[list[records.Record], Optional[np.ndarray]]:
+def read_unit(output_dir: str, marker: dict[str, Any], embeddings: bool = True,
+              parsed: bool = True) -> tuple[list, Optional[np.ndarray]]:
     """A written unit's records and embeddings (None with embeddings=False), verified against its
-    marker; ([], empty) for none."""
+    marker; ([], empty) for none. parsed=False: the records as their serialised tf.train.Examples."""
     if not marker.get("records"):
         return [], np.zeros((0, 0), np.float32)
     rel = marker["records"]
     data = checked_bytes(io.join(output_dir, rel), marker.get("files", {}).get(rel))
-    recs = [records.deserialize(payload) for payload in records.iter_tfrecords(_bytes_io.BytesIO(data))]
+    recs = list(records.iter_tfrecords(_bytes_io.BytesIO(data)))
+    if parsed:
+        recs = [records.deserialize(payload) for payload in recs]
     if not embeddings:
         return recs, None
     x = load_embeddings(output_dir, marker)
@@ -424,8 +426,9 @@ class _VersionFn(beam.DoFn):
     listing at resume) is reused without a read; one the index lacks is read and verified.
     """
 
-    def __init__(self, output_dir: str, score: Score, what: str, embeddings: bool = True):
+    def __init__(self, output_dir: str, score: Score, what: str, embeddings: bool = True, parsed: bool = True):
         self.output_dir, self.score, self.what, self.embeddings = output_dir, score, what, embeddings
+        self.parsed = parsed
 
     def setup(self):
         self.progress = kit.Progress(self.what)
@@ -441,7 +444,7 @@ class _VersionFn(beam.DoFn):
         if reused is not None:
             yield {**reused, UNIT: own}
             return
-        recs, x = read_unit(self.output_dir, marker, self.embeddings)
+        recs, x = read_unit(self.output_dir, marker, self.embeddings, self.parsed)
         scored, transient = self.score(marker, recs, x, payload, *sides)
         if len(scored) != len(recs):
             raise ValueError(f"unit {marker['key']}: {len(recs)} records but {len(scored)} scored")
@@ -456,18 +459,19 @@ class WriteVersions(beam.PTransform):
     payload, *sides) -> (scored records in the same order, transient marker fields that reach
     Finalize but are not written, e.g. timings). Keys starting with `_` are transient by convention.
     embeddings=False: score gets None for the embeddings, which are not read (density scores from
-    its cached bucket ids).
+    its cached bucket ids). parsed=False: score gets and returns serialised tf.train.Examples
+    (bytes), for a score that only adds features (`records.add_features`, no parse and rewrite).
     """
 
     def __init__(self, output_dir: str, version, score: Score, *sides, what: str = "documents scored",
-                 embeddings: bool = True):
+                 embeddings: bool = True, parsed: bool = True):
         super().__init__()
         self.output_dir, self.version, self.score, self.sides, self.what = output_dir, version, score, sides, what
-        self.embeddings = embeddings
+        self.embeddings, self.parsed = embeddings, parsed
 
     def expand(self, pairs):
-        return pairs | "ScoreUnit" >> beam.ParDo(_VersionFn(self.output_dir, self.score, self.what, self.embeddings),
-                                                 self.version, *self.sides)
+        fn = _VersionFn(self.output_dir, self.score, self.what, self.embeddings, self.parsed)
+        return pairs | "ScoreUnit" >> beam.ParDo(fn, self.version, *self.sides)
 
 
 # ------------------------------------------------------------------------------------ the manifest

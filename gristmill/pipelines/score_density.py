@@ -301,11 +301,12 @@ def load_previous(prev: Previous, output_dir: str, config: DensityConfig) -> den
     return sketch
 
 
-def score_unit(marker: dict, recs: list, _x, _payload, sketch: density.Sketch, feature: str, output_dir: str):
-    """Pass 2 (corpus.WriteVersions): a unit's records with their density, gathered from its cached ids."""
-    for record, score in zip(recs, sketch.query_rows(load_ids(output_dir, marker, sketch.config.rows))):
-        record[feature] = float(score)
-    return recs, {}
+def score_unit(marker: dict, examples: list[bytes], _x, _payload, sketch: density.Sketch, feature: str,
+               output_dir: str):
+    """Pass 2 (corpus.WriteVersions): a unit's serialised records with their density spliced in, gathered
+    from its cached ids."""
+    scores = sketch.query_rows(load_ids(output_dir, marker, sketch.config.rows))
+    return [records.add_features(example, {feature: float(score)}) for example, score in zip(examples, scores)], {}
 
 
 def run(argv=None, save_main_session=True, test_pipeline=None):
@@ -357,6 +358,7 @@ def run(argv=None, save_main_session=True, test_pipeline=None):
               | "Pairs" >> beam.Map(lambda m: (m, None))
               | "Query" >> corpus.WriteVersions(output, beam.pvalue.AsSingleton(version), score_unit,
                                                 beam.pvalue.AsSingleton(sketch), config.feature, output,
-                                                what="documents scored by density", embeddings=False))
+                                                what="documents scored by density", embeddings=False,
+                                                parsed=False))
     _ = scored | "Finalize" >> corpus.Finalize(prepared, beam.pvalue.AsSingleton(outputs))
     return kit.run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)
