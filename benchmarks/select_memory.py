@@ -1,16 +1,20 @@
-"""Peak memory and time of `gristmill select` as the corpus grows: exact top-k over N scored documents.
+"""Peak memory and time of `gristmill select` as the corpus grows: an exact plan over N scored documents.
 
-    python benchmarks/select_memory.py --documents 100000 400000 [--text_bytes 2000] [--workdir DIR]
+    python benchmarks/select_memory.py --documents 100000 400000 [--rule topk|ips|...] [--text_bytes 2000]
+        [--workdir DIR]
 
-Writes N C4-shaped records (about --text_bytes of text each, a uniform score) as TFRecord files
-of 50,000, runs `gristmill select --rule topk --rate 0.2` on them in a child process and prints
-the child's peak RSS (getrusage) and wall time per N. Memory should stay flat as N grows: pass 1
-keeps only (id, score, tokens) rows and the exact plan is found by histogram passes.
+Writes N C4-shaped records (about --text_bytes of text each, a uniform score in (0, 1]) as TFRecord
+files of 50,000, runs `gristmill select --rule R --rate 0.2` on them in a child process and prints
+the child's peak RSS (getrusage), wall time and the size of pass 1's columns files per N. Memory
+should stay flat as N grows: pass 1 writes each unit's (score, uniform, tokens) columns to a small
+file and the exact plan's passes read those files. GRISTMILL_PYTHONPATH runs another checkout
+(e.g. a `git worktree` of an older commit) for a before/after comparison.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import random
 import resource
@@ -41,17 +45,20 @@ def write_corpus(directory: str, documents: int, text_bytes: int, seed: int = 0)
                     size += len(words[-1]) + 1
                 f.write(records.encode_tfrecord(records.serialize({
                     "id": f"{i:032x}", "text": " ".join(words), "url": f"https://example.com/{i}",
-                    "score/bench/uniform": rng.random()})))
+                    "score/bench/uniform": 1.0 - rng.random()})))
     return os.path.join(directory, "*.tfrecord")
 
 
-def run_select(pattern: str, output: str) -> tuple[float, float]:
+def run_select(pattern: str, output: str, rule: str) -> tuple[float, float]:
     """(peak RSS GB of the select process, wall seconds)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.monotonic()
+    env, cwd = dict(os.environ), None
+    if os.environ.get("GRISTMILL_PYTHONPATH"):  # `-m` puts the working directory first on the path
+        env["PYTHONPATH"] = cwd = os.environ["GRISTMILL_PYTHONPATH"]
     subprocess.run([sys.executable, "-m", "gristmill.cli", "select", "--input", pattern, "--output", output,
-                    "--score", "score/bench/uniform", "--rule", "topk", "--rate", "0.2"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    "--score", "score/bench/uniform", "--rule", rule, "--rate", "0.2"], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
     wall = time.monotonic() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if peak <= before:
@@ -62,6 +69,7 @@ def run_select(pattern: str, output: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, nargs="+", default=[100_000, 400_000])
+    parser.add_argument("--rule", default="topk")
     parser.add_argument("--text_bytes", type=int, default=2000)
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
@@ -69,8 +77,11 @@ def main() -> None:
     for n in args.documents:
         corpus = os.path.join(work, f"corpus-{n}")
         pattern = write_corpus(corpus, n, args.text_bytes)
-        peak, wall = run_select(pattern, os.path.join(work, f"select-{n}"))
-        print(f"select exact topk, {n:,} documents: peak RSS {peak:.2f} GB, {wall:.0f} s", flush=True)
+        output = os.path.join(work, f"select-{n}")
+        peak, wall = run_select(pattern, output, args.rule)
+        spilled = sum(os.path.getsize(p) for p in glob.glob(os.path.join(output, "versions", "*", "columns", "*")))
+        print(f"select exact {args.rule}, {n:,} documents: peak RSS {peak:.2f} GB, {wall:.0f} s, "
+              f"columns files {spilled / 1e6:.1f} MB", flush=True)
         shutil.rmtree(corpus)
         shutil.rmtree(os.path.join(work, f"select-{n}"))
 
