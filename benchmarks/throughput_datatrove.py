@@ -21,7 +21,6 @@ import gzip
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -68,28 +67,29 @@ def write_corpus(directory: str, documents: int, files: int) -> None:
 
 
 def timed(argv: list[str]) -> tuple[float, float, float]:
-    """Runs argv; returns (wall seconds, CPU seconds of it and its children, peak summed RSS in GB).
+    """Runs argv; returns (wall seconds, CPU seconds of its process tree, peak summed RSS in GB).
 
-    The RSS is sampled every 20 ms over the whole process tree (both sides start worker processes).
+    Both are sampled every 20 ms over the whole process tree (both sides start worker processes;
+    DataTrove's are its forkserver's children, which getrusage does not count), so CPU misses at
+    most each process's last 20 ms.
     """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     job = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    root, peak = psutil.Process(job.pid), 0
+    root, peak, cpu = psutil.Process(job.pid), 0, {}
     while job.poll() is None:
         rss = 0
         with contextlib.suppress(psutil.Error):
             for process in [root, *root.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):
                     rss += process.memory_info().rss
+                    times = process.cpu_times()
+                    cpu[process.pid] = times.user + times.system  # the last sample of each process
         peak = max(peak, rss)
         time.sleep(0.02)
     wall = time.monotonic() - start
     if job.returncode:
         raise subprocess.CalledProcessError(job.returncode, argv)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, peak / 1e9
+    return wall, sum(cpu.values()), peak / 1e9
 
 
 def main() -> None:
