@@ -196,9 +196,10 @@ def _check_text(text: Any, source: str, number: int, config: ReaderConfig, raw: 
     if not isinstance(text, str):
         return DeadLetter(source, number, NON_STRING_TEXT,
                           f"{config.text_field!r} is {type(text).__name__}, not a string", _excerpt(raw))
-    if not text.strip():
+    if not text or text.isspace():
         return DeadLetter(source, number, EMPTY_TEXT, "text is empty or whitespace only", _excerpt(raw))
-    size = len(text.encode("utf-8"))
+    # a code point is at most 4 UTF-8 bytes: only a text that might be over the limit is encoded to count
+    size = len(text.encode("utf-8")) if 4 * len(text) > config.max_document_bytes else 0
     if size > config.max_document_bytes:
         return DeadLetter(source, number, TOO_LARGE,
                           f"text is {size} bytes, over the limit of {config.max_document_bytes}", _excerpt(text))

@@ -100,16 +100,34 @@ def serialize(record: Mapping[str, Any]) -> bytes:
 
     The protobuf wire format is written directly: building messages cost more than everything
     else a light job does per record. A str feature and a single float, the common cases, take
-    a fast path (`_entry`) whose lengths are computed, so each record is joined once. The bytes
-    are those of `to_example(record).SerializeToString(deterministic=True)` (tests/test_records.py
-    checks both against TensorFlow's own classes).
+    a fast path whose lengths are computed, so each record is joined once. The bytes are those
+    of `to_example(record).SerializeToString(deterministic=True)` (tests/test_records.py checks
+    both against TensorFlow's own classes).
     """
     if ID not in record or TEXT not in record:
         missing = ID if ID not in record else TEXT
         raise ValueError(f"record has no {missing!r} feature (keys: {sorted(record)})")
-    parts = [_entry(name, record[name]) for name in _sorted_names(tuple(record)) if record[name] is not None]
-    features = b"".join(parts)
-    return b"\x0a" + _varint(len(features)) + features if features else b"\x0a\x00"
+    parts = [b""]  # the Example's own tag and length, once the features' size is known
+    size = 0
+    for name in _sorted_names(tuple(record)):
+        value = record[name]
+        if type(value) is str:  # inlined _entry: every record has four or five of these
+            raw = value.encode("utf-8")
+            n = len(raw)
+            body = n + 1 + _varint_size(n)
+            feature = body + 1 + _varint_size(body)
+            key = _key_field(name)
+            entry = len(key) + _varint_size(feature) + feature
+            head = b"".join((b"\x0a", _varint(entry), key, _varint(feature), b"\x0a", _varint(body), b"\x0a",
+                             _varint(n)))
+            parts += (head, raw)
+            size += len(head) + n
+        elif value is not None:
+            part = _entry(name, value)
+            parts.append(part)
+            size += len(part)
+    parts[0] = b"\x0a" + _varint(size)
+    return b"".join(parts)
 
 
 def _entry(name: str, value: Any) -> bytes:
@@ -338,14 +356,24 @@ def _masked_crc(data: bytes) -> int:
 
 def encode_tfrecord(data: bytes) -> bytes:
     """Frames one record in the TFRecord format that tf.data.TFRecordDataset reads."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc(length)) + data + struct.pack("<I", _masked_crc(data))
+    return b"".join(_framed(data))
+
+
+def _framed(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    length = _PACK_U64(len(data))
+    return length, _PACK_U32(_masked_crc(length)), data, _PACK_U32(_masked_crc(data))
+
+
+_PACK_U64, _PACK_U32 = struct.Struct("<Q").pack, struct.Struct("<I").pack
 
 
 def tfrecord_bytes(recs: Iterable[Mapping[str, Any] | bytes]) -> bytes:
     """Records (dicts, or tf.train.Examples already serialised) as the bytes of a TFRecord file
-    (how every output file is written)."""
-    return b"".join(encode_tfrecord(record if isinstance(record, bytes) else serialize(record)) for record in recs)
+    (how every output file is written), joined once."""
+    parts: list[bytes] = []
+    for record in recs:
+        parts += _framed(record if isinstance(record, bytes) else serialize(record))
+    return b"".join(parts)
 
 
 MAX_TFRECORD_BYTES = 2**31 - 1  # the most a serialised protobuf (a tf.train.Example) can hold
