@@ -244,22 +244,39 @@ def run_pipeline(pipeline: beam.Pipeline, prepared: Prepared, is_test: bool) -> 
             return None
         result.wait_until_finish()
         log.info("pipeline finished in %.1f s", time.monotonic() - start)
-        held = _LEASES.get(output)
-        if held is not None:
-            held.check()
-        manifest = records.read_manifest(output)
-        if manifest.get("fingerprint") != prepared.base["fingerprint"] or \
-                manifest.get("started_at") != prepared.base["started_at"]:
-            raise IncompleteJobError(f"{output}: the pipeline finished but wrote no manifest of this run "
-                                     f"(the manifest there is of a run started at {manifest.get('started_at')})")
-        check_not_all_dead(manifest, prepared.options)
-        return manifest
+        return _written_manifest(prepared)
     except Exception:
         if not is_test:
             undo_failed_start(prepared)
         raise
     finally:
         release_output(output)
+
+
+def finish_reused(prepared: Prepared) -> dict[str, Any]:
+    """A local one-pass job with every unit reused (a no-op rerun, a `--workers` launcher after its
+    workers): the manifest written here from the reused markers, with no pipeline to build and run."""
+    try:
+        finalize(prepared.options.output, prepared.base, prepared.reused, len(prepared.reused), None,
+                 prepared.manifest_generation)
+        return _written_manifest(prepared)
+    finally:
+        release_output(prepared.options.output)
+
+
+def _written_manifest(prepared: Prepared) -> dict[str, Any]:
+    """The manifest this run wrote, once this process is known to still hold the output's lease."""
+    output = prepared.options.output
+    held = _LEASES.get(output)
+    if held is not None:
+        held.check()
+    manifest = records.read_manifest(output)
+    if manifest.get("fingerprint") != prepared.base["fingerprint"] or \
+            manifest.get("started_at") != prepared.base["started_at"]:
+        raise IncompleteJobError(f"{output}: the pipeline finished but wrote no manifest of this run "
+                                 f"(the manifest there is of a run started at {manifest.get('started_at')})")
+    check_not_all_dead(manifest, prepared.options)
+    return manifest
 
 
 def undo_failed_start(prepared: Prepared) -> None:
@@ -344,6 +361,8 @@ def run_scorer(scorer: Scorer, argv=None, save_main_session=True, test_pipeline=
         argv = [*argv, "--workers=0", "--nooverwrite"]  # the units are there: reuse them, in-process
         options, config, pipeline_options = parse(argv, scorer.config_class, scorer.description)
     prepared = prepare(scorer.job, options, config, pipeline_options, scorer.fingerprint_extra(config), shard=shard)
+    if shard is None and test_pipeline is None and not prepared.work and _runs_locally(pipeline_options):
+        return finish_reused(prepared)
     pipeline = new_pipeline(pipeline_options, save_main_session, test_pipeline)
     items = read(pipeline, prepared) | "Score" >> scorer.transform(config, options)
     if shard is not None:  # a worker of run_shards: units only; its launcher writes the manifest
