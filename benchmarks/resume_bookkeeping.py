@@ -1,6 +1,6 @@
 """What a no-op rerun costs before any work: finding the finished units, by unit count.
 
-    python benchmarks/resume_bookkeeping.py --units 1000 5000 20000 [--gcs_units 1000]
+    python benchmarks/resume_bookkeeping.py --units 1000 5000 20000 [--gcs_units 1000] [--gcs_latency 0.02]
 
 For each N, `score random` writes N one-record units into a local output (and, with --gcs_units, into
 a bucket on the test GCS server), then the two ways of finding the finished units are timed on the
@@ -75,19 +75,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--units", type=int, nargs="*", default=[1000, 5000, 20000])
     parser.add_argument("--gcs_units", type=int, nargs="*", default=[])
+    parser.add_argument("--gcs_latency", type=float, default=0.0,
+                        help="seconds the GCS server waits before answering each request (real GCS: 0.02-0.05)")
     args = parser.parse_args()
     places = [("local", n, tempfile.mkdtemp(prefix="resume-")) for n in args.units]
     server = None
     if args.gcs_units:
         from tests.faults import GcsServer
-        server = GcsServer.start(latency=0.0, log_dir=tempfile.mkdtemp(prefix="gcs-"))
+        server = GcsServer.start(latency=args.gcs_latency, log_dir=tempfile.mkdtemp(prefix="gcs-"))
         os.environ["STORAGE_EMULATOR_HOST"] = server.host
         places += [("gcs emulator", n, f"gs://{server.new_bucket()}") for n in args.gcs_units]
     try:
         for where, n, root in places:
             out, manifest = make_output(root, n)
             for name, (seconds, requests, found) in measure(out, manifest).items():
-                print(f"{where}, {n:,} units, {name}: {seconds:.2f} s, {requests:,} requests "
+                print(f"{where}{f' ({args.gcs_latency * 1000:.0f} ms a request)' if root.startswith('gs://') else ''}, "
+                      f"{n:,} units, {name}: {seconds:.2f} s, {requests:,} requests "
                       f"({found:,} units found)", flush=True)
     finally:
         if server is not None:
