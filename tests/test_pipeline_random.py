@@ -105,3 +105,23 @@ def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     assert cli.main(["score", "random", "--output", "x"]) == 2
     assert cli.main(["no-such-command"]) == 2
     assert cli.main([]) == 0 and "score random" in capsys.readouterr().out
+
+
+def test_the_fused_read_score_write_step_writes_what_three_steps_write(tmp_path, bad_corpus):
+    """A MapRecords scorer runs inside the step that reads and writes; the same function as a Beam Map
+    between ReadUnits and WriteUnits gives the same unit files, dead letters and counts."""
+    import apache_beam as beam
+
+    pattern, _ = bad_corpus
+    flags = ["--input", pattern, "--seed=3", f"--max_document_bytes={MAX_BYTES}", "--unit_records=4"]
+    def as_a_map(config, options):
+        return beam.Map(kit.map_records(score_random.score_random(config, options).fn))
+
+    separate = kit.Scorer("score random", score_random.SCORER.config_class, as_a_map)
+    fused_out, separate_out = str(tmp_path / "fused"), str(tmp_path / "separate")
+    fused = kit.run_scorer(score_random.SCORER, [*flags, "--output", fused_out], save_main_session=False)
+    apart = kit.run_scorer(separate, [*flags, "--output", separate_out], save_main_session=False)
+    assert fused["files"] == apart["files"] and fused["counts"] == apart["counts"] and fused["reconciled"]
+    for name in fused["files"]:
+        with open(os.path.join(fused_out, name), "rb") as a, open(os.path.join(separate_out, name), "rb") as b:
+            assert a.read() == b.read(), name

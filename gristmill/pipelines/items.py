@@ -136,7 +136,7 @@ class Progress:
         return f"{self.what}: {self.count:,} of {self.total:,} ({100 * self.count / self.total:.1f}%){pace}{eta}"
 
 
-class _ReadUnitsFn(beam.DoFn):
+class ReadUnitsFn(beam.DoFn):
     """FileWork -> Items: each document, each dead letter and one UnitInfo per unit not done."""
 
     def __init__(self, reader: documents.ReaderConfig, total: Optional[int] = None):
@@ -205,7 +205,20 @@ class ReadUnits(beam.PTransform):
     def expand(self, work):
         return (work
                 | "SpreadFiles" >> beam.Reshuffle()
-                | "ReadAndValidate" >> beam.ParDo(_ReadUnitsFn(self.reader, self.total)))
+                | "ReadAndValidate" >> beam.ParDo(ReadUnitsFn(self.reader, self.total)))
+
+
+class MapRecords(beam.PTransform):
+    """Items -> Items with fn applied to every record (`map_records`): a scorer that needs no model
+    batching. `kit.run_scorer` runs such a scorer inside the step that reads and writes the units
+    (`unit_io.ReadScoreWriteUnits`), so no record travels as a Beam element of its own."""
+
+    def __init__(self, fn: Callable[[records.Record], Any]):
+        super().__init__()
+        self.fn = fn
+
+    def expand(self, items):
+        return items | beam.Map(map_records(self.fn))
 
 
 def map_records(fn: Callable[[records.Record], Any]) -> Callable[[Item], Item]:
@@ -217,7 +230,10 @@ def map_records(fn: Callable[[records.Record], Any]) -> Callable[[Item], Item]:
     def apply(item: Item) -> Item:
         if item.kind != RECORD:
             return item
-        return as_item(item, fn(item.value))
+        result = fn(item.value)
+        if type(result) is dict:  # the common case, without as_item's checks
+            return Item(RECORD, item.unit, item.number, result)
+        return as_item(item, result)
     return apply
 
 

@@ -45,6 +45,7 @@ from gristmill.pipelines.items import (  # noqa: F401 (the kit's names for job m
     RECORD,
     UNIT,
     Item,
+    MapRecords,
     Progress,
     ReadUnits,
     UnitInfo,
@@ -82,7 +83,13 @@ from gristmill.pipelines.manifest import (  # noqa: F401
     utc_now,
     version_path,
 )
-from gristmill.pipelines.unit_io import WriteUnits, write_file, write_once, write_unit  # noqa: F401
+from gristmill.pipelines.unit_io import (  # noqa: F401
+    ReadScoreWriteUnits,
+    WriteUnits,
+    write_file,
+    write_once,
+    write_unit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +199,23 @@ def write(prepared: Prepared, items, files: Optional[dict[str, str]] = None, aft
           extra_files=None):
     """Writes the units from their Items and, last, the manifest. Returns the manifest PCollection."""
     markers = items | "WriteUnits" >> WriteUnits(prepared.options.output, extra_files)
+    return finish(prepared, markers, files, after)
+
+
+def finish(prepared: Prepared, markers, files: Optional[dict[str, str]] = None, after: Iterable[Any] = ()):
+    """The new units' markers -> the manifest over them and the reused units, written last."""
     return markers | "Finalize" >> Finalize(prepared.options.output, prepared.base, prepared.reused, files, after,
                                             manifest_generation=prepared.manifest_generation)
+
+
+def score_units(pipeline: beam.Pipeline, prepared: Prepared, scorer: beam.PTransform):
+    """Read -> score -> write of the units still to do; returns their markers. A `MapRecords` scorer
+    runs inside the step that reads and writes (`ReadScoreWriteUnits`), any other between them."""
+    if isinstance(scorer, MapRecords):
+        work = pipeline | "ReadWork" >> beam.Create(prepared.work)
+        return work | "Units" >> ReadScoreWriteUnits(prepared.options.reader_config(), prepared.documents, scorer.fn,
+                                                       prepared.options.output)
+    return read(pipeline, prepared) | "Score" >> scorer | "WriteUnits" >> WriteUnits(prepared.options.output)
 
 
 FLEX_TEMPLATE_PY_FILE = "FLEX_TEMPLATE_PYTHON_PY_FILE"  # set in a flex template launcher image
@@ -349,8 +371,7 @@ def run_scorer(scorer: Scorer, argv=None, save_main_session=True, test_pipeline=
             log.info("%s: %d file(s) to read in this process (worker 1 of %d)", scorer.job, len(share.work), shard[1])
             in_process = parse([*argv, "--workers=0"], scorer.config_class, scorer.description)[2]
             pipeline = new_pipeline(in_process, save_main_session)
-            _ = read(pipeline, share) | "Score" >> scorer.transform(config, options) | "WriteUnits" >> WriteUnits(
-                options.output)
+            score_units(pipeline, share, scorer.transform(config, options))
             pipeline.run().wait_until_finish()
 
         try:
@@ -364,12 +385,11 @@ def run_scorer(scorer: Scorer, argv=None, save_main_session=True, test_pipeline=
     if shard is None and test_pipeline is None and not prepared.work and _runs_locally(pipeline_options):
         return finish_reused(prepared)
     pipeline = new_pipeline(pipeline_options, save_main_session, test_pipeline)
-    items = read(pipeline, prepared) | "Score" >> scorer.transform(config, options)
+    markers = score_units(pipeline, prepared, scorer.transform(config, options))
     if shard is not None:  # a worker of run_shards: units only; its launcher writes the manifest
-        items | "WriteUnits" >> WriteUnits(options.output)
         pipeline.run().wait_until_finish()
         return None
-    write(prepared, items)
+    finish(prepared, markers)
     return run_pipeline(pipeline, prepared, is_test=test_pipeline is not None)
 
 

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import functools
 
-import apache_beam as beam
-
 from gristmill.pipelines import kit
 from gristmill.scoring.random_score import RandomScoreConfig, add_random_score
 
 
-def score_random(config: RandomScoreConfig, options: kit.JobOptions) -> beam.PTransform:
+def score_random(config: RandomScoreConfig, options: kit.JobOptions) -> kit.MapRecords:
     """Items -> Items with `score/random/seed-<seed>` on every record; nothing fails."""
-    return beam.Map(kit.map_records(functools.partial(add_random_score, config=config)))
+    return kit.MapRecords(functools.partial(add_random_score, config=config))
 
 
 SCORER = kit.Scorer("score random", RandomScoreConfig, score_random, description=__doc__)
