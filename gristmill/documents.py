@@ -185,7 +185,9 @@ def kept_feature(value: Any) -> Any:
     return converted if isinstance(value, list) else converted[0]
 
 
-def _kept(obj: dict[str, Any], config: ReaderConfig) -> dict[str, Any]:
+def _kept(obj: dict[str, Any], config: ReaderConfig) -> dict[str, Any] | None:
+    if not config.keep_fields:
+        return None
     kept = {name: kept_feature(obj.get(name)) for name in config.keep_fields}
     return {name: value for name, value in kept.items() if value is not None}
 

@@ -114,12 +114,22 @@ def serialize(record: Mapping[str, Any]) -> bytes:
         if type(value) is str:  # inlined _entry: every record has four or five of these
             raw = value.encode("utf-8")
             n = len(raw)
-            body = n + 1 + _varint_size(n)
-            feature = body + 1 + _varint_size(body)
-            key = _key_field(name)
-            entry = len(key) + _varint_size(feature) + feature
-            head = b"".join((b"\x0a", _varint(entry), key, _varint(feature), b"\x0a", _varint(body), b"\x0a",
-                             _varint(n)))
+            if n < _INLINE_LENGTH:  # every length prefix below fits 2 bytes: table lookups, no calls
+                n_prefix = _SMALL_VARINTS[n]
+                body = n + 1 + len(n_prefix)
+                body_prefix = _SMALL_VARINTS[body]
+                feature = body + 1 + len(body_prefix)
+                feature_prefix = _SMALL_VARINTS[feature]
+                key = _key_field(name)
+                head = b"".join((b"\x0a", _varint(len(key) + len(feature_prefix) + feature), key, feature_prefix,
+                                 b"\x0a", body_prefix, b"\x0a", n_prefix))
+            else:
+                body = n + 1 + _varint_size(n)
+                feature = body + 1 + _varint_size(body)
+                key = _key_field(name)
+                entry = len(key) + _varint_size(feature) + feature
+                head = b"".join((b"\x0a", _varint(entry), key, _varint(feature), b"\x0a", _varint(body), b"\x0a",
+                                 _varint(n)))
             parts += (head, raw)
             size += len(head) + n
         elif value is not None:
@@ -282,6 +292,7 @@ def _varint(n: int) -> bytes:
 
 
 _SMALL_VARINTS = [bytes((n,)) if n < 0x80 else bytes(((n & 0x7F) | 0x80, n >> 7)) for n in range(0x4000)]
+_INLINE_LENGTH = 0x4000 - 8  # a text this long or longer may need a 3-byte prefix somewhere: the general path
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
