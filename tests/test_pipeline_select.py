@@ -111,7 +111,7 @@ def test_the_bounded_exact_planner_gives_the_in_memory_exact_plan(tmp_path, scor
                                  score=FEATURE if rule != "random" else None)
     rows = [(r["id"], select.score_of(r, config.score), select.tokens_of(r, None))
             for r in gm_records.iter_scored_records(scored)]
-    assert _plan(out) == select._exact_plan(rows, config).to_json()
+    assert _plan(out) == select.exact_plan(rows, config).to_json()
 
 
 def test_documents_without_the_score_are_left_out_of_the_histograms_not_drawn_at_zero():
@@ -183,7 +183,7 @@ def test_select_ips_in_a_test_pipeline_writes_the_in_memory_plan_and_its_columns
     config = select.SelectConfig(rule="ips", score=FEATURE, rate=0.4, rate_by="tokens", seed=3)
     docs = list(gm_records.iter_scored_records(scored))
     rows = [(r["id"], select.score_of(r, FEATURE), select.tokens_of(r, None)) for r in docs]
-    assert _plan(out) == select._exact_plan(rows, config).to_json()
+    assert _plan(out) == select.exact_plan(rows, config).to_json()
     files = sorted(glob.glob(os.path.join(out, "versions", "*", select.COLUMNS_DIR, "*" + select.COLUMNS_SUFFIX)))
     assert len(files) == 4  # 1,000 documents in units of 300
     loaded = [select.read_columns(out, os.path.relpath(f, out)) for f in files]
