@@ -111,7 +111,7 @@ def serialize(record: Mapping[str, Any]) -> bytes:
     size = 0
     for name in _sorted_names(tuple(record)):
         value = record[name]
-        if type(value) is str:  # inlined _entry: every record has four or five of these
+        if type(value) is str:  # every record has four or five of these: _entry's str case, inlined
             raw = value.encode("utf-8")
             n = len(raw)
             if n < _INLINE_LENGTH:  # every length prefix below fits 2 bytes: table lookups, no calls
@@ -123,16 +123,10 @@ def serialize(record: Mapping[str, Any]) -> bytes:
                 key = _key_field(name)
                 head = b"".join((b"\x0a", _varint(len(key) + len(feature_prefix) + feature), key, feature_prefix,
                                  b"\x0a", body_prefix, b"\x0a", n_prefix))
-            else:
-                body = n + 1 + _varint_size(n)
-                feature = body + 1 + _varint_size(body)
-                key = _key_field(name)
-                entry = len(key) + _varint_size(feature) + feature
-                head = b"".join((b"\x0a", _varint(entry), key, _varint(feature), b"\x0a", _varint(body), b"\x0a",
-                                 _varint(n)))
-            parts += (head, raw)
-            size += len(head) + n
-        elif value is not None:
+                parts += (head, raw)
+                size += len(head) + n
+                continue
+        if value is not None:
             part = _entry(name, value)
             parts.append(part)
             size += len(part)

@@ -206,7 +206,8 @@ class _UnitIdsFn(beam.DoFn):
         if not io.exists(path):
             return None
         data = io.read_bytes(path)
-        if recorded is not None and io.file_info(data) != recorded:
+        info = io.file_info(data)
+        if recorded is not None and info != recorded:
             log.warning("%s is not the file the last run recorded (size %d, CRC32C %s); hashing the unit again",
                         path, recorded["size"], recorded["crc32c"])
             return None
@@ -219,7 +220,7 @@ class _UnitIdsFn(beam.DoFn):
             log.warning("%s is not the unit's ids (%s); hashing the unit again", path,
                         "unreadable" if ids is None else f"{ids.dtype} {list(ids.shape)}")
             return None
-        return io.file_info(data)
+        return info
 
     def _hash(self, rel: str, marker: dict, params: density.HashParams) -> dict:
         x = corpus.load_embeddings(self.output_dir, marker)
